@@ -1,0 +1,350 @@
+//! RabbitMQ: the topology every service agrees on, declared in one place, and a connection
+//! that comes back by itself after the broker goes away.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::options::{ExchangeDeclareOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::AmqpConfig;
+
+/// Delays of the retry queues, shortest first. A message waiting for a retry sits in the
+/// queue of its delay and is dead-lettered back to the work queue when it expires (the
+/// broker has no delayed-message plugin, and one TTL per queue keeps expiry in order).
+pub const RETRY_DELAYS: &[Duration] = &[
+    Duration::from_secs(1),
+    Duration::from_secs(5),
+    Duration::from_secs(15),
+    Duration::from_secs(30),
+    Duration::from_secs(60),
+];
+
+/// How often a message may be handed out again after a consumer died holding it, before
+/// the broker parks it in the dead-letter queue (a poison message must not loop forever).
+pub const DELIVERY_LIMIT: i64 = 20;
+
+/// Names of the queues and exchanges. With an empty prefix they are exactly the contract's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    prefix: String,
+}
+
+impl Topology {
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// The quorum queue that ingest publishes webhooks to and workers consume.
+    pub fn webhooks_queue(&self) -> String {
+        format!("{}replicate.webhooks", self.prefix)
+    }
+
+    /// Where webhooks that cannot be processed end, with a header saying why.
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}replicate.webhooks.dead", self.prefix)
+    }
+
+    /// The delay queue for one of [`RETRY_DELAYS`].
+    pub fn retry_queue(&self, delay: Duration) -> String {
+        format!("{}replicate.webhooks.retry.{}s", self.prefix, delay.as_secs())
+    }
+
+    /// The topic exchange result events are published to, routing key `user.<id>`.
+    pub fn events_exchange(&self) -> String {
+        format!("{}jobs.events", self.prefix)
+    }
+
+    /// Declares every queue and exchange (idempotent). A queue that exists with other
+    /// arguments fails here, loudly, instead of misbehaving later.
+    pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        let mut work_args = quorum();
+        work_args.insert("x-dead-letter-exchange".into(), string(""));
+        work_args.insert(
+            "x-dead-letter-routing-key".into(),
+            string(&self.dead_letter_queue()),
+        );
+        work_args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(DELIVERY_LIMIT));
+        channel
+            .queue_declare(self.webhooks_queue().into(), durable, work_args)
+            .await?;
+        channel
+            .queue_declare(self.dead_letter_queue().into(), durable, quorum())
+            .await?;
+        for delay in RETRY_DELAYS {
+            let mut args = FieldTable::default();
+            args.insert(
+                "x-message-ttl".into(),
+                AMQPValue::LongLongInt(delay.as_millis() as i64),
+            );
+            args.insert("x-dead-letter-exchange".into(), string(""));
+            args.insert(
+                "x-dead-letter-routing-key".into(),
+                string(&self.webhooks_queue()),
+            );
+            channel
+                .queue_declare(self.retry_queue(*delay).into(), durable, args)
+                .await?;
+        }
+        channel
+            .exchange_declare(
+                self.events_exchange().into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes everything [`Topology::declare`] made (for isolated test runs).
+    pub async fn delete(&self, channel: &Channel) -> lapin::Result<()> {
+        let mut queues = vec![self.webhooks_queue(), self.dead_letter_queue()];
+        queues.extend(RETRY_DELAYS.iter().map(|delay| self.retry_queue(*delay)));
+        for queue in queues {
+            channel
+                .queue_delete(queue.into(), Default::default())
+                .await?;
+        }
+        channel
+            .exchange_delete(self.events_exchange().into(), Default::default())
+            .await?;
+        Ok(())
+    }
+}
+
+fn quorum() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), string("quorum"));
+    args
+}
+
+fn string(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value))
+}
+
+/// Builds an AMQP header table from string pairs.
+pub fn string_headers<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (key, value) in pairs {
+        table.insert(ShortString::from(key), string(value));
+    }
+    table
+}
+
+/// Something built on top of a connection (channels, consumers) that can tell whether it
+/// still works. When it stops working the connection is rebuilt.
+pub trait Link: Send + Sync + 'static {
+    fn is_healthy(&self) -> bool;
+}
+
+impl Link for Channel {
+    fn is_healthy(&self) -> bool {
+        self.status().connected()
+    }
+}
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const HEALTH_POLL: Duration = Duration::from_millis(200);
+
+struct Live<T> {
+    connection: Arc<Connection>,
+    link: Arc<T>,
+}
+
+impl<T: Link> Live<T> {
+    fn is_healthy(&self) -> bool {
+        self.connection.status().connected() && self.link.is_healthy()
+    }
+}
+
+type Slot<T> = Option<Arc<Live<T>>>;
+
+/// A RabbitMQ connection kept alive in the background: connects (retrying with exponential
+/// backoff from 100 ms to 5 s), runs `setup` to build the service's [`Link`], and starts
+/// over whenever the connection or the link breaks. Until then [`Reconnecting::current`]
+/// returns `None`, so callers fail fast instead of hanging.
+pub struct Reconnecting<T> {
+    current: watch::Receiver<Slot<T>>,
+    stop: watch::Sender<bool>,
+    supervisor: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+impl<T: Link> Reconnecting<T> {
+    /// Starts connecting in the background; returns at once, even if the broker is down.
+    pub fn spawn<F, Fut>(config: &AmqpConfig, connection_name: &str, setup: F) -> Self
+    where
+        F: Fn(Arc<Connection>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = lapin::Result<T>> + Send + 'static,
+    {
+        let (slot_tx, current) = watch::channel(None);
+        let (stop, stop_rx) = watch::channel(false);
+        let supervisor = tokio::spawn(supervise(
+            config.url.as_str().to_owned(),
+            config.url.to_string(),
+            connection_name.to_owned(),
+            setup,
+            slot_tx,
+            stop_rx,
+        ));
+        Self {
+            current,
+            stop,
+            supervisor: std::sync::Mutex::new(Some(supervisor)),
+        }
+    }
+
+    /// The working link, or `None` while the broker is unreachable.
+    pub fn current(&self) -> Option<Arc<T>> {
+        let live = self.current.borrow().clone()?;
+        live.is_healthy().then(|| live.link.clone())
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.current().is_some()
+    }
+
+    /// Waits up to `timeout` for a working link.
+    pub async fn wait_connected(&self, timeout: Duration) -> Option<Arc<T>> {
+        let mut current = self.current.clone();
+        let wait = async {
+            loop {
+                if let Some(link) = self.current() {
+                    return link;
+                }
+                if current.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.ok()
+    }
+
+    /// Stops reconnecting and closes the connection cleanly.
+    pub async fn close(&self) {
+        let _ = self.stop.send(true);
+        let supervisor = self.supervisor.lock().expect("not poisoned").take();
+        if let Some(supervisor) = supervisor {
+            let _ = supervisor.await;
+        }
+    }
+}
+
+impl<T> Drop for Reconnecting<T> {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+async fn supervise<T, F, Fut>(
+    url: String,
+    printable_url: String,
+    connection_name: String,
+    setup: F,
+    slot: watch::Sender<Slot<T>>,
+    mut stop: watch::Receiver<bool>,
+) where
+    T: Link,
+    F: Fn(Arc<Connection>) -> Fut,
+    Fut: Future<Output = lapin::Result<T>>,
+{
+    let mut backoff = MIN_BACKOFF;
+    let mut failures: u32 = 0;
+    loop {
+        let attempt = async {
+            let properties =
+                ConnectionProperties::default().with_connection_name(connection_name.clone().into());
+            let connection = Arc::new(Connection::connect(&url, properties).await?);
+            let link = Arc::new(setup(connection.clone()).await?);
+            Ok::<_, lapin::Error>(Live { connection, link })
+        };
+        let outcome = tokio::select! {
+            _ = stop.changed() => return,
+            outcome = tokio::time::timeout(CONNECT_TIMEOUT, attempt) => outcome,
+        };
+        match outcome {
+            Ok(Ok(live)) => {
+                tracing::info!(broker = %printable_url, connection = %connection_name, "connected to RabbitMQ");
+                let live = Arc::new(live);
+                slot.send_replace(Some(live.clone()));
+                backoff = MIN_BACKOFF;
+                failures = 0;
+                let stopped = wait_until_broken(&live, &mut stop).await;
+                slot.send_replace(None);
+                if stopped {
+                    let _ = live
+                        .connection
+                        .close(200, "shutting down".into())
+                        .await;
+                    return;
+                }
+                tracing::warn!(broker = %printable_url, connection = %connection_name, "lost the RabbitMQ connection, reconnecting");
+                let _ = live.connection.close(200, "reconnecting".into()).await;
+            }
+            Ok(Err(err)) => {
+                failures += 1;
+                tracing::warn!(broker = %printable_url, connection = %connection_name, failures, retry_in = ?backoff, error = %err, "cannot connect to RabbitMQ");
+            }
+            Err(_) => {
+                failures += 1;
+                tracing::warn!(broker = %printable_url, connection = %connection_name, failures, retry_in = ?backoff, "connecting to RabbitMQ timed out");
+            }
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Returns `true` when asked to stop, `false` when the connection or link broke.
+async fn wait_until_broken<T: Link>(live: &Live<T>, stop: &mut watch::Receiver<bool>) -> bool {
+    let mut poll = tokio::time::interval(HEALTH_POLL);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return true,
+            _ = poll.tick() => {
+                if !live.is_healthy() {
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contract_names_without_prefix() {
+        let topology = Topology::new("");
+        assert_eq!(topology.webhooks_queue(), "replicate.webhooks");
+        assert_eq!(topology.dead_letter_queue(), "replicate.webhooks.dead");
+        assert_eq!(topology.events_exchange(), "jobs.events");
+        assert_eq!(
+            topology.retry_queue(Duration::from_secs(5)),
+            "replicate.webhooks.retry.5s"
+        );
+        assert_eq!(
+            Topology::new("t1.").webhooks_queue(),
+            "t1.replicate.webhooks"
+        );
+    }
+}

@@ -1,0 +1,190 @@
+//! Configuration shared by the services: read from the environment (and `.env`), typed and
+//! validated once at start-up by clap, with the names and defaults of the contract.
+//!
+//! Each binary flattens the groups it needs into its own `clap::Parser`, so `--help` lists
+//! every variable with its default, and a bad value stops the program with one line.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Args, Parser, ValueEnum};
+
+use crate::webhook::{Verifier, WebhookSecrets};
+
+/// Parses the command line and environment of a binary, after loading `.env`.
+///
+/// Bad configuration prints one line (`error: …`) and exits with status 2; `--help` and
+/// `--version` print and exit 0.
+pub fn parse<T: Parser>() -> T {
+    if let Err(err) = dotenvy::dotenv()
+        && !err.not_found()
+    {
+        eprintln!("error: cannot read .env: {err}");
+        std::process::exit(2);
+    }
+    match T::try_parse() {
+        Ok(parsed) => parsed,
+        Err(err) if !err.use_stderr() => err.exit(),
+        Err(err) => {
+            eprintln!("{}", one_line(&err.to_string()));
+            std::process::exit(2);
+        }
+    }
+}
+
+/// Folds clap's multi-line error into one line, dropping the usage hints after it.
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .take_while(|line| !line.starts_with("Usage:") && !line.starts_with("For more information"))
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TelemetryConfig {
+    /// Log line format (the level filter is read from RUST_LOG, default `info`).
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "pretty")]
+    pub log_format: LogFormat,
+}
+
+/// A RabbitMQ URL. Its password is never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AmqpUrl(String);
+
+impl AmqpUrl {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for AmqpUrl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        lapin::uri::AMQPUri::from_str(s).map_err(|err| format!("not an AMQP URL: {err}"))?;
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl fmt::Debug for AmqpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
+impl fmt::Display for AmqpUrl {
+    /// `amqp://guest:<redacted>@host:5672/%2f`
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.0.split_once("://"), self.0.rfind('@')) {
+            (Some((scheme, rest)), Some(at)) => {
+                let userinfo = &rest[..at - scheme.len() - 3];
+                let user = userinfo.split(':').next().unwrap_or_default();
+                write!(f, "{scheme}://{user}:<redacted>{}", &self.0[at..])
+            }
+            _ => f.write_str(&self.0),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AmqpConfig {
+    /// RabbitMQ URL.
+    #[arg(
+        long = "amqp-url",
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true
+    )]
+    pub url: AmqpUrl,
+
+    /// Prefix for every queue and exchange name, so that isolated runs (tests, staging) can
+    /// share one broker. Empty in production: the names are then exactly the contract's.
+    #[arg(long = "amqp-name-prefix", env = "AMQP_NAME_PREFIX", default_value = "")]
+    pub name_prefix: String,
+}
+
+impl AmqpConfig {
+    pub fn new(url: &str, name_prefix: &str) -> Result<Self, String> {
+        Ok(Self {
+            url: url.parse()?,
+            name_prefix: name_prefix.to_owned(),
+        })
+    }
+
+    pub fn topology(&self) -> crate::amqp::Topology {
+        crate::amqp::Topology::new(&self.name_prefix)
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WebhookConfig {
+    /// Replicate's signing secret(s), `whsec_<base64>`; several, separated by spaces or
+    /// commas, are all accepted (rotation).
+    #[arg(
+        long = "webhook-secret",
+        env = "REPLICATE_WEBHOOK_SECRET",
+        value_name = "WHSEC",
+        hide_env_values = true
+    )]
+    pub secrets: WebhookSecrets,
+
+    /// A `webhook-timestamp` further than this from now, either way, is rejected.
+    #[arg(long, env = "WEBHOOK_TOLERANCE_SECS", default_value_t = 300)]
+    pub tolerance_secs: u64,
+
+    /// Largest accepted webhook body; larger ones are answered 413.
+    #[arg(long, env = "WEBHOOK_MAX_BODY_BYTES", default_value_t = 10 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+}
+
+impl WebhookConfig {
+    pub fn verifier(&self) -> Verifier {
+        Verifier::new(
+            self.secrets.clone(),
+            Duration::from_secs(self.tolerance_secs),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amqp_url_password_is_redacted() {
+        let url: AmqpUrl = "amqp://guest:s3cret@rabbit:5672/%2f".parse().unwrap();
+        assert_eq!(url.to_string(), "amqp://guest:<redacted>@rabbit:5672/%2f");
+        assert!(!format!("{url:?}").contains("s3cret"));
+        let bare: AmqpUrl = "amqp://rabbit:5672/%2f".parse().unwrap();
+        assert_eq!(bare.to_string(), "amqp://rabbit:5672/%2f");
+    }
+
+    #[test]
+    fn amqp_url_is_validated() {
+        assert!("http://nope".parse::<AmqpUrl>().is_err());
+    }
+
+    #[test]
+    fn clap_errors_become_one_line() {
+        let folded = one_line(
+            "error: the following required arguments were not provided:\n  --webhook-secret <WHSEC>\n\nUsage: ingest --webhook-secret <WHSEC>\n\nFor more information, try '--help'.\n",
+        );
+        assert_eq!(
+            folded,
+            "error: the following required arguments were not provided: --webhook-secret <WHSEC>"
+        );
+    }
+}

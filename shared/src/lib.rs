@@ -1,0 +1,9 @@
+//! What two or more of the pipeline's services need: configuration, telemetry, metrics,
+//! webhook verification, Replicate's payload types and the RabbitMQ topology.
+
+pub mod amqp;
+pub mod config;
+pub mod metrics;
+pub mod replicate;
+pub mod telemetry;
+pub mod webhook;
