@@ -35,7 +35,10 @@ fn bench_verify(c: &mut Criterion) {
         Duration::from_secs(300),
     );
     group.bench_function("2KB body, one secret", |b| {
-        b.iter(|| one.verify_at(black_box(&headers), black_box(&body), now).unwrap())
+        b.iter(|| {
+            one.verify_at(black_box(&headers), black_box(&body), now)
+                .unwrap()
+        })
     });
     // During a rotation the new secret is listed second: the worst case computes both.
     let rotating = Verifier::new(
@@ -43,7 +46,11 @@ fn bench_verify(c: &mut Criterion) {
         Duration::from_secs(300),
     );
     group.bench_function("2KB body, two secrets (rotation)", |b| {
-        b.iter(|| rotating.verify_at(black_box(&headers), black_box(&body), now).unwrap())
+        b.iter(|| {
+            rotating
+                .verify_at(black_box(&headers), black_box(&body), now)
+                .unwrap()
+        })
     });
     group.finish();
 }

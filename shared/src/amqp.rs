@@ -53,7 +53,11 @@ impl Topology {
 
     /// The delay queue for one of [`RETRY_DELAYS`].
     pub fn retry_queue(&self, delay: Duration) -> String {
-        format!("{}replicate.webhooks.retry.{}s", self.prefix, delay.as_secs())
+        format!(
+            "{}replicate.webhooks.retry.{}s",
+            self.prefix,
+            delay.as_secs()
+        )
     }
 
     /// The topic exchange result events are published to, routing key `user.<id>`.
@@ -74,7 +78,10 @@ impl Topology {
             "x-dead-letter-routing-key".into(),
             string(&self.dead_letter_queue()),
         );
-        work_args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(DELIVERY_LIMIT));
+        work_args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(DELIVERY_LIMIT),
+        );
         channel
             .queue_declare(self.webhooks_queue().into(), durable, work_args)
             .await?;
@@ -267,8 +274,8 @@ async fn supervise<T, F, Fut>(
     let mut failures: u32 = 0;
     loop {
         let attempt = async {
-            let properties =
-                ConnectionProperties::default().with_connection_name(connection_name.clone().into());
+            let properties = ConnectionProperties::default()
+                .with_connection_name(connection_name.clone().into());
             let connection = Arc::new(Connection::connect(&url, properties).await?);
             let link = Arc::new(setup(connection.clone()).await?);
             Ok::<_, lapin::Error>(Live { connection, link })
@@ -287,10 +294,7 @@ async fn supervise<T, F, Fut>(
                 let stopped = wait_until_broken(&live, &mut stop).await;
                 slot.send_replace(None);
                 if stopped {
-                    let _ = live
-                        .connection
-                        .close(200, "shutting down".into())
-                        .await;
+                    let _ = live.connection.close(200, "shutting down".into()).await;
                     return;
                 }
                 tracing::warn!(broker = %printable_url, connection = %connection_name, "lost the RabbitMQ connection, reconnecting");

@@ -112,7 +112,11 @@ pub struct AmqpConfig {
 
     /// Prefix for every queue and exchange name, so that isolated runs (tests, staging) can
     /// share one broker. Empty in production: the names are then exactly the contract's.
-    #[arg(long = "amqp-name-prefix", env = "AMQP_NAME_PREFIX", default_value = "")]
+    #[arg(
+        long = "amqp-name-prefix",
+        env = "AMQP_NAME_PREFIX",
+        default_value = ""
+    )]
     pub name_prefix: String,
 }
 
@@ -136,7 +140,7 @@ pub struct WebhookConfig {
     #[arg(
         long = "webhook-secret",
         env = "REPLICATE_WEBHOOK_SECRET",
-        value_name = "WHSEC",
+        value_name = "REPLICATE_WEBHOOK_SECRET",
         hide_env_values = true
     )]
     pub secrets: WebhookSecrets,

@@ -5,5 +5,6 @@ pub mod amqp;
 pub mod config;
 pub mod metrics;
 pub mod replicate;
+pub mod shutdown;
 pub mod telemetry;
 pub mod webhook;

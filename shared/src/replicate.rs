@@ -126,8 +126,8 @@ mod tests {
 
     #[test]
     fn unknown_status_and_fields_are_accepted() {
-        let job = JobRef::parse(br#"{"id":"p1","status":"paused","new_field":{"a":[1,2]}}"#)
-            .unwrap();
+        let job =
+            JobRef::parse(br#"{"id":"p1","status":"paused","new_field":{"a":[1,2]}}"#).unwrap();
         assert_eq!(job.id, "p1");
         assert_eq!(job.status, Status::Unknown("paused".into()));
         assert_eq!(job.status.to_string(), "paused");
@@ -169,7 +169,10 @@ mod tests {
             r#"{"id":"p","status":"succeeded","output":"https://replicate.delivery/x.png","extra":1}"#,
         )
         .unwrap();
-        assert_eq!(p.output.unwrap().as_str(), Some("https://replicate.delivery/x.png"));
+        assert_eq!(
+            p.output.unwrap().as_str(),
+            Some("https://replicate.delivery/x.png")
+        );
         let p: Prediction = serde_json::from_str(r#"{"id":"p","status":"canceled"}"#).unwrap();
         assert!(p.output.is_none() && p.logs.is_none());
     }

@@ -185,6 +185,14 @@ impl<'a> SignedHeaders<'a> {
             signature: get(HEADER_SIGNATURE)?,
         })
     }
+
+    /// The timestamp as unix seconds; anything but an integer is malformed.
+    pub fn timestamp_secs(&self) -> Result<i64, VerifyError> {
+        self.timestamp
+            .trim()
+            .parse()
+            .map_err(|_| VerifyError::InvalidTimestamp)
+    }
 }
 
 /// Checks signatures against a set of secrets with a timestamp tolerance.
@@ -211,11 +219,7 @@ impl Verifier {
         body: &[u8],
         now: SystemTime,
     ) -> Result<(), VerifyError> {
-        let timestamp: i64 = headers
-            .timestamp
-            .trim()
-            .parse()
-            .map_err(|_| VerifyError::InvalidTimestamp)?;
+        let timestamp = headers.timestamp_secs()?;
         self.check_tolerance(timestamp, now)?;
 
         let v1_entries: Vec<&str> = headers
@@ -328,7 +332,10 @@ mod tests {
     fn changed_body_id_or_timestamp_is_rejected() {
         let v = verifier(SECRET);
         let now = at(TIMESTAMP);
-        assert!(v.verify_at(&headers(SIGNATURE), b"{\"test\": 2432232315}", now).is_err());
+        assert!(
+            v.verify_at(&headers(SIGNATURE), b"{\"test\": 2432232315}", now)
+                .is_err()
+        );
         let other_id = SignedHeaders {
             id: "msg_other",
             ..headers(SIGNATURE)

@@ -1,0 +1,33 @@
+//! The ingest service's settings: its own plus the shared groups it needs.
+
+use std::net::SocketAddr;
+
+use clap::Parser;
+use shared::config::{AmqpConfig, TelemetryConfig, WebhookConfig};
+
+/// Receives Replicate webhooks, verifies their Standard Webhooks signature and enqueues them
+/// to RabbitMQ, answering 200 only once the broker has confirmed the message.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "ingest", version)]
+pub struct IngestConfig {
+    /// Address the HTTP server listens on (port 0 picks a free port).
+    #[arg(long, env = "INGEST_ADDR", default_value = "0.0.0.0:8080")]
+    pub addr: SocketAddr,
+
+    /// How long a webhook waits for the broker's publisher confirm before it is answered 503.
+    #[arg(long, env = "PUBLISH_TIMEOUT_MS", default_value_t = 3000)]
+    pub publish_timeout_ms: u64,
+
+    /// How long a shutdown waits for in-flight requests and their confirms.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
+    pub shutdown_timeout_secs: u64,
+
+    #[command(flatten)]
+    pub webhook: WebhookConfig,
+
+    #[command(flatten)]
+    pub amqp: AmqpConfig,
+
+    #[command(flatten)]
+    pub telemetry: TelemetryConfig,
+}

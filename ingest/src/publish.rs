@@ -1,0 +1,131 @@
+//! Confirmed publishing of verified webhooks to the `replicate.webhooks` queue.
+//!
+//! Every request publishes on the shared channel and waits for its own confirm, so many
+//! confirms are in flight at once (pipelined): there is no lock around publishing and no
+//! request waits for another's confirm.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{BasicProperties, Channel, Confirmation, Connection};
+use shared::amqp::{Reconnecting, string_headers};
+use shared::config::AmqpConfig;
+use shared::webhook::{HEADER_ID, HEADER_TIMESTAMP};
+
+/// AMQP delivery mode 2: the broker writes the message to disk.
+const PERSISTENT: u8 = 2;
+
+/// Why a webhook could not be enqueued. All of them are answered 503, so Replicate retries.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("broker unavailable")]
+    BrokerUnavailable,
+    #[error("broker did not confirm within {0:?}")]
+    Timeout(Duration),
+    #[error("broker refused the message (nack)")]
+    Nacked,
+    #[error("broker could not route the message: {0}")]
+    Unroutable(String),
+    #[error("publish failed: {0}")]
+    Amqp(#[from] lapin::Error),
+}
+
+/// One verified webhook, exactly as received.
+#[derive(Debug, Clone, Copy)]
+pub struct VerifiedWebhook<'a> {
+    pub id: &'a str,
+    pub timestamp: &'a str,
+    pub body: &'a [u8],
+}
+
+pub struct Publisher {
+    link: Reconnecting<Channel>,
+    queue: String,
+    confirm_timeout: Duration,
+}
+
+impl Publisher {
+    /// Starts connecting in the background; publishing fails fast until connected.
+    pub fn start(config: &AmqpConfig, confirm_timeout: Duration) -> Self {
+        let topology = config.topology();
+        let queue = topology.webhooks_queue();
+        let link = Reconnecting::spawn(config, "ingest", move |connection: Arc<Connection>| {
+            let topology = topology.clone();
+            async move {
+                let channel = connection.create_channel().await?;
+                topology.declare(&channel).await?;
+                channel
+                    .confirm_select(ConfirmSelectOptions::default())
+                    .await?;
+                Ok(channel)
+            }
+        });
+        Self {
+            link,
+            queue,
+            confirm_timeout,
+        }
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.link.is_connected()
+    }
+
+    /// Waits until the broker connection is up (start-up, tests).
+    pub async fn wait_connected(&self, timeout: Duration) -> bool {
+        self.link.wait_connected(timeout).await.is_some()
+    }
+
+    /// Publishes persistently and mandatorily and returns once the broker confirmed it.
+    pub async fn publish(&self, webhook: VerifiedWebhook<'_>) -> Result<(), PublishError> {
+        let channel = self.link.current().ok_or(PublishError::BrokerUnavailable)?;
+        let properties = BasicProperties::default()
+            .with_delivery_mode(PERSISTENT)
+            .with_message_id(webhook.id.into())
+            .with_content_type("application/json".into())
+            .with_timestamp(unix_now())
+            .with_headers(string_headers([
+                (HEADER_ID, webhook.id),
+                (HEADER_TIMESTAMP, webhook.timestamp),
+            ]));
+        let options = BasicPublishOptions {
+            mandatory: true,
+            ..BasicPublishOptions::default()
+        };
+        let confirmed = async {
+            let confirm = channel
+                .basic_publish(
+                    "".into(),
+                    self.queue.as_str().into(),
+                    options,
+                    webhook.body,
+                    properties,
+                )
+                .await?;
+            confirm.await
+        };
+        match tokio::time::timeout(self.confirm_timeout, confirmed).await {
+            Err(_) => Err(PublishError::Timeout(self.confirm_timeout)),
+            Ok(Err(err)) => Err(PublishError::Amqp(err)),
+            Ok(Ok(Confirmation::Ack(None))) => Ok(()),
+            // Acked but returned: the queue does not exist, so the message went nowhere.
+            Ok(Ok(Confirmation::Ack(Some(returned)))) => {
+                Err(PublishError::Unroutable(returned.reply_text.to_string()))
+            }
+            Ok(Ok(Confirmation::Nack(_) | Confirmation::NotRequested)) => Err(PublishError::Nacked),
+        }
+    }
+
+    /// Closes the broker connection once in-flight publishes have finished.
+    pub async fn close(&self) {
+        self.link.close().await;
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}

@@ -1,0 +1,16 @@
+use actix_web::{HttpResponse, web};
+
+use crate::startup::AppState;
+
+/// `GET /api/health`: 200 while the broker is connected, 503 while it is not.
+pub async fn health(state: web::Data<AppState>) -> HttpResponse {
+    if state.publisher.is_connected() {
+        HttpResponse::Ok().json(serde_json::json!({
+            "status": "healthy", "webhook": "configured", "broker": "connected"
+        }))
+    } else {
+        HttpResponse::ServiceUnavailable().json(serde_json::json!({
+            "status": "unhealthy", "webhook": "configured", "broker": "disconnected"
+        }))
+    }
+}

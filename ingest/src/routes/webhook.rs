@@ -1,0 +1,189 @@
+//! `POST /api/webhooks/replicate`: verify against the raw bytes, check the payload's shape,
+//! publish with a confirm, answer. Nothing else happens here.
+
+use std::time::Instant;
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::CONTENT_LENGTH;
+use actix_web::{HttpRequest, HttpResponse, web};
+use futures_util::StreamExt;
+use shared::replicate::JobRef;
+use shared::webhook::{SignedHeaders, VerifyError};
+
+use super::json_error;
+use crate::publish::{PublishError, VerifiedWebhook};
+use crate::startup::AppState;
+
+/// How one request ended; the metric label and the log line's outcome.
+#[derive(Debug)]
+enum Rejection {
+    /// 400: a missing or malformed `webhook-*` header.
+    BadHeaders(VerifyError),
+    /// 401: no signature matches, or the timestamp is outside the tolerance.
+    Unauthorized(VerifyError),
+    /// 413: the body exceeds `WEBHOOK_MAX_BODY_BYTES`.
+    TooLarge { limit: usize },
+    /// 400: the body stopped arriving or was cut off.
+    BodyUnreadable(String),
+    /// 400: verified, but not a JSON object with string `id` and `status`.
+    InvalidPayload(String),
+    /// 503: not durably enqueued.
+    Unavailable(PublishError),
+}
+
+impl Rejection {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::BadHeaders(_) | Self::BodyUnreadable(_) | Self::InvalidPayload(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn outcome(&self) -> &'static str {
+        match self {
+            Self::BadHeaders(_) => "bad_headers",
+            Self::Unauthorized(_) => "unauthorized",
+            Self::TooLarge { .. } => "too_large",
+            Self::BodyUnreadable(_) => "body_unreadable",
+            Self::InvalidPayload(_) => "invalid_payload",
+            Self::Unavailable(_) => "unavailable",
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            Self::BadHeaders(err) => err.to_string(),
+            Self::Unauthorized(err) => format!("signature verification failed: {err}"),
+            Self::TooLarge { limit } => format!("body exceeds {limit} bytes"),
+            Self::BodyUnreadable(err) => format!("cannot read body: {err}"),
+            Self::InvalidPayload(err) => err.clone(),
+            Self::Unavailable(err) => format!("not enqueued, retry later: {err}"),
+        }
+    }
+}
+
+/// What the log line says about an accepted webhook.
+struct Accepted {
+    webhook_id: String,
+    job_id: String,
+    status: String,
+}
+
+pub async fn receive(
+    request: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let started = Instant::now();
+    let webhook_id = header(&request, shared::webhook::HEADER_ID)
+        .unwrap_or("-")
+        .to_owned();
+    let result = process(&request, payload, &state).await;
+    let elapsed = started.elapsed();
+
+    let outcome = match &result {
+        Ok(_) => "accepted",
+        Err(rejection) => rejection.outcome(),
+    };
+    metrics::counter!("ingest_webhooks_total", "outcome" => outcome).increment(1);
+    metrics::histogram!("ingest_request_duration_seconds", "outcome" => outcome)
+        .record(elapsed.as_secs_f64());
+
+    match result {
+        Ok(accepted) => {
+            tracing::info!(
+                webhook_id = %accepted.webhook_id,
+                job_id = %accepted.job_id,
+                status = %accepted.status,
+                elapsed = ?elapsed,
+                "webhook accepted"
+            );
+            HttpResponse::Ok().json(serde_json::json!({
+                "status": "accepted", "webhook_id": accepted.webhook_id
+            }))
+        }
+        Err(rejection) => {
+            let message = rejection.message();
+            if let Rejection::Unavailable(_) = rejection {
+                tracing::error!(%webhook_id, %outcome, elapsed = ?elapsed, reason = %message, "webhook not enqueued");
+            } else {
+                tracing::warn!(%webhook_id, %outcome, elapsed = ?elapsed, reason = %message, "webhook rejected");
+            }
+            json_error(rejection.status(), &message)
+        }
+    }
+}
+
+async fn process(
+    request: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+) -> Result<Accepted, Rejection> {
+    let headers =
+        SignedHeaders::from_lookup(|name| header(request, name)).map_err(Rejection::BadHeaders)?;
+    // A malformed timestamp is a 400 whatever the body; check it before reading the body.
+    headers.timestamp_secs().map_err(Rejection::BadHeaders)?;
+    let body = read_body(request, payload, state.max_body_bytes).await?;
+
+    state
+        .verifier
+        .verify(&headers, &body)
+        .map_err(|err| match err.is_malformed() {
+            true => Rejection::BadHeaders(err),
+            false => Rejection::Unauthorized(err),
+        })?;
+
+    let job = JobRef::parse(&body).map_err(|err| Rejection::InvalidPayload(err.to_string()))?;
+
+    let publish_started = Instant::now();
+    let published = state
+        .publisher
+        .publish(VerifiedWebhook {
+            id: headers.id,
+            timestamp: headers.timestamp,
+            body: &body,
+        })
+        .await;
+    metrics::histogram!(
+        "ingest_publish_duration_seconds",
+        "result" => if published.is_ok() { "confirmed" } else { "failed" }
+    )
+    .record(publish_started.elapsed().as_secs_f64());
+    published.map_err(Rejection::Unavailable)?;
+
+    Ok(Accepted {
+        webhook_id: headers.id.to_owned(),
+        job_id: job.id.into_owned(),
+        status: job.status.to_string(),
+    })
+}
+
+fn header<'a>(request: &'a HttpRequest, name: &str) -> Option<&'a str> {
+    request.headers().get(name)?.to_str().ok()
+}
+
+/// Reads the whole body, refusing more than `limit` bytes: at once when `Content-Length`
+/// announces too much, otherwise as soon as the streamed bytes pass the limit.
+async fn read_body(
+    request: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<web::BytesMut, Rejection> {
+    let announced = header(request, CONTENT_LENGTH.as_str()).and_then(|v| v.parse::<usize>().ok());
+    if announced.is_some_and(|length| length > limit) {
+        return Err(Rejection::TooLarge { limit });
+    }
+    let mut body = web::BytesMut::with_capacity(announced.unwrap_or(8 * 1024));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|err| Rejection::BodyUnreadable(err.to_string()))?;
+        if body.len() + chunk.len() > limit {
+            return Err(Rejection::TooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}

@@ -1,0 +1,112 @@
+//! The broker unreachable, hanging, losing a queue, and coming back: never a 200 for a
+//! webhook that is not durably enqueued, never a hanging request, no restart needed.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::helpers::{TestApp, broker_url, spawn_app, test_config};
+use crate::proxy::{BrokerProxy, Mode, upstream_of};
+
+const BODY: &[u8] = br#"{"id":"p-outage","status":"succeeded"}"#;
+
+async fn wait_for_health(app: &TestApp, expected: u16) -> Value {
+    for _ in 0..100 {
+        let response = app.get("/api/health").await;
+        if response.status() == expected {
+            return response.json().await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("/api/health never answered {expected}");
+}
+
+#[tokio::test]
+async fn broker_unreachable_at_start_up_gives_503_and_unhealthy() {
+    // Nothing listens on port 1: ingest must still start.
+    let (config, secret) = test_config("amqp://guest:guest@127.0.0.1:1/%2f");
+    let app = spawn_app(config, secret, false).await;
+
+    let response = app.post_signed("msg_down", BODY).await;
+    assert_eq!(response.status(), 503);
+    let error: Value = response.json().await.unwrap();
+    assert!(error["error"].as_str().unwrap().contains("broker"));
+
+    let health = app.get("/api/health").await;
+    assert_eq!(health.status(), 503);
+    let health: Value = health.json().await.unwrap();
+    assert_eq!(health["status"], "unhealthy");
+    assert_eq!(health["broker"], "disconnected");
+}
+
+#[tokio::test]
+async fn broker_going_away_and_coming_back_needs_no_restart() {
+    let proxy = BrokerProxy::start(upstream_of(&broker_url())).await;
+    let (config, secret) = test_config(&proxy.url(&broker_url()));
+    let mut app = spawn_app(config, secret, true).await;
+    assert_eq!(app.post_signed("msg_before", BODY).await.status(), 200);
+
+    proxy.set(Mode::Down);
+    wait_for_health(&app, 503).await;
+    assert_eq!(app.post_signed("msg_during", BODY).await.status(), 503);
+
+    proxy.set(Mode::Forward);
+    let health = wait_for_health(&app, 200).await;
+    assert_eq!(health["broker"], "connected");
+    assert_eq!(app.post_signed("msg_after", BODY).await.status(), 200);
+
+    let ids: Vec<String> = app
+        .drain_queue()
+        .await
+        .iter()
+        .map(|m| m.properties.message_id().as_ref().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, ["msg_before", "msg_after"]);
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn confirm_not_received_in_time_is_503() {
+    let proxy = BrokerProxy::start(upstream_of(&broker_url())).await;
+    let (config, secret) = test_config(&proxy.url(&broker_url()));
+    let mut app = spawn_app(config, secret, true).await;
+
+    // The connection stays open but the broker's confirm never comes back.
+    proxy.set(Mode::Freeze);
+    let response = app.post_signed("msg_frozen", BODY).await;
+    assert_eq!(response.status(), 503);
+    let error: Value = response.json().await.unwrap();
+    assert!(
+        error["error"].as_str().unwrap().contains("confirm"),
+        "{error}"
+    );
+
+    proxy.set(Mode::Forward);
+    wait_for_health(&app, 200).await;
+    // Whether the frozen message reached the queue is the broker's business: it was not
+    // acknowledged with a 200, so Replicate retries it.
+    app.drain_queue().await;
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn unroutable_publish_is_503() {
+    let (config, secret) = test_config(&broker_url());
+    let mut app = spawn_app(config, secret, true).await;
+    // The queue vanishes under a connected ingest: the broker returns the message.
+    let queue = app.webhooks_queue();
+    app.inspector()
+        .await
+        .queue_delete(queue.as_str().into(), Default::default())
+        .await
+        .unwrap();
+
+    let response = app.post_signed("msg_unroutable", BODY).await;
+    assert_eq!(response.status(), 503);
+    let error: Value = response.json().await.unwrap();
+    assert!(
+        error["error"].as_str().unwrap().contains("route"),
+        "{error}"
+    );
+    app.cleanup().await;
+}
