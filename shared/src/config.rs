@@ -81,22 +81,109 @@ impl FromStr for AmqpUrl {
 
 impl fmt::Debug for AmqpUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{self}")
+        f.write_str(&redact_password(&self.0))
     }
 }
 
 impl fmt::Display for AmqpUrl {
-    /// `amqp://guest:<redacted>@host:5672/%2f`
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (self.0.split_once("://"), self.0.rfind('@')) {
-            (Some((scheme, rest)), Some(at)) => {
-                let userinfo = &rest[..at - scheme.len() - 3];
-                let user = userinfo.split(':').next().unwrap_or_default();
-                write!(f, "{scheme}://{user}:<redacted>{}", &self.0[at..])
-            }
-            _ => f.write_str(&self.0),
-        }
+        f.write_str(&redact_password(&self.0))
     }
+}
+
+/// `scheme://user:secret@host/…` → `scheme://user:<redacted>@host/…`
+fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) if rest[..at].contains(':') => {
+            let user = rest[..at].split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:<redacted>{}", &rest[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// A PostgreSQL URL. Its password is never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The database name: the URL's path, without query parameters.
+    pub fn database_name(&self) -> &str {
+        let rest = self.0.split_once("://").map_or("", |(_, rest)| rest);
+        let path = rest.find('/').map_or("", |slash| &rest[slash + 1..]);
+        path.split('?').next().unwrap_or_default()
+    }
+
+    /// The same server and credentials, another database.
+    pub fn with_database(&self, name: &str) -> Self {
+        let rest_start = self.0.find("://").map_or(0, |i| i + 3);
+        let path_start = self.0[rest_start..]
+            .find('/')
+            .map_or(self.0.len(), |slash| rest_start + slash);
+        let query = self.0[path_start..]
+            .find('?')
+            .map_or("", |q| &self.0[path_start + q..]);
+        Self(format!("{}/{name}{query}", &self.0[..path_start]))
+    }
+}
+
+impl FromStr for DatabaseUrl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if !(s.starts_with("postgres://") || s.starts_with("postgresql://")) {
+            return Err("expected postgres://user@host:port/database".into());
+        }
+        let url = Self(s.to_owned());
+        if url.database_name().is_empty() {
+            return Err("the URL names no database (…/database)".into());
+        }
+        Ok(url)
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact_password(&self.0))
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact_password(&self.0))
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseConfig {
+    /// PostgreSQL URL; the worker creates the database if it does not exist.
+    #[arg(
+        long = "database-url",
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/replicate_pipeline",
+        hide_env_values = true
+    )]
+    pub url: DatabaseUrl,
+
+    /// Most connections this process keeps open.
+    #[arg(long = "database-pool-size", env = "DATABASE_POOL_SIZE", default_value_t = 16)]
+    pub pool_size: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StorageConfig {
+    /// Where stored media lives: `file://<directory>` or `s3://bucket/prefix` (credentials
+    /// from the usual AWS_* variables).
+    #[arg(long = "storage-url", env = "STORAGE_URL", default_value = "file://./data/media")]
+    pub url: String,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -174,6 +261,26 @@ mod tests {
         assert!(!format!("{url:?}").contains("s3cret"));
         let bare: AmqpUrl = "amqp://rabbit:5672/%2f".parse().unwrap();
         assert_eq!(bare.to_string(), "amqp://rabbit:5672/%2f");
+    }
+
+    #[test]
+    fn database_url_parts() {
+        let url: DatabaseUrl = "postgres://postgres:pw@127.0.0.1:5432/replicate_pipeline?sslmode=disable"
+            .parse()
+            .unwrap();
+        assert_eq!(url.database_name(), "replicate_pipeline");
+        assert_eq!(
+            url.with_database("postgres").as_str(),
+            "postgres://postgres:pw@127.0.0.1:5432/postgres?sslmode=disable"
+        );
+        assert_eq!(
+            url.to_string(),
+            "postgres://postgres:<redacted>@127.0.0.1:5432/replicate_pipeline?sslmode=disable"
+        );
+        let no_password: DatabaseUrl = "postgres://postgres@127.0.0.1:5432/db".parse().unwrap();
+        assert_eq!(no_password.to_string(), "postgres://postgres@127.0.0.1:5432/db");
+        assert!("postgres://host:5432".parse::<DatabaseUrl>().is_err());
+        assert!("mysql://host/db".parse::<DatabaseUrl>().is_err());
     }
 
     #[test]

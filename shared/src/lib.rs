@@ -8,3 +8,10 @@ pub mod replicate;
 pub mod shutdown;
 pub mod telemetry;
 pub mod webhook;
+#[cfg(feature = "db")]
+pub mod db;
+pub mod events;
+#[cfg(feature = "http")]
+pub mod http;
+#[cfg(feature = "storage")]
+pub mod storage;

@@ -89,7 +89,7 @@ pub async fn spawn_app(
         address,
         secret,
         prefix: config.amqp.name_prefix.clone(),
-        client: reqwest::Client::builder()
+        client: shared::http::client_builder()
             .timeout(Duration::from_secs(10))
             .build()
             .unwrap(),

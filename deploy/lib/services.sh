@@ -1,0 +1,105 @@
+# Makes sure PostgreSQL (127.0.0.1:5432, user postgres, trust) and RabbitMQ (127.0.0.1:5672,
+# guest/guest) are reachable, in this order of preference:
+#   1. already running: nothing to do;
+#   2. installed but stopped: start the local service;
+#   3. Docker available: `docker compose up -d postgres rabbitmq`;
+#   4. root on Debian: install the packages, then start them.
+# Sourced by deploy/test and deploy/run.
+
+PG_HOST=127.0.0.1
+PG_PORT=5432
+AMQP_HOST=127.0.0.1
+AMQP_PORT=5672
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+
+say() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
+postgres_ready() {
+  if command -v pg_isready >/dev/null 2>&1; then
+    pg_isready -q -h "$PG_HOST" -p "$PG_PORT"
+  else
+    port_open "$PG_HOST" "$PG_PORT"
+  fi
+}
+
+rabbitmq_ready() { port_open "$AMQP_HOST" "$AMQP_PORT"; }
+
+wait_until() { # name seconds check-command...
+  local name=$1 seconds=$2; shift 2
+  local deadline=$((SECONDS + seconds))
+  until "$@"; do
+    [ "$SECONDS" -lt "$deadline" ] || die "$name did not become reachable within ${seconds}s"
+    sleep 1
+  done
+}
+
+docker_usable() { command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; }
+can_apt() { [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; }
+
+apt_install() {
+  say "installing $* from Debian's packages"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+start_local_postgres() {
+  local version
+  version=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1)
+  [ -n "$version" ] && command -v pg_ctlcluster >/dev/null 2>&1 || return 1
+  say "starting PostgreSQL $version"
+  pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+}
+
+# A fresh Debian install only trusts local socket peers; the pipeline connects over TCP as
+# user postgres without a password, as on the developers' machines.
+trust_local_tcp() {
+  local hba
+  hba=$(ls /etc/postgresql/*/main/pg_hba.conf 2>/dev/null | head -n 1)
+  [ -n "$hba" ] || return 0
+  grep -q '^host all all 127.0.0.1/32 trust' "$hba" && return 0
+  sed -i '1i host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust' "$hba"
+  start_local_postgres
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -n 1)" main reload || true
+}
+
+ensure_postgres() {
+  postgres_ready && return 0
+  if start_local_postgres; then :
+  elif docker_usable; then
+    say "starting PostgreSQL with docker compose"
+    docker compose -f "$REPO_ROOT/docker-compose.yml" up -d postgres
+  elif can_apt; then
+    apt_install postgresql
+    trust_local_tcp
+    start_local_postgres
+  else
+    die "PostgreSQL is not reachable at $PG_HOST:$PG_PORT and cannot be started here (no local install, no Docker, not root)"
+  fi
+  wait_until PostgreSQL 60 postgres_ready
+}
+
+ensure_rabbitmq() {
+  rabbitmq_ready && return 0
+  if command -v rabbitmq-server >/dev/null 2>&1; then
+    say "starting RabbitMQ"
+    rabbitmq-server -detached || true
+  elif docker_usable; then
+    say "starting RabbitMQ with docker compose"
+    docker compose -f "$REPO_ROOT/docker-compose.yml" up -d rabbitmq
+  elif can_apt; then
+    apt_install rabbitmq-server
+    rabbitmq_ready || rabbitmq-server -detached || true
+  else
+    die "RabbitMQ is not reachable at $AMQP_HOST:$AMQP_PORT and cannot be started here (no local install, no Docker, not root)"
+  fi
+  wait_until RabbitMQ 120 rabbitmq_ready
+}
+
+ensure_services() {
+  ensure_postgres
+  ensure_rabbitmq
+  say "PostgreSQL $PG_HOST:$PG_PORT and RabbitMQ $AMQP_HOST:$AMQP_PORT are reachable"
+}

@@ -1,0 +1,2 @@
+DROP TABLE IF EXISTS job_events;
+ALTER TABLE users DROP COLUMN IF EXISTS event_seq;

@@ -1,0 +1,161 @@
+//! PostgreSQL: schema, embedded migrations, database creation and the connection pool.
+
+pub mod schema;
+
+use std::time::Duration;
+
+use diesel::sql_types::{BigInt, Text};
+use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::pooled_connection::deadpool::{Object, Pool as DeadPool};
+use diesel_async::{AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+
+use crate::config::{DatabaseConfig, DatabaseUrl};
+
+pub use diesel_async::AsyncPgConnection as Connection;
+
+pub type Pool = DeadPool<AsyncPgConnection>;
+pub type PooledConnection = Object<AsyncPgConnection>;
+
+/// The migrations in `shared/migrations`, compiled into every binary that uses the database.
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+
+/// Serialises migrations across processes: replicas starting together take turns.
+const MIGRATION_LOCK_KEY: i64 = 0x7265_706c_6963_6174; // "replicat"
+
+/// How long a caller waits for a pooled connection before the work is retried later.
+const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("cannot connect to PostgreSQL: {0}")]
+    Connect(#[from] diesel::ConnectionError),
+    #[error("database query failed: {0}")]
+    Query(#[from] diesel::result::Error),
+    #[error("migration failed: {0}")]
+    Migration(String),
+    #[error("no database connection: {0}")]
+    Pool(String),
+}
+
+impl DbError {
+    /// Errors that go away by themselves (server down, connection lost, serialization
+    /// conflicts) as opposed to bugs or bad data.
+    pub fn is_transient(&self) -> bool {
+        use diesel::result::{DatabaseErrorKind, Error};
+        match self {
+            Self::Connect(_) | Self::Pool(_) => true,
+            Self::Query(Error::DatabaseError(kind, _)) => matches!(
+                kind,
+                DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::SerializationFailure
+            ),
+            Self::Query(Error::BrokenTransactionManager) => true,
+            Self::Query(_) | Self::Migration(_) => false,
+        }
+    }
+}
+
+/// Creates the database named in `url` if it does not exist yet. Returns whether it did.
+pub async fn create_database_if_missing(url: &DatabaseUrl) -> Result<bool, DbError> {
+    let name = url.database_name().to_owned();
+    let mut admin = AsyncPgConnection::establish(url.with_database("postgres").as_str()).await?;
+    #[derive(diesel::QueryableByName)]
+    struct Found {
+        #[diesel(sql_type = BigInt)]
+        #[allow(dead_code)]
+        found: i64,
+    }
+    let existing: Vec<Found> =
+        diesel::sql_query("SELECT 1::int8 AS found FROM pg_database WHERE datname = $1")
+            .bind::<Text, _>(&name)
+            .load(&mut admin)
+            .await?;
+    if !existing.is_empty() {
+        return Ok(false);
+    }
+    let created = diesel::sql_query(format!("CREATE DATABASE {}", quote_identifier(&name)))
+        .execute(&mut admin)
+        .await;
+    match created {
+        Ok(_) => Ok(true),
+        // Another replica created it a moment ago.
+        Err(diesel::result::Error::DatabaseError(_, info))
+            if info.message().contains("already exists") =>
+        {
+            Ok(false)
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Drops the database named in `url`, closing its connections (test databases).
+pub async fn drop_database(url: &DatabaseUrl) -> Result<(), DbError> {
+    let mut admin = AsyncPgConnection::establish(url.with_database("postgres").as_str()).await?;
+    diesel::sql_query(format!(
+        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+        quote_identifier(url.database_name())
+    ))
+    .execute(&mut admin)
+    .await?;
+    Ok(())
+}
+
+/// Applies pending migrations under an advisory lock; returns the versions applied.
+/// Needs the multi-threaded tokio runtime (diesel's migrations are synchronous).
+pub async fn run_migrations(url: &DatabaseUrl) -> Result<Vec<String>, DbError> {
+    let mut connection = AsyncPgConnection::establish(url.as_str()).await?;
+    advisory_lock(&mut connection, "pg_advisory_lock").await?;
+    let mut harness = AsyncMigrationHarness::new(connection);
+    let applied = harness
+        .run_pending_migrations(MIGRATIONS)
+        .map(|versions| versions.iter().map(ToString::to_string).collect())
+        .map_err(|err| DbError::Migration(err.to_string()));
+    let mut connection = harness.into_inner();
+    advisory_lock(&mut connection, "pg_advisory_unlock").await?;
+    applied
+}
+
+async fn advisory_lock(connection: &mut AsyncPgConnection, function: &str) -> Result<(), DbError> {
+    diesel::sql_query(format!("SELECT {function}($1)"))
+        .bind::<BigInt, _>(MIGRATION_LOCK_KEY)
+        .execute(connection)
+        .await?;
+    Ok(())
+}
+
+/// Creates the database if missing, applies migrations, and opens the pool.
+pub async fn prepare(config: &DatabaseConfig) -> Result<Pool, DbError> {
+    if create_database_if_missing(&config.url).await? {
+        tracing::info!(database = config.url.database_name(), "created database");
+    }
+    let applied = run_migrations(&config.url).await?;
+    if !applied.is_empty() {
+        tracing::info!(?applied, "applied migrations");
+    }
+    pool(config)
+}
+
+/// A pool that opens connections on demand and replaces broken ones, so the service
+/// recovers by itself after PostgreSQL restarts.
+pub fn pool(config: &DatabaseConfig) -> Result<Pool, DbError> {
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(config.url.as_str());
+    Pool::builder(manager)
+        .max_size(config.pool_size)
+        .build()
+        .map_err(|err| DbError::Pool(err.to_string()))
+}
+
+/// A connection from the pool, or an error after [`CHECKOUT_TIMEOUT`].
+pub async fn connection(pool: &Pool) -> Result<PooledConnection, DbError> {
+    match tokio::time::timeout(CHECKOUT_TIMEOUT, pool.get()).await {
+        Ok(Ok(connection)) => Ok(connection),
+        Ok(Err(err)) => Err(DbError::Pool(err.to_string())),
+        Err(_) => Err(DbError::Pool(format!(
+            "none free within {CHECKOUT_TIMEOUT:?}"
+        ))),
+    }
+}
+
+fn quote_identifier(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}

@@ -1,0 +1,208 @@
+//! The messages browsers receive (the contract's "Browser WebSocket"). The same JSON object
+//! is the body of each message on the `jobs.events` exchange, so other consumers (emails,
+//! analytics) read exactly what the gallery reads.
+
+use serde::{Deserialize, Serialize};
+
+/// What kind of job an event is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobKind {
+    Generation,
+    Upscale,
+    Training,
+}
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Generation => "generation",
+            Self::Upscale => "upscale",
+            Self::Training => "training",
+        }
+    }
+}
+
+impl std::fmt::Display for JobKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A generation's or upscale's state after a change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerationJob {
+    pub kind: JobKind,
+    /// `generations.id`
+    pub id: String,
+    /// Replicate's prediction id.
+    pub job_id: String,
+    pub status: String,
+    pub image_urls: Vec<String>,
+    pub error: Option<String>,
+}
+
+/// A training's state after a change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingJob {
+    pub kind: JobKind,
+    /// `ai_models.id`
+    pub id: String,
+    /// Replicate's training id.
+    pub job_id: String,
+    pub status: String,
+    pub model_version: Option<String>,
+    pub weights_url: Option<String>,
+    pub error: Option<String>,
+}
+
+/// A running job's progress, from 0.0 to 1.0.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobProgress {
+    pub kind: JobKind,
+    pub id: String,
+    pub job_id: String,
+    pub progress: f64,
+}
+
+/// Every message a browser can receive.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// First message on every connection.
+    Hello {
+        user_id: String,
+        /// The user's latest `seq`.
+        seq: i64,
+        polling_disabled: bool,
+        webhook_enabled: bool,
+    },
+    GenerationStatusChanged {
+        seq: i64,
+        user_id: String,
+        credits: i32,
+        job: GenerationJob,
+    },
+    ModelStatusChanged {
+        seq: i64,
+        user_id: String,
+        credits: i32,
+        job: TrainingJob,
+    },
+    /// Live only: no `seq`, never stored, never replayed.
+    JobProgress { user_id: String, job: JobProgress },
+}
+
+impl Event {
+    pub fn hello(user_id: &str, seq: i64) -> Self {
+        Self::Hello {
+            user_id: user_id.to_owned(),
+            seq,
+            polling_disabled: true,
+            webhook_enabled: true,
+        }
+    }
+
+    /// The per-user sequence number of a stored event; `None` for hello and progress.
+    pub fn seq(&self) -> Option<i64> {
+        match self {
+            Self::GenerationStatusChanged { seq, .. } | Self::ModelStatusChanged { seq, .. } => {
+                Some(*seq)
+            }
+            Self::Hello { .. } | Self::JobProgress { .. } => None,
+        }
+    }
+
+    pub fn user_id(&self) -> &str {
+        match self {
+            Self::Hello { user_id, .. }
+            | Self::GenerationStatusChanged { user_id, .. }
+            | Self::ModelStatusChanged { user_id, .. }
+            | Self::JobProgress { user_id, .. } => user_id,
+        }
+    }
+
+    /// The routing key on the `jobs.events` exchange.
+    pub fn routing_key(&self) -> String {
+        routing_key(self.user_id())
+    }
+}
+
+/// `user.<id>`: the routing key of one user's events.
+pub fn routing_key(user_id: &str) -> String {
+    format!("user.{user_id}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn status_change_matches_the_contract() {
+        let event = Event::GenerationStatusChanged {
+            seq: 7,
+            user_id: "u1".into(),
+            credits: 120,
+            job: GenerationJob {
+                kind: JobKind::Generation,
+                id: "g1".into(),
+                job_id: "r1".into(),
+                status: "COMPLETED".into(),
+                image_urls: vec!["http://localhost:8081/media/a.png".into()],
+                error: None,
+            },
+        };
+        assert_eq!(
+            serde_json::to_value(&event).unwrap(),
+            json!({"type":"generation_status_changed","seq":7,"user_id":"u1","credits":120,
+                   "job":{"kind":"generation","id":"g1","job_id":"r1","status":"COMPLETED",
+                          "image_urls":["http://localhost:8081/media/a.png"],"error":null}})
+        );
+        assert_eq!(event.seq(), Some(7));
+        assert_eq!(event.routing_key(), "user.u1");
+    }
+
+    #[test]
+    fn training_hello_and_progress_match_the_contract() {
+        let training = Event::ModelStatusChanged {
+            seq: 8,
+            user_id: "u1".into(),
+            credits: 120,
+            job: TrainingJob {
+                kind: JobKind::Training,
+                id: "m1".into(),
+                job_id: "t1".into(),
+                status: "COMPLETED".into(),
+                model_version: Some("owner/name:hash".into()),
+                weights_url: Some("https://weights".into()),
+                error: None,
+            },
+        };
+        assert_eq!(
+            serde_json::to_value(&training).unwrap(),
+            json!({"type":"model_status_changed","seq":8,"user_id":"u1","credits":120,
+                   "job":{"kind":"training","id":"m1","job_id":"t1","status":"COMPLETED",
+                          "model_version":"owner/name:hash","weights_url":"https://weights","error":null}})
+        );
+        assert_eq!(
+            serde_json::to_value(Event::hello("u1", 3)).unwrap(),
+            json!({"type":"hello","user_id":"u1","seq":3,"polling_disabled":true,"webhook_enabled":true})
+        );
+        let progress = Event::JobProgress {
+            user_id: "u1".into(),
+            job: JobProgress {
+                kind: JobKind::Upscale,
+                id: "g2".into(),
+                job_id: "r2".into(),
+                progress: 0.42,
+            },
+        };
+        assert_eq!(
+            serde_json::to_value(&progress).unwrap(),
+            json!({"type":"job_progress","user_id":"u1",
+                   "job":{"kind":"upscale","id":"g2","job_id":"r2","progress":0.42}})
+        );
+        assert_eq!(progress.seq(), None);
+    }
+}
