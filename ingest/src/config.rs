@@ -31,3 +31,23 @@ pub struct IngestConfig {
     #[command(flatten)]
     pub telemetry: TelemetryConfig,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_is_well_formed() {
+        IngestConfig::command().debug_assert();
+    }
+
+    #[test]
+    fn the_secret_is_required() {
+        let err = IngestConfig::try_parse_from(["ingest"]).unwrap_err();
+        assert!(
+            err.to_string().contains("REPLICATE_WEBHOOK_SECRET"),
+            "{err}"
+        );
+    }
+}

@@ -7,30 +7,13 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::{BasicProperties, Channel, Confirmation, Connection};
-use shared::amqp::{Reconnecting, string_headers};
+use lapin::options::ConfirmSelectOptions;
+use lapin::{BasicProperties, Channel, Connection};
+use shared::amqp::{Outgoing, PERSISTENT, Reconnecting, publish_confirmed, string_headers};
 use shared::config::AmqpConfig;
 use shared::webhook::{HEADER_ID, HEADER_TIMESTAMP};
 
-/// AMQP delivery mode 2: the broker writes the message to disk.
-const PERSISTENT: u8 = 2;
-
-/// Why a webhook could not be enqueued. All of them are answered 503, so Replicate retries.
-#[derive(Debug, thiserror::Error)]
-pub enum PublishError {
-    #[error("broker unavailable")]
-    BrokerUnavailable,
-    #[error("broker did not confirm within {0:?}")]
-    Timeout(Duration),
-    #[error("broker refused the message (nack)")]
-    Nacked,
-    #[error("broker could not route the message: {0}")]
-    Unroutable(String),
-    #[error("publish failed: {0}")]
-    Amqp(#[from] lapin::Error),
-}
-
+pub use shared::amqp::PublishError;
 /// One verified webhook, exactly as received.
 #[derive(Debug, Clone, Copy)]
 pub struct VerifiedWebhook<'a> {
@@ -89,32 +72,18 @@ impl Publisher {
                 (HEADER_ID, webhook.id),
                 (HEADER_TIMESTAMP, webhook.timestamp),
             ]));
-        let options = BasicPublishOptions {
-            mandatory: true,
-            ..BasicPublishOptions::default()
-        };
-        let confirmed = async {
-            let confirm = channel
-                .basic_publish(
-                    "".into(),
-                    self.queue.as_str().into(),
-                    options,
-                    webhook.body,
-                    properties,
-                )
-                .await?;
-            confirm.await
-        };
-        match tokio::time::timeout(self.confirm_timeout, confirmed).await {
-            Err(_) => Err(PublishError::Timeout(self.confirm_timeout)),
-            Ok(Err(err)) => Err(PublishError::Amqp(err)),
-            Ok(Ok(Confirmation::Ack(None))) => Ok(()),
-            // Acked but returned: the queue does not exist, so the message went nowhere.
-            Ok(Ok(Confirmation::Ack(Some(returned)))) => {
-                Err(PublishError::Unroutable(returned.reply_text.to_string()))
-            }
-            Ok(Ok(Confirmation::Nack(_) | Confirmation::NotRequested)) => Err(PublishError::Nacked),
-        }
+        publish_confirmed(
+            &channel,
+            Outgoing {
+                exchange: "",
+                routing_key: &self.queue,
+                body: webhook.body,
+                properties,
+                mandatory: true,
+            },
+            self.confirm_timeout,
+        )
+        .await
     }
 
     /// Closes the broker connection once in-flight publishes have finished.

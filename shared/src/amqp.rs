@@ -5,9 +5,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lapin::options::{ExchangeDeclareOptions, QueueDeclareOptions};
+use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -150,6 +152,72 @@ pub fn string_headers<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -
         table.insert(ShortString::from(key), string(value));
     }
     table
+}
+
+/// AMQP delivery mode 2: the broker writes the message to disk.
+pub const PERSISTENT: u8 = 2;
+
+/// Why a message was not confirmed by the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("broker unavailable")]
+    BrokerUnavailable,
+    #[error("broker did not confirm within {0:?}")]
+    Timeout(Duration),
+    #[error("broker refused the message (nack)")]
+    Nacked,
+    #[error("broker could not route the message: {0}")]
+    Unroutable(String),
+    #[error("publish failed: {0}")]
+    Amqp(#[from] lapin::Error),
+}
+
+/// One message to publish.
+#[derive(Debug, Clone)]
+pub struct Outgoing<'a> {
+    pub exchange: &'a str,
+    pub routing_key: &'a str,
+    pub body: &'a [u8],
+    pub properties: BasicProperties,
+    /// Whether an unroutable message is an error (queues) or fine (event exchanges
+    /// nobody listens to yet).
+    pub mandatory: bool,
+}
+
+/// Publishes on a channel in confirm mode and waits up to `timeout` for the broker's
+/// confirm. Callers on many tasks share one channel: each waits only for its own confirm,
+/// so confirms are pipelined.
+pub async fn publish_confirmed(
+    channel: &Channel,
+    message: Outgoing<'_>,
+    timeout: Duration,
+) -> Result<(), PublishError> {
+    let options = BasicPublishOptions {
+        mandatory: message.mandatory,
+        ..BasicPublishOptions::default()
+    };
+    let confirmed = async {
+        channel
+            .basic_publish(
+                message.exchange.into(),
+                message.routing_key.into(),
+                options,
+                message.body,
+                message.properties,
+            )
+            .await?
+            .await
+    };
+    match tokio::time::timeout(timeout, confirmed).await {
+        Err(_) => Err(PublishError::Timeout(timeout)),
+        Ok(Err(err)) => Err(PublishError::Amqp(err)),
+        Ok(Ok(Confirmation::Ack(None))) => Ok(()),
+        // Acked but returned: no queue is bound, so the message went nowhere.
+        Ok(Ok(Confirmation::Ack(Some(returned)))) => {
+            Err(PublishError::Unroutable(returned.reply_text.to_string()))
+        }
+        Ok(Ok(Confirmation::Nack(_) | Confirmation::NotRequested)) => Err(PublishError::Nacked),
+    }
 }
 
 /// Something built on top of a connection (channels, consumers) that can tell whether it

@@ -166,6 +166,7 @@ impl fmt::Display for DatabaseUrl {
 pub struct DatabaseConfig {
     /// PostgreSQL URL; the worker creates the database if it does not exist.
     #[arg(
+        id = "database_url",
         long = "database-url",
         env = "DATABASE_URL",
         default_value = "postgres://postgres@127.0.0.1:5432/replicate_pipeline",
@@ -174,7 +175,11 @@ pub struct DatabaseConfig {
     pub url: DatabaseUrl,
 
     /// Most connections this process keeps open.
-    #[arg(long = "database-pool-size", env = "DATABASE_POOL_SIZE", default_value_t = 16)]
+    #[arg(
+        long = "database-pool-size",
+        env = "DATABASE_POOL_SIZE",
+        default_value_t = 16
+    )]
     pub pool_size: usize,
 }
 
@@ -182,7 +187,11 @@ pub struct DatabaseConfig {
 pub struct StorageConfig {
     /// Where stored media lives: `file://<directory>` or `s3://bucket/prefix` (credentials
     /// from the usual AWS_* variables).
-    #[arg(long = "storage-url", env = "STORAGE_URL", default_value = "file://./data/media")]
+    #[arg(
+        long = "storage-url",
+        env = "STORAGE_URL",
+        default_value = "file://./data/media"
+    )]
     pub url: String,
 }
 
@@ -190,6 +199,7 @@ pub struct StorageConfig {
 pub struct AmqpConfig {
     /// RabbitMQ URL.
     #[arg(
+        id = "amqp_url",
         long = "amqp-url",
         env = "AMQP_URL",
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
@@ -265,9 +275,10 @@ mod tests {
 
     #[test]
     fn database_url_parts() {
-        let url: DatabaseUrl = "postgres://postgres:pw@127.0.0.1:5432/replicate_pipeline?sslmode=disable"
-            .parse()
-            .unwrap();
+        let url: DatabaseUrl =
+            "postgres://postgres:pw@127.0.0.1:5432/replicate_pipeline?sslmode=disable"
+                .parse()
+                .unwrap();
         assert_eq!(url.database_name(), "replicate_pipeline");
         assert_eq!(
             url.with_database("postgres").as_str(),
@@ -278,7 +289,10 @@ mod tests {
             "postgres://postgres:<redacted>@127.0.0.1:5432/replicate_pipeline?sslmode=disable"
         );
         let no_password: DatabaseUrl = "postgres://postgres@127.0.0.1:5432/db".parse().unwrap();
-        assert_eq!(no_password.to_string(), "postgres://postgres@127.0.0.1:5432/db");
+        assert_eq!(
+            no_password.to_string(),
+            "postgres://postgres@127.0.0.1:5432/db"
+        );
         assert!("postgres://host:5432".parse::<DatabaseUrl>().is_err());
         assert!("mysql://host/db".parse::<DatabaseUrl>().is_err());
     }

@@ -3,15 +3,15 @@
 
 pub mod amqp;
 pub mod config;
-pub mod metrics;
-pub mod replicate;
-pub mod shutdown;
-pub mod telemetry;
-pub mod webhook;
 #[cfg(feature = "db")]
 pub mod db;
 pub mod events;
 #[cfg(feature = "http")]
 pub mod http;
+pub mod metrics;
+pub mod replicate;
+pub mod shutdown;
 #[cfg(feature = "storage")]
 pub mod storage;
+pub mod telemetry;
+pub mod webhook;

@@ -66,7 +66,10 @@ mod tests {
         store.put(&key, b"second".to_vec().into()).await.unwrap();
         let bytes = store.get(&key).await.unwrap().bytes().await.unwrap();
         assert_eq!(&bytes[..], b"second");
-        assert_eq!(std::fs::read(dir.join("generations/g1/0.png")).unwrap(), b"second");
+        assert_eq!(
+            std::fs::read(dir.join("generations/g1/0.png")).unwrap(),
+            b"second"
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 

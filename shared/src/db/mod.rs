@@ -39,18 +39,29 @@ pub enum DbError {
 }
 
 impl DbError {
-    /// Errors that go away by themselves (server down, connection lost, serialization
-    /// conflicts) as opposed to bugs or bad data.
+    /// Errors that may go away by themselves (server down or restarting, connection lost,
+    /// serialization conflicts). Only errors that say the data or the query is wrong are
+    /// permanent; anything unclear is retried, since retrying is safe and dropping is not.
     pub fn is_transient(&self) -> bool {
         use diesel::result::{DatabaseErrorKind, Error};
         match self {
             Self::Connect(_) | Self::Pool(_) => true,
-            Self::Query(Error::DatabaseError(kind, _)) => matches!(
+            Self::Migration(_) => false,
+            Self::Query(Error::DatabaseError(kind, _)) => !matches!(
                 kind,
-                DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::SerializationFailure
+                DatabaseErrorKind::UniqueViolation
+                    | DatabaseErrorKind::ForeignKeyViolation
+                    | DatabaseErrorKind::NotNullViolation
+                    | DatabaseErrorKind::CheckViolation
             ),
-            Self::Query(Error::BrokenTransactionManager) => true,
-            Self::Query(_) | Self::Migration(_) => false,
+            Self::Query(
+                Error::NotFound
+                | Error::DeserializationError(_)
+                | Error::SerializationError(_)
+                | Error::QueryBuilderError(_)
+                | Error::InvalidCString(_),
+            ) => false,
+            Self::Query(_) => true,
         }
     }
 }
@@ -123,8 +134,9 @@ async fn advisory_lock(connection: &mut AsyncPgConnection, function: &str) -> Re
     Ok(())
 }
 
-/// Creates the database if missing, applies migrations, and opens the pool.
-pub async fn prepare(config: &DatabaseConfig) -> Result<Pool, DbError> {
+/// Creates the database if missing and applies pending migrations; returns the versions
+/// applied.
+pub async fn migrate(config: &DatabaseConfig) -> Result<Vec<String>, DbError> {
     if create_database_if_missing(&config.url).await? {
         tracing::info!(database = config.url.database_name(), "created database");
     }
@@ -132,7 +144,24 @@ pub async fn prepare(config: &DatabaseConfig) -> Result<Pool, DbError> {
     if !applied.is_empty() {
         tracing::info!(?applied, "applied migrations");
     }
+    Ok(applied)
+}
+
+/// Creates the database if missing, applies migrations, and opens the pool.
+pub async fn prepare(config: &DatabaseConfig) -> Result<Pool, DbError> {
+    migrate(config).await?;
     pool(config)
+}
+
+/// Whether the database answers a trivial query right now.
+pub async fn ping(pool: &Pool) -> bool {
+    let Ok(mut conn) = connection(pool).await else {
+        return false;
+    };
+    diesel::sql_query("SELECT 1")
+        .execute(&mut conn)
+        .await
+        .is_ok()
 }
 
 /// A pool that opens connections on demand and replaces broken ones, so the service

@@ -1,0 +1,169 @@
+//! The worker's RabbitMQ link: a consuming channel with a prefetch window and a publishing
+//! channel in confirm mode, rebuilt together whenever the connection breaks.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use lapin::message::Delivery;
+use lapin::options::{BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, Consumer};
+use shared::amqp::{
+    Link, Outgoing, PERSISTENT, PublishError, Reconnecting, Topology, publish_confirmed,
+};
+use shared::config::AmqpConfig;
+use shared::events::Event;
+
+pub struct BrokerLink {
+    publish: Channel,
+    consume: Channel,
+    pub consumer: Consumer,
+    pub consumer_tag: String,
+    broken: AtomicBool,
+}
+
+impl BrokerLink {
+    /// Asks for a fresh link (the consumer stream ended while the channel looked fine).
+    pub fn mark_broken(&self) {
+        self.broken.store(true, Ordering::Relaxed);
+    }
+
+    /// Stops the broker from sending more deliveries to this consumer.
+    pub async fn cancel_consumer(&self) {
+        let _ = self
+            .consume
+            .basic_cancel(self.consumer_tag.as_str().into(), Default::default())
+            .await;
+    }
+}
+
+impl Link for BrokerLink {
+    fn is_healthy(&self) -> bool {
+        !self.broken.load(Ordering::Relaxed)
+            && self.publish.status().connected()
+            && self.consume.status().connected()
+    }
+}
+
+async fn open(
+    connection: Arc<Connection>,
+    topology: Topology,
+    prefetch: u16,
+) -> lapin::Result<BrokerLink> {
+    let publish = connection.create_channel().await?;
+    topology.declare(&publish).await?;
+    publish
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let consume = connection.create_channel().await?;
+    consume
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await?;
+    let consumer_tag = format!(
+        "worker-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis()
+    );
+    let consumer = consume
+        .basic_consume(
+            topology.webhooks_queue().into(),
+            consumer_tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(BrokerLink {
+        publish,
+        consume,
+        consumer,
+        consumer_tag,
+        broken: AtomicBool::new(false),
+    })
+}
+
+/// The worker's side of RabbitMQ: consuming webhooks, publishing events, retries and dead
+/// letters, all with publisher confirms.
+pub struct Broker {
+    pub link: Reconnecting<BrokerLink>,
+    pub topology: Topology,
+    confirm_timeout: Duration,
+}
+
+impl Broker {
+    pub fn start(config: &AmqpConfig, prefetch: u16) -> Self {
+        let topology = config.topology();
+        let for_link = topology.clone();
+        let link = Reconnecting::spawn(config, "worker", move |connection| {
+            open(connection, for_link.clone(), prefetch)
+        });
+        Self {
+            link,
+            topology,
+            confirm_timeout: Duration::from_secs(10),
+        }
+    }
+
+    fn channel(&self) -> Result<Channel, PublishError> {
+        Ok(self
+            .link
+            .current()
+            .ok_or(PublishError::BrokerUnavailable)?
+            .publish
+            .clone())
+    }
+
+    /// Publishes a result event to `jobs.events` with routing key `user.<id>`.
+    pub async fn publish_event(&self, event: &Event) -> Result<(), PublishError> {
+        let body = serde_json::to_vec(event).expect("events serialise");
+        let mut properties = BasicProperties::default()
+            .with_delivery_mode(PERSISTENT)
+            .with_content_type("application/json".into());
+        if let Some(seq) = event.seq() {
+            properties = properties.with_message_id(format!("{}:{seq}", event.user_id()).into());
+        }
+        publish_confirmed(
+            &self.channel()?,
+            Outgoing {
+                exchange: &self.topology.events_exchange(),
+                routing_key: &event.routing_key(),
+                body: &body,
+                properties,
+                // Nobody may be listening for this user right now; the event log keeps it.
+                mandatory: false,
+            },
+            self.confirm_timeout,
+        )
+        .await
+    }
+
+    /// Publishes a copy of `delivery` (body, id, headers) to `queue` with extra headers:
+    /// a retry queue or the dead-letter queue.
+    pub async fn republish(
+        &self,
+        queue: &str,
+        delivery: &Delivery,
+        headers: FieldTable,
+    ) -> Result<(), PublishError> {
+        let properties = delivery
+            .properties
+            .clone()
+            .with_delivery_mode(PERSISTENT)
+            .with_headers(headers);
+        publish_confirmed(
+            &self.channel()?,
+            Outgoing {
+                exchange: "",
+                routing_key: queue,
+                body: &delivery.data,
+                properties,
+                mandatory: true,
+            },
+            self.confirm_timeout,
+        )
+        .await
+    }
+}

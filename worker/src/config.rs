@@ -1,0 +1,158 @@
+//! The worker's settings: its own plus the shared groups it needs.
+
+use std::net::SocketAddr;
+
+use clap::{Args, Parser, Subcommand};
+use shared::config::{AmqpConfig, DatabaseConfig, StorageConfig, TelemetryConfig};
+
+use crate::download::{DownloadPolicy, HostRule};
+
+/// Consumes Replicate webhooks from RabbitMQ: classifies each job, moves its status
+/// forward, stores output images, refunds failed and cancelled jobs exactly once, and
+/// publishes every change to `jobs.events`.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "worker", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub config: WorkerConfig,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Process webhooks until SIGINT/SIGTERM (the default).
+    Run,
+    /// Create the database if missing, apply pending migrations, and exit.
+    Migrate,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WorkerConfig {
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+
+    #[command(flatten)]
+    pub amqp: AmqpConfig,
+
+    #[command(flatten)]
+    pub storage: StorageConfig,
+
+    /// Public URL prefix of stored files: key K is published as MEDIA_BASE_URL/K.
+    #[arg(
+        long,
+        env = "MEDIA_BASE_URL",
+        default_value = "http://localhost:8081/media"
+    )]
+    pub media_base_url: String,
+
+    /// Address of the worker's `/metrics` and `/api/health`.
+    #[arg(long, env = "WORKER_METRICS_ADDR", default_value = "0.0.0.0:9091")]
+    pub metrics_addr: SocketAddr,
+
+    #[command(flatten)]
+    pub download: DownloadConfig,
+
+    /// Unacknowledged webhooks the broker hands this worker at once.
+    #[arg(long, env = "WORKER_PREFETCH", default_value_t = 200)]
+    pub prefetch: u16,
+
+    /// Webhooks processed at the same time.
+    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 32)]
+    pub concurrency: usize,
+
+    /// How long a webhook for an unknown job is retried before it is dead-lettered.
+    #[arg(long, env = "UNKNOWN_JOB_RETRY_SECS", default_value_t = 150)]
+    pub unknown_job_retry_secs: u64,
+
+    /// How long a webhook failing for a transient reason is retried.
+    #[arg(long, env = "TRANSIENT_RETRY_SECS", default_value_t = 1800)]
+    pub transient_retry_secs: u64,
+
+    /// How often unpublished events are looked for (the outbox sweep).
+    #[arg(long, env = "OUTBOX_SWEEP_SECS", default_value_t = 5)]
+    pub outbox_sweep_secs: u64,
+
+    /// How long a shutdown waits for in-flight webhooks.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
+    pub shutdown_timeout_secs: u64,
+
+    #[command(flatten)]
+    pub telemetry: TelemetryConfig,
+}
+
+/// A comma-separated list of `host`, `*.domain` or `host:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowedHosts(pub Vec<HostRule>);
+
+impl std::str::FromStr for AllowedHosts {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        DownloadPolicy::parse_hosts(s).map(Self)
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DownloadConfig {
+    /// Hosts output images may be downloaded from (also for every redirect).
+    #[arg(
+        long = "download-allowed-hosts",
+        env = "DOWNLOAD_ALLOWED_HOSTS",
+        default_value = "replicate.delivery,*.replicate.delivery"
+    )]
+    pub allowed_hosts: AllowedHosts,
+
+    /// Also fetch plain `http` output URLs.
+    #[arg(long = "download-allow-http", env = "DOWNLOAD_ALLOW_HTTP", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_http: bool,
+
+    /// Largest output file accepted, in bytes.
+    #[arg(long = "download-max-bytes", env = "DOWNLOAD_MAX_BYTES", default_value_t = 50 * 1024 * 1024)]
+    pub max_bytes: u64,
+
+    /// Time limit for one download.
+    #[arg(
+        long = "download-timeout-secs",
+        env = "DOWNLOAD_TIMEOUT_SECS",
+        default_value_t = 60
+    )]
+    pub timeout_secs: u64,
+}
+
+impl DownloadConfig {
+    pub fn policy(&self) -> DownloadPolicy {
+        DownloadPolicy {
+            allowed_hosts: self.allowed_hosts.0.clone(),
+            allow_http: self.allow_http,
+            max_bytes: self.max_bytes,
+            timeout: std::time::Duration::from_secs(self.timeout_secs),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let cli = Cli::try_parse_from(["worker"]).unwrap();
+        let config = cli.config;
+        assert_eq!(config.metrics_addr.to_string(), "0.0.0.0:9091");
+        assert_eq!(config.storage.url, "file://./data/media");
+        assert_eq!(config.media_base_url, "http://localhost:8081/media");
+        assert_eq!(config.download.max_bytes, 52_428_800);
+        assert!(!config.download.allow_http);
+        assert_eq!(config.download.allowed_hosts.0.len(), 2);
+        let migrate = Cli::try_parse_from(["worker", "migrate"]).unwrap();
+        assert!(matches!(migrate.command, Some(Command::Migrate)));
+    }
+}

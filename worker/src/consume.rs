@@ -1,0 +1,329 @@
+//! The delivery loop: a prefetch window of webhooks processed concurrently, each acked only
+//! once its effects are committed; retried through the delay queues when the job is not
+//! there yet or something transient failed; dead-lettered with the reason when retries
+//! are exhausted or the webhook can never be processed.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use shared::amqp::RETRY_DELAYS;
+use tokio::sync::{Semaphore, watch};
+
+use crate::broker::Broker;
+use crate::process::{ProcessError, Processor};
+
+/// Headers the worker adds to a message it sends on for a retry or to the dead letters.
+pub const HEADER_ATTEMPT: &str = "x-retry-attempt";
+pub const HEADER_FIRST_SEEN: &str = "x-first-seen-ms";
+pub const HEADER_LAST_ERROR: &str = "x-last-error";
+pub const HEADER_DEAD_REASON: &str = "x-dead-letter-reason";
+
+/// How long webhooks are retried before they are dead-lettered.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// A webhook for a job not (yet) in the database.
+    pub unknown_job: Duration,
+    /// Database, broker or storage trouble.
+    pub transient: Duration,
+}
+
+/// What happens to a delivery after processing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposition {
+    Ack,
+    Retry { delay: Duration, error: String },
+    DeadLetter { reason: String },
+}
+
+/// Decides a failed delivery's fate from its retry history. Pure.
+pub fn dispose(
+    error: &ProcessError,
+    attempt: u32,
+    since_first_seen: Duration,
+    policy: RetryPolicy,
+) -> Disposition {
+    let (window, what) = match error {
+        ProcessError::Invalid(reason) => {
+            return Disposition::DeadLetter {
+                reason: reason.clone(),
+            };
+        }
+        ProcessError::UnknownJob(_) => (policy.unknown_job, "job not found"),
+        ProcessError::Transient(_) => (policy.transient, "still failing"),
+    };
+    if since_first_seen >= window {
+        return Disposition::DeadLetter {
+            reason: format!(
+                "{what} after {} attempts over {}s: {error}",
+                attempt + 1,
+                since_first_seen.as_secs()
+            ),
+        };
+    }
+    let delay = RETRY_DELAYS[(attempt as usize).min(RETRY_DELAYS.len() - 1)];
+    Disposition::Retry {
+        delay,
+        error: error.to_string(),
+    }
+}
+
+pub struct Consumer {
+    pub broker: Arc<Broker>,
+    pub processor: Arc<Processor>,
+    pub concurrency: usize,
+    pub retry: RetryPolicy,
+}
+
+impl Consumer {
+    /// Consumes until `stop` fires, across reconnections; then stops taking deliveries and
+    /// waits up to `drain` for those in flight (unacked ones go back to the queue).
+    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>, drain: Duration) {
+        let permits = Arc::new(Semaphore::new(self.concurrency));
+        'connections: loop {
+            let link = tokio::select! {
+                _ = stop.changed() => break 'connections,
+                link = self.broker.link.wait_connected(Duration::from_secs(3600)) => match link {
+                    Some(link) => link,
+                    None => continue,
+                },
+            };
+            let mut deliveries = link.consumer.clone();
+            loop {
+                let delivery = tokio::select! {
+                    _ = stop.changed() => {
+                        link.cancel_consumer().await;
+                        break 'connections;
+                    }
+                    delivery = deliveries.next() => delivery,
+                };
+                match delivery {
+                    Some(Ok(delivery)) => {
+                        let permit = permits.clone().acquire_owned().await.expect("never closed");
+                        let this = self.clone();
+                        tokio::spawn(async move {
+                            this.handle(delivery).await;
+                            drop(permit);
+                        });
+                    }
+                    Some(Err(err)) => {
+                        tracing::warn!(error = %err, "consumer stopped; waiting for the connection to come back");
+                        link.mark_broken();
+                        break;
+                    }
+                    None => {
+                        link.mark_broken();
+                        break;
+                    }
+                }
+            }
+        }
+        let all = u32::try_from(self.concurrency).unwrap_or(u32::MAX);
+        if tokio::time::timeout(drain, permits.acquire_many(all))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "in-flight webhooks did not finish in time; the broker will redeliver them"
+            );
+        }
+        self.broker.link.close().await;
+    }
+
+    async fn handle(&self, delivery: Delivery) {
+        let started = Instant::now();
+        let webhook_id = delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.to_string())
+            .unwrap_or_else(|| "-".into());
+        let attempt = header_int(&delivery, HEADER_ATTEMPT).unwrap_or(0).max(0) as u32;
+        let first_seen = header_int(&delivery, HEADER_FIRST_SEEN).unwrap_or_else(now_ms);
+        let result = self.processor.process(&delivery.data).await;
+        let elapsed = started.elapsed();
+
+        let disposition = match &result {
+            Ok(processed) => {
+                let outcome = processed.result.outcome();
+                metrics::counter!("worker_webhooks_total", "kind" => processed.kind.as_str(), "outcome" => outcome).increment(1);
+                metrics::histogram!("worker_processing_duration_seconds", "kind" => processed.kind.as_str())
+                    .record(elapsed.as_secs_f64());
+                tracing::info!(
+                    %webhook_id,
+                    job_id = %processed.job_id,
+                    kind = %processed.kind,
+                    status = %processed.status,
+                    outcome,
+                    elapsed = ?elapsed,
+                    "webhook processed"
+                );
+                Disposition::Ack
+            }
+            Err(err) => {
+                let since = Duration::from_millis((now_ms() - first_seen).max(0) as u64);
+                dispose(err, attempt, since, self.retry)
+            }
+        };
+
+        let settled = match disposition {
+            Disposition::Ack => delivery.ack(BasicAckOptions::default()).await.map(|_| ()),
+            Disposition::Retry { delay, error } => {
+                metrics::counter!("worker_retries_total", "reason" => reason_label(result.as_ref().err())).increment(1);
+                tracing::warn!(%webhook_id, attempt = attempt + 1, retry_in = ?delay, %error, elapsed = ?elapsed, "webhook will be retried");
+                let mut headers = carried_headers(&delivery);
+                headers.insert(
+                    HEADER_ATTEMPT.into(),
+                    AMQPValue::LongLongInt(i64::from(attempt) + 1),
+                );
+                headers.insert(HEADER_FIRST_SEEN.into(), AMQPValue::LongLongInt(first_seen));
+                headers.insert(
+                    HEADER_LAST_ERROR.into(),
+                    AMQPValue::LongString(LongString::from(error.as_str())),
+                );
+                self.send_on(&delivery, &self.broker.topology.retry_queue(delay), headers)
+                    .await
+            }
+            Disposition::DeadLetter { reason } => {
+                metrics::counter!("worker_dead_letters_total", "reason" => reason_label(result.as_ref().err())).increment(1);
+                tracing::error!(%webhook_id, %reason, elapsed = ?elapsed, "webhook dead-lettered");
+                let mut headers = carried_headers(&delivery);
+                headers.insert(
+                    HEADER_ATTEMPT.into(),
+                    AMQPValue::LongLongInt(i64::from(attempt) + 1),
+                );
+                headers.insert(HEADER_FIRST_SEEN.into(), AMQPValue::LongLongInt(first_seen));
+                headers.insert(
+                    HEADER_DEAD_REASON.into(),
+                    AMQPValue::LongString(LongString::from(reason.as_str())),
+                );
+                self.send_on(
+                    &delivery,
+                    &self.broker.topology.dead_letter_queue(),
+                    headers,
+                )
+                .await
+            }
+        };
+        if let Err(err) = settled {
+            // Not acked: the broker redelivers it (to this or another worker), and
+            // processing it again changes nothing that was already committed.
+            tracing::warn!(%webhook_id, error = %err, "delivery not settled; it will be redelivered");
+        }
+    }
+
+    /// Publishes a copy to `queue` (confirmed), then acks the original. If the copy cannot
+    /// be published, the original is returned to the queue instead: nothing is dropped.
+    async fn send_on(
+        &self,
+        delivery: &Delivery,
+        queue: &str,
+        headers: FieldTable,
+    ) -> Result<(), lapin::Error> {
+        match self.broker.republish(queue, delivery, headers).await {
+            Ok(()) => delivery.ack(BasicAckOptions::default()).await.map(|_| ()),
+            Err(err) => {
+                tracing::warn!(%queue, error = %err, "cannot send the webhook on; returning it to the queue");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                delivery
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..BasicNackOptions::default()
+                    })
+                    .await
+                    .map(|_| ())
+            }
+        }
+    }
+}
+
+fn reason_label(error: Option<&ProcessError>) -> &'static str {
+    match error {
+        Some(ProcessError::UnknownJob(_)) => "unknown_job",
+        Some(ProcessError::Transient(_)) => "transient",
+        Some(ProcessError::Invalid(_)) => "invalid",
+        None => "none",
+    }
+}
+
+/// The original headers (`webhook-id`, `webhook-timestamp`, …) carried along.
+fn carried_headers(delivery: &Delivery) -> FieldTable {
+    delivery.properties.headers().clone().unwrap_or_default()
+}
+
+fn header_int(delivery: &Delivery, name: &str) -> Option<i64> {
+    match delivery.properties.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::LongLongInt(value) => Some(*value),
+        AMQPValue::LongInt(value) => Some(i64::from(*value)),
+        AMQPValue::LongUInt(value) => Some(i64::from(*value)),
+        AMQPValue::ShortInt(value) => Some(i64::from(*value)),
+        _ => None,
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: RetryPolicy = RetryPolicy {
+        unknown_job: Duration::from_secs(150),
+        transient: Duration::from_secs(1800),
+    };
+
+    #[test]
+    fn unknown_jobs_back_off_then_dead_letter() {
+        let unknown = ProcessError::UnknownJob("p1".into());
+        let delays: Vec<_> = (0..7)
+            .map(
+                |attempt| match dispose(&unknown, attempt, Duration::from_secs(10), POLICY) {
+                    Disposition::Retry { delay, .. } => delay.as_secs(),
+                    other => panic!("{other:?}"),
+                },
+            )
+            .collect();
+        assert_eq!(delays, [1, 5, 15, 30, 60, 60, 60]);
+        match dispose(&unknown, 6, Duration::from_secs(151), POLICY) {
+            Disposition::DeadLetter { reason } => {
+                assert!(
+                    reason.contains("job not found after 7 attempts"),
+                    "{reason}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn invalid_webhooks_go_straight_to_the_dead_letters() {
+        let invalid = ProcessError::Invalid("not a Replicate prediction".into());
+        assert_eq!(
+            dispose(&invalid, 0, Duration::ZERO, POLICY),
+            Disposition::DeadLetter {
+                reason: "not a Replicate prediction".into()
+            }
+        );
+    }
+
+    #[test]
+    fn transient_errors_retry_longer() {
+        let transient = ProcessError::Transient("database down".into());
+        assert!(matches!(
+            dispose(&transient, 3, Duration::from_secs(600), POLICY),
+            Disposition::Retry { .. }
+        ));
+        assert!(matches!(
+            dispose(&transient, 30, Duration::from_secs(1800), POLICY),
+            Disposition::DeadLetter { .. }
+        ));
+    }
+}

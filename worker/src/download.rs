@@ -1,0 +1,299 @@
+//! Fetching a job's output images, within the operator's limits: allowed hosts only (also
+//! for every redirect), `https` unless plain HTTP is allowed, a size cap, a timeout, and
+//! image content only. Transient failures are retried here with backoff; what still fails
+//! is reported as transient (the webhook is retried later) or permanent (the job fails).
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::Url;
+use reqwest::header::CONTENT_TYPE;
+
+/// One entry of `DOWNLOAD_ALLOWED_HOSTS`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostRule {
+    /// `replicate.delivery`: that host, any port.
+    Host(String),
+    /// `*.replicate.delivery`: any subdomain (not the domain itself).
+    Subdomains(String),
+    /// `127.0.0.1:8090`: that host on that port only.
+    HostPort(String, u16),
+}
+
+impl HostRule {
+    fn allows(&self, host: &str, port: u16) -> bool {
+        match self {
+            Self::Host(allowed) => host == allowed,
+            Self::Subdomains(domain) => host
+                .strip_suffix(domain.as_str())
+                .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.')),
+            Self::HostPort(allowed, allowed_port) => host == allowed && port == *allowed_port,
+        }
+    }
+}
+
+impl FromStr for HostRule {
+    type Err = String;
+
+    fn from_str(entry: &str) -> Result<Self, Self::Err> {
+        let entry = entry.trim().to_ascii_lowercase();
+        if entry.is_empty() {
+            return Err("empty host entry".into());
+        }
+        if let Some(domain) = entry.strip_prefix("*.") {
+            return Ok(Self::Subdomains(domain.to_owned()));
+        }
+        // An IPv6 literal is written in brackets: `[::1]:8080`.
+        if let Some((host, port)) = entry.rsplit_once(':')
+            && !host.ends_with(':')
+            && (!host.contains(':') || host.starts_with('['))
+        {
+            let port = port
+                .parse()
+                .map_err(|_| format!("bad port in host entry {entry:?}"))?;
+            return Ok(Self::HostPort(host.to_owned(), port));
+        }
+        Ok(Self::Host(entry))
+    }
+}
+
+/// What may be downloaded.
+#[derive(Debug, Clone)]
+pub struct DownloadPolicy {
+    pub allowed_hosts: Vec<HostRule>,
+    pub allow_http: bool,
+    pub max_bytes: u64,
+    pub timeout: Duration,
+}
+
+impl DownloadPolicy {
+    /// Parses the comma-separated `DOWNLOAD_ALLOWED_HOSTS` list.
+    pub fn parse_hosts(list: &str) -> Result<Vec<HostRule>, String> {
+        list.split(',')
+            .filter(|entry| !entry.trim().is_empty())
+            .map(HostRule::from_str)
+            .collect()
+    }
+
+    /// Whether `url` may be fetched; the error says why not.
+    pub fn check(&self, url: &Url) -> Result<(), String> {
+        match url.scheme() {
+            "https" => {}
+            "http" if self.allow_http => {}
+            other => return Err(format!("scheme {other} not allowed for {url}")),
+        }
+        let host = url
+            .host_str()
+            .ok_or_else(|| format!("no host in {url}"))?
+            .to_ascii_lowercase();
+        let port = url.port_or_known_default().unwrap_or(0);
+        if self
+            .allowed_hosts
+            .iter()
+            .any(|rule| rule.allows(&host, port))
+        {
+            Ok(())
+        } else {
+            Err(format!("host {host} not allowed (DOWNLOAD_ALLOWED_HOSTS)"))
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DownloadError {
+    /// Will not work however often it is tried: the job fails with this reason.
+    #[error("{0}")]
+    Permanent(String),
+    /// May work later: the webhook is retried.
+    #[error("{0}")]
+    Transient(String),
+}
+
+/// An image fetched in full.
+#[derive(Debug, Clone)]
+pub struct Image {
+    pub bytes: bytes::Bytes,
+    pub content_type: String,
+}
+
+/// Backoff between attempts of one download.
+const ATTEMPT_DELAYS: &[Duration] = &[Duration::from_millis(250), Duration::from_secs(1)];
+const MAX_REDIRECTS: usize = 5;
+
+#[derive(Clone)]
+pub struct Downloader {
+    client: reqwest::Client,
+    policy: Arc<DownloadPolicy>,
+}
+
+impl Downloader {
+    pub fn new(policy: DownloadPolicy) -> Result<Self, reqwest::Error> {
+        let policy = Arc::new(policy);
+        let redirect_policy = policy.clone();
+        let client = shared::http::client_builder()
+            .timeout(policy.timeout)
+            .connect_timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::custom(move |attempt| {
+                if attempt.previous().len() >= MAX_REDIRECTS {
+                    return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
+                }
+                match redirect_policy.check(attempt.url()) {
+                    Ok(()) => attempt.follow(),
+                    Err(reason) => attempt.error(format!("redirect refused: {reason}")),
+                }
+            }))
+            .build()?;
+        Ok(Self { client, policy })
+    }
+
+    /// Fetches one image, retrying transient failures a few times.
+    pub async fn fetch(&self, url: &str) -> Result<Image, DownloadError> {
+        let parsed = Url::parse(url)
+            .map_err(|err| DownloadError::Permanent(format!("bad output URL {url:?}: {err}")))?;
+        self.policy
+            .check(&parsed)
+            .map_err(DownloadError::Permanent)?;
+        let mut delays = ATTEMPT_DELAYS.iter();
+        loop {
+            match self.fetch_once(parsed.clone()).await {
+                Err(DownloadError::Transient(reason)) => match delays.next() {
+                    Some(delay) => {
+                        tracing::debug!(%url, %reason, retry_in = ?delay, "download failed, retrying");
+                        tokio::time::sleep(*delay).await;
+                    }
+                    None => return Err(DownloadError::Transient(reason)),
+                },
+                result => return result,
+            }
+        }
+    }
+
+    async fn fetch_once(&self, url: Url) -> Result<Image, DownloadError> {
+        let shown = url.to_string();
+        let mut response = self
+            .client
+            .get(url)
+            .send()
+            .await
+            .map_err(|err| classify(&shown, err))?;
+        let status = response.status();
+        if !status.is_success() {
+            let reason = format!("GET {shown} answered {status}");
+            let retryable = status.is_server_error()
+                || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+                || status == reqwest::StatusCode::REQUEST_TIMEOUT;
+            return Err(if retryable {
+                DownloadError::Transient(reason)
+            } else {
+                DownloadError::Permanent(reason)
+            });
+        }
+        let content_type = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        if !content_type.starts_with("image/") {
+            return Err(DownloadError::Permanent(format!(
+                "{shown} is not an image (content-type {content_type:?})"
+            )));
+        }
+        let max = self.policy.max_bytes;
+        let too_large = || {
+            DownloadError::Permanent(format!(
+                "{shown} is larger than {max} bytes (DOWNLOAD_MAX_BYTES)"
+            ))
+        };
+        if response.content_length().is_some_and(|length| length > max) {
+            return Err(too_large());
+        }
+        let mut body = bytes::BytesMut::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|err| classify(&shown, err))?
+        {
+            if (body.len() + chunk.len()) as u64 > max {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Image {
+            bytes: body.freeze(),
+            content_type,
+        })
+    }
+}
+
+fn classify(url: &str, err: reqwest::Error) -> DownloadError {
+    if err.is_redirect() {
+        // Our redirect policy's refusal: its message is the reason.
+        let reason = std::error::Error::source(&err)
+            .map(ToString::to_string)
+            .unwrap_or_else(|| err.to_string());
+        return DownloadError::Permanent(format!("GET {url}: {reason}"));
+    }
+    if err.is_builder() {
+        return DownloadError::Permanent(format!("GET {url}: {err}"));
+    }
+    // Timeouts, refused or reset connections, bodies cut short: worth another try.
+    DownloadError::Transient(format!("GET {url}: {err}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(hosts: &str, allow_http: bool) -> DownloadPolicy {
+        DownloadPolicy {
+            allowed_hosts: DownloadPolicy::parse_hosts(hosts).unwrap(),
+            allow_http,
+            max_bytes: 1024,
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn check(policy: &DownloadPolicy, url: &str) -> Result<(), String> {
+        policy.check(&Url::parse(url).unwrap())
+    }
+
+    #[test]
+    fn default_hosts() {
+        let p = policy("replicate.delivery,*.replicate.delivery", false);
+        assert!(check(&p, "https://replicate.delivery/pbxt/a/out-0.png").is_ok());
+        assert!(check(&p, "https://pbxt.replicate.delivery/a/out-0.png").is_ok());
+        assert!(check(&p, "https://evilreplicate.delivery/x.png").is_err());
+        assert!(check(&p, "https://replicate.delivery.evil.com/x.png").is_err());
+        assert!(check(&p, "https://example.com/x.png").is_err());
+    }
+
+    #[test]
+    fn http_only_when_allowed() {
+        let strict = policy("replicate.delivery", false);
+        let err = check(&strict, "http://replicate.delivery/x.png").unwrap_err();
+        assert!(err.contains("scheme http"), "{err}");
+        assert!(
+            check(
+                &policy("replicate.delivery", true),
+                "http://replicate.delivery/x.png"
+            )
+            .is_ok()
+        );
+        assert!(check(&strict, "file:///etc/passwd").is_err());
+    }
+
+    #[test]
+    fn host_and_port_entries() {
+        let p = policy("127.0.0.1:8090, localhost", true);
+        assert!(check(&p, "http://127.0.0.1:8090/delivery/a.png").is_ok());
+        assert!(check(&p, "http://127.0.0.1:8091/delivery/a.png").is_err());
+        assert!(check(&p, "http://localhost:1234/a.png").is_ok());
+        assert_eq!(
+            "[::1]:8080".parse::<HostRule>(),
+            Ok(HostRule::HostPort("[::1]".into(), 8080))
+        );
+        assert!("host:notaport".parse::<HostRule>().is_err());
+    }
+}

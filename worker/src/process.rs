@@ -1,0 +1,304 @@
+//! Processing one webhook: find and classify the job, do the slow I/O (downloads) before
+//! any row lock, apply the change in one transaction, then publish the event.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::future::join_all;
+use shared::db::{self, DbError, Pool};
+use shared::events::{Event, JobKind, JobProgress};
+use shared::replicate::{Prediction, Status};
+
+use crate::apply::{self, ApplyOutcome, Change};
+use crate::broker::Broker;
+use crate::classify::{self, Job};
+use crate::download::{DownloadError, Downloader};
+use crate::event_log::{self, StoredEvent};
+use crate::progress::{self, ProgressTracker};
+use crate::store::MediaStore;
+use crate::transition::{Decision, Ignored, JobStatus, decide, target_of};
+
+/// Why a webhook could not be processed now.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// No job has this Replicate id (yet): the app may still be inserting the row.
+    #[error("no job with Replicate id {0}")]
+    UnknownJob(String),
+    /// Database, broker or storage trouble: try again later.
+    #[error("{0}")]
+    Transient(String),
+    /// The webhook can never be processed (not a prediction, a corrupt row).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl From<DbError> for ProcessError {
+    fn from(err: DbError) -> Self {
+        if err.is_transient() {
+            Self::Transient(err.to_string())
+        } else {
+            Self::Invalid(err.to_string())
+        }
+    }
+}
+
+/// What processing did, for the log line and the metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Processed {
+    pub job_id: String,
+    pub kind: JobKind,
+    pub status: Status,
+    pub result: Effect,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    Moved {
+        from: JobStatus,
+        to: JobStatus,
+        refunded: i32,
+        seq: i64,
+    },
+    Ignored(Ignored),
+}
+
+impl Effect {
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::Moved { to, .. } => match to {
+                JobStatus::Processing => "processing",
+                JobStatus::Completed => "completed",
+                JobStatus::Failed => "failed",
+                JobStatus::Cancelled => "cancelled",
+                JobStatus::Pending => "pending",
+            },
+            Self::Ignored(reason) => reason.as_str(),
+        }
+    }
+}
+
+pub struct Processor {
+    pub pool: Pool,
+    pub broker: Arc<Broker>,
+    pub downloader: Downloader,
+    pub media: MediaStore,
+    pub progress: ProgressTracker,
+}
+
+impl Processor {
+    /// Processes one webhook body, exactly once in effect however often it arrives.
+    pub async fn process(&self, body: &[u8]) -> Result<Processed, ProcessError> {
+        let prediction: Prediction = serde_json::from_slice(body)
+            .map_err(|err| ProcessError::Invalid(format!("not a Replicate prediction: {err}")))?;
+        let job = {
+            let mut conn = db::connection(&self.pool).await?;
+            classify::find_job(&mut conn, &prediction.id)
+                .await?
+                .ok_or_else(|| ProcessError::UnknownJob(prediction.id.clone()))?
+        };
+        tracing::info!(kind = %job.kind, job_id = %job.job_id, "job type detected");
+        let current = classify::stored_status(&job).map_err(ProcessError::Invalid)?;
+
+        let effect = match decide(current, &prediction.status) {
+            Decision::Ignore(reason) => Effect::Ignored(reason),
+            Decision::MoveTo(_) => {
+                // Slow I/O first, with no lock held; the transaction decides again.
+                let change = self.prepare_change(&job, &prediction).await?;
+                let mut conn = db::connection(&self.pool).await?;
+                match apply::apply(&mut conn, &job, &prediction.status, change).await? {
+                    ApplyOutcome::Ignored(reason) => Effect::Ignored(reason),
+                    ApplyOutcome::Applied(applied) => {
+                        if applied.refunded > 0 {
+                            metrics::counter!("worker_refunds_total", "kind" => job.kind.as_str())
+                                .increment(1);
+                        }
+                        self.publish_stored(&mut conn, &applied.event).await;
+                        if applied.to.is_terminal() {
+                            self.progress.forget(&job.job_id);
+                        }
+                        Effect::Moved {
+                            from: applied.from,
+                            to: applied.to,
+                            refunded: applied.refunded,
+                            seq: applied.event.seq,
+                        }
+                    }
+                }
+            }
+        };
+
+        self.publish_progress(&job, &prediction, &effect).await;
+        Ok(Processed {
+            job_id: job.job_id,
+            kind: job.kind,
+            status: prediction.status,
+            result: effect,
+        })
+    }
+
+    /// Builds the change a webhook makes; for a succeeded generation this downloads and
+    /// stores every output.
+    async fn prepare_change(
+        &self,
+        job: &Job,
+        prediction: &Prediction,
+    ) -> Result<Change, ProcessError> {
+        let target = target_of(&prediction.status).expect("decide() moved, so the status is known");
+        Ok(match target {
+            JobStatus::Pending | JobStatus::Processing => Change::Processing,
+            JobStatus::Cancelled => Change::Cancelled,
+            JobStatus::Failed => Change::Failed {
+                error: error_text(prediction),
+            },
+            JobStatus::Completed if job.is_training() => training_outputs(prediction),
+            JobStatus::Completed => self.store_images(job, prediction).await?,
+        })
+    }
+
+    async fn store_images(
+        &self,
+        job: &Job,
+        prediction: &Prediction,
+    ) -> Result<Change, ProcessError> {
+        let urls = output_urls(prediction.output.as_ref());
+        if urls.is_empty() {
+            return Ok(Change::Failed {
+                error: "succeeded without any output image".into(),
+            });
+        }
+        let started = Instant::now();
+        let fetched = join_all(urls.iter().map(|url| self.downloader.fetch(url))).await;
+        let mut images = Vec::with_capacity(fetched.len());
+        for result in fetched {
+            match result {
+                Ok(image) => {
+                    metrics::counter!("worker_downloads_total", "result" => "ok").increment(1);
+                    metrics::counter!("worker_download_bytes_total")
+                        .increment(image.bytes.len() as u64);
+                    images.push(image);
+                }
+                Err(DownloadError::Permanent(reason)) => {
+                    metrics::counter!("worker_downloads_total", "result" => "permanent_error")
+                        .increment(1);
+                    tracing::warn!(job_id = %job.job_id, %reason, "output cannot be stored; the job fails");
+                    return Ok(Change::Failed { error: reason });
+                }
+                Err(DownloadError::Transient(reason)) => {
+                    metrics::counter!("worker_downloads_total", "result" => "transient_error")
+                        .increment(1);
+                    return Err(ProcessError::Transient(reason));
+                }
+            }
+        }
+        let mut image_urls = Vec::with_capacity(images.len());
+        for (index, image) in images.iter().enumerate() {
+            let url = self.media.put(&job.id, index, image).await.map_err(|err| {
+                ProcessError::Transient(format!("cannot store output {index}: {err}"))
+            })?;
+            image_urls.push(url);
+        }
+        tracing::info!(job_id = %job.job_id, images = image_urls.len(), elapsed = ?started.elapsed(), "outputs stored");
+        Ok(Change::ImagesStored { image_urls })
+    }
+
+    /// Publishes a stored event and marks it; on failure the outbox sweep publishes it later.
+    pub async fn publish_stored(&self, conn: &mut db::Connection, stored: &StoredEvent) {
+        match self.broker.publish_event(&stored.event).await {
+            Ok(()) => {
+                metrics::counter!("worker_events_published_total", "path" => "direct").increment(1);
+                if let Err(err) = event_log::mark_published(conn, &stored.user_id, stored.seq).await
+                {
+                    tracing::warn!(user_id = %stored.user_id, seq = stored.seq, error = %err, "event published but not marked; the sweep will publish it again");
+                }
+            }
+            Err(err) => {
+                tracing::warn!(user_id = %stored.user_id, seq = stored.seq, error = %err, "event not published yet; the outbox sweep will");
+            }
+        }
+    }
+
+    /// Pushes `job_progress` for a running job when its progress moved.
+    async fn publish_progress(&self, job: &Job, prediction: &Prediction, effect: &Effect) {
+        if prediction.status != Status::Processing {
+            return;
+        }
+        let running = match effect {
+            Effect::Moved { to, .. } => *to == JobStatus::Processing,
+            Effect::Ignored(reason) => *reason == Ignored::NotForward,
+        };
+        let Some(value) = prediction.logs.as_deref().and_then(progress::parse) else {
+            return;
+        };
+        if !running || !self.progress.moved(&job.job_id, value) {
+            return;
+        }
+        let event = Event::JobProgress {
+            user_id: job.user_id.clone(),
+            job: JobProgress {
+                kind: job.kind,
+                id: job.id.clone(),
+                job_id: job.job_id.clone(),
+                progress: value,
+            },
+        };
+        if let Err(err) = self.broker.publish_event(&event).await {
+            // Progress is live only; the next webhook brings a newer value.
+            tracing::debug!(job_id = %job.job_id, error = %err, "progress not published");
+        }
+    }
+}
+
+/// The output URLs of an image prediction: a list of URLs or a single URL string.
+pub fn output_urls(output: Option<&serde_json::Value>) -> Vec<String> {
+    match output {
+        Some(serde_json::Value::String(url)) => vec![url.clone()],
+        Some(serde_json::Value::Array(items)) => items
+            .iter()
+            .filter_map(|item| item.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn training_outputs(prediction: &Prediction) -> Change {
+    let field = |name: &str| {
+        prediction
+            .output
+            .as_ref()
+            .and_then(|output| output.get(name))
+            .and_then(|value| value.as_str())
+            .map(str::to_owned)
+    };
+    Change::TrainingSucceeded {
+        model_version: field("version"),
+        weights_url: field("weights"),
+    }
+}
+
+fn error_text(prediction: &Prediction) -> String {
+    match &prediction.error {
+        Some(serde_json::Value::String(text)) if !text.is_empty() => text.clone(),
+        Some(serde_json::Value::Null) | None => "failed without an error message".into(),
+        Some(other) => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn outputs_as_list_or_single_string() {
+        assert_eq!(
+            output_urls(Some(&json!(["https://a/1.png", "https://a/2.png"]))),
+            ["https://a/1.png", "https://a/2.png"]
+        );
+        assert_eq!(
+            output_urls(Some(&json!("https://a/up.png"))),
+            ["https://a/up.png"]
+        );
+        assert!(output_urls(Some(&json!(null))).is_empty());
+        assert!(output_urls(None).is_empty());
+    }
+}

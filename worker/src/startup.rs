@@ -1,0 +1,145 @@
+//! Building and running a worker: database (created and migrated), storage, downloader,
+//! broker link, the consume loop, the outbox sweep and the `/metrics` + `/api/health`
+//! server. Tests bind the metrics server to port 0, the same code path as production.
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::{App, HttpResponse, HttpServer, web};
+use anyhow::Context;
+use shared::db;
+use tokio::sync::watch;
+
+use crate::broker::Broker;
+use crate::config::WorkerConfig;
+use crate::consume::{Consumer, RetryPolicy};
+use crate::download::Downloader;
+use crate::outbox;
+use crate::process::Processor;
+use crate::progress::ProgressTracker;
+use crate::store::MediaStore;
+
+/// Jobs whose last progress is remembered (see [`ProgressTracker`]).
+const PROGRESS_MEMORY: usize = 10_000;
+
+pub struct Worker {
+    consumer: Arc<Consumer>,
+    processor: Arc<Processor>,
+    metrics_server: Server,
+    metrics_port: u16,
+    sweep_interval: Duration,
+    drain: Duration,
+}
+
+struct HealthState {
+    processor: Arc<Processor>,
+}
+
+impl Worker {
+    pub async fn build(config: &WorkerConfig) -> anyhow::Result<Self> {
+        let pool = db::prepare(&config.database)
+            .await
+            .with_context(|| format!("preparing the database {}", config.database.url))?;
+        let store = shared::storage::open(&config.storage.url)?;
+        let downloader =
+            Downloader::new(config.download.policy()).context("building the HTTP client")?;
+        let broker = Arc::new(Broker::start(&config.amqp, config.prefetch));
+        let processor = Arc::new(Processor {
+            pool,
+            broker: broker.clone(),
+            downloader,
+            media: MediaStore::new(store, &config.media_base_url),
+            progress: ProgressTracker::new(PROGRESS_MEMORY),
+        });
+        let consumer = Arc::new(Consumer {
+            broker,
+            processor: processor.clone(),
+            concurrency: config.concurrency.max(1),
+            retry: RetryPolicy {
+                unknown_job: Duration::from_secs(config.unknown_job_retry_secs),
+                transient: Duration::from_secs(config.transient_retry_secs),
+            },
+        });
+
+        shared::metrics::prometheus();
+        let listener = TcpListener::bind(config.metrics_addr)
+            .with_context(|| format!("binding WORKER_METRICS_ADDR {}", config.metrics_addr))?;
+        let metrics_port = listener.local_addr()?.port();
+        let state = web::Data::new(HealthState {
+            processor: processor.clone(),
+        });
+        let metrics_server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .route("/metrics", web::get().to(metrics))
+                .route("/api/health", web::get().to(health))
+        })
+        .workers(1)
+        .disable_signals()
+        .listen(listener)?
+        .run();
+        tracing::info!(metrics_addr = %config.metrics_addr, port = metrics_port, broker = %config.amqp.url, database = %config.database.url, "worker ready");
+
+        Ok(Self {
+            consumer,
+            processor,
+            metrics_server,
+            metrics_port,
+            sweep_interval: Duration::from_secs(config.outbox_sweep_secs.max(1)),
+            drain: Duration::from_secs(config.shutdown_timeout_secs),
+        })
+    }
+
+    pub fn metrics_port(&self) -> u16 {
+        self.metrics_port
+    }
+
+    pub fn processor(&self) -> Arc<Processor> {
+        self.processor.clone()
+    }
+
+    /// Processes webhooks until `shutdown` resolves; then stops taking deliveries,
+    /// finishes those in flight and closes its connections.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) {
+        let (stop, stopped) = watch::channel(false);
+        let metrics_handle = self.metrics_server.handle();
+        tokio::spawn(self.metrics_server);
+        let sweeper = tokio::spawn(outbox::run(
+            self.processor.clone(),
+            self.sweep_interval,
+            stopped.clone(),
+        ));
+        let consumer = tokio::spawn(self.consumer.clone().run(stopped, self.drain));
+        shutdown.await;
+        tracing::info!("shutdown requested: finishing in-flight webhooks");
+        let _ = stop.send(true);
+        let _ = consumer.await;
+        let _ = sweeper.await;
+        metrics_handle.stop(true).await;
+        tracing::info!("worker stopped");
+    }
+}
+
+async fn metrics() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(shared::metrics::prometheus().render())
+}
+
+async fn health(state: web::Data<HealthState>) -> HttpResponse {
+    let broker = state.processor.broker.link.is_connected();
+    let database = db::ping(&state.processor.pool).await;
+    let body = serde_json::json!({
+        "status": if broker && database { "healthy" } else { "unhealthy" },
+        "broker": if broker { "connected" } else { "disconnected" },
+        "database": if database { "connected" } else { "disconnected" },
+    });
+    if broker && database {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
