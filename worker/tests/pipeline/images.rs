@@ -1,0 +1,114 @@
+//! A local HTTP server standing in for `replicate.delivery`, with the failures a real one
+//! shows: missing files, oversized files, non-images, redirects, a flaky 503.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use actix_web::{App, HttpResponse, HttpServer, web};
+
+/// The bytes served for image `name`: a PNG signature and a body unique to the name.
+pub fn image_bytes(name: &str) -> Vec<u8> {
+    let mut bytes = b"\x89PNG\r\n\x1a\n".to_vec();
+    for _ in 0..64 {
+        bytes.extend_from_slice(name.as_bytes());
+    }
+    bytes
+}
+
+pub struct ImageServer {
+    pub host: String,
+}
+
+impl ImageServer {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.host)
+    }
+}
+
+#[derive(Default)]
+struct Flaky {
+    failed_once: Mutex<HashSet<String>>,
+}
+
+fn png(name: &str) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("image/png")
+        .body(image_bytes(name))
+}
+
+pub async fn start() -> ImageServer {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let host = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let flaky = web::Data::new(Flaky::default());
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(flaky.clone())
+            .route(
+                "/img/{name}.png",
+                web::get().to(|name: web::Path<String>| async move { png(&name) }),
+            )
+            .route(
+                "/slow/{name}.png",
+                web::get().to(|name: web::Path<String>| async move {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    png(&name)
+                }),
+            )
+            .route(
+                "/flaky/{name}.png",
+                web::get().to(
+                    |name: web::Path<String>, flaky: web::Data<Flaky>| async move {
+                        if flaky.failed_once.lock().unwrap().insert(name.to_string()) {
+                            HttpResponse::ServiceUnavailable().finish()
+                        } else {
+                            png(&name)
+                        }
+                    },
+                ),
+            )
+            .route(
+                "/missing.png",
+                web::get().to(|| async { HttpResponse::NotFound().finish() }),
+            )
+            .route(
+                "/big.png",
+                web::get().to(|| async {
+                    HttpResponse::Ok()
+                        .content_type("image/png")
+                        .body(vec![0u8; 100 * 1024])
+                }),
+            )
+            .route(
+                "/page.html",
+                web::get().to(|| async {
+                    HttpResponse::Ok()
+                        .content_type("text/html")
+                        .body("<html>not an image</html>")
+                }),
+            )
+            .route(
+                "/redirect-out",
+                web::get().to(|| async {
+                    HttpResponse::Found()
+                        .insert_header(("location", "http://disallowed.example/x.png"))
+                        .finish()
+                }),
+            )
+            .route(
+                "/redirect-in/{name}",
+                web::get().to(|name: web::Path<String>| async move {
+                    HttpResponse::Found()
+                        .insert_header(("location", format!("/img/{name}.png")))
+                        .finish()
+                }),
+            )
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)
+    .unwrap()
+    .run();
+    tokio::spawn(server);
+    ImageServer { host }
+}

@@ -1,0 +1,11 @@
+//! Integration tests of the worker against the real PostgreSQL and RabbitMQ, each test
+//! with its own database and queue-name prefix.
+
+mod crash;
+mod downloads;
+mod events;
+mod helpers;
+mod images;
+mod refunds;
+mod retries;
+mod status;
