@@ -14,7 +14,7 @@ use shared::amqp::RETRY_DELAYS;
 use tokio::sync::{Semaphore, watch};
 
 use crate::broker::Broker;
-use crate::process::{ProcessError, Processor};
+use crate::process::{Effect, ProcessError, Processor};
 
 /// Headers the worker adds to a message it sends on for a retry or to the dead letters.
 pub const HEADER_ATTEMPT: &str = "x-retry-attempt";
@@ -143,12 +143,16 @@ impl Consumer {
             .unwrap_or_else(|| "-".into());
         let attempt = header_int(&delivery, HEADER_ATTEMPT).unwrap_or(0).max(0) as u32;
         let first_seen = header_int(&delivery, HEADER_FIRST_SEEN).unwrap_or_else(now_ms);
-        let result = self.processor.process(&delivery.data).await;
+        let result = self.processor.process(&webhook_id, &delivery.data).await;
         let elapsed = started.elapsed();
 
         let disposition = match &result {
             Ok(processed) => {
                 let outcome = processed.result.outcome();
+                let (seq, refunded) = match processed.result {
+                    Effect::Moved { seq, refunded, .. } => (Some(seq), refunded),
+                    Effect::Ignored(_) => (None, 0),
+                };
                 metrics::counter!("worker_webhooks_total", "kind" => processed.kind.as_str(), "outcome" => outcome).increment(1);
                 metrics::histogram!("worker_processing_duration_seconds", "kind" => processed.kind.as_str())
                     .record(elapsed.as_secs_f64());
@@ -157,7 +161,9 @@ impl Consumer {
                     job_id = %processed.job_id,
                     kind = %processed.kind,
                     status = %processed.status,
-                    outcome,
+                    %outcome,
+                    seq,
+                    refunded,
                     elapsed = ?elapsed,
                     "webhook processed"
                 );

@@ -87,7 +87,7 @@ pub struct Processor {
 
 impl Processor {
     /// Processes one webhook body, exactly once in effect however often it arrives.
-    pub async fn process(&self, body: &[u8]) -> Result<Processed, ProcessError> {
+    pub async fn process(&self, webhook_id: &str, body: &[u8]) -> Result<Processed, ProcessError> {
         let prediction: Prediction = serde_json::from_slice(body)
             .map_err(|err| ProcessError::Invalid(format!("not a Replicate prediction: {err}")))?;
         let job = {
@@ -96,14 +96,14 @@ impl Processor {
                 .await?
                 .ok_or_else(|| ProcessError::UnknownJob(prediction.id.clone()))?
         };
-        tracing::info!(kind = %job.kind, job_id = %job.job_id, "job type detected");
+        tracing::info!(%webhook_id, kind = %job.kind, job_id = %job.job_id, "job type detected");
         let current = classify::stored_status(&job).map_err(ProcessError::Invalid)?;
 
         let effect = match decide(current, &prediction.status) {
             Decision::Ignore(reason) => Effect::Ignored(reason),
             Decision::MoveTo(_) => {
                 // Slow I/O first, with no lock held; the transaction decides again.
-                let change = self.prepare_change(&job, &prediction).await?;
+                let change = self.prepare_change(webhook_id, &job, &prediction).await?;
                 let mut conn = db::connection(&self.pool).await?;
                 match apply::apply(&mut conn, &job, &prediction.status, change).await? {
                     ApplyOutcome::Ignored(reason) => Effect::Ignored(reason),
@@ -140,6 +140,7 @@ impl Processor {
     /// stores every output.
     async fn prepare_change(
         &self,
+        webhook_id: &str,
         job: &Job,
         prediction: &Prediction,
     ) -> Result<Change, ProcessError> {
@@ -151,12 +152,13 @@ impl Processor {
                 error: error_text(prediction),
             },
             JobStatus::Completed if job.is_training() => training_outputs(prediction),
-            JobStatus::Completed => self.store_images(job, prediction).await?,
+            JobStatus::Completed => self.store_images(webhook_id, job, prediction).await?,
         })
     }
 
     async fn store_images(
         &self,
+        webhook_id: &str,
         job: &Job,
         prediction: &Prediction,
     ) -> Result<Change, ProcessError> {
@@ -180,7 +182,7 @@ impl Processor {
                 Err(DownloadError::Permanent(reason)) => {
                     metrics::counter!("worker_downloads_total", "result" => "permanent_error")
                         .increment(1);
-                    tracing::warn!(job_id = %job.job_id, %reason, "output cannot be stored; the job fails");
+                    tracing::warn!(%webhook_id, job_id = %job.job_id, %reason, "output cannot be stored; the job fails");
                     return Ok(Change::Failed { error: reason });
                 }
                 Err(DownloadError::Transient(reason)) => {
@@ -197,7 +199,7 @@ impl Processor {
             })?;
             image_urls.push(url);
         }
-        tracing::info!(job_id = %job.job_id, images = image_urls.len(), elapsed = ?started.elapsed(), "outputs stored");
+        tracing::info!(%webhook_id, job_id = %job.job_id, images = image_urls.len(), elapsed = ?started.elapsed(), "outputs stored");
         Ok(Change::ImagesStored { image_urls })
     }
 
