@@ -32,6 +32,7 @@ pub fn open(url: &str) -> Result<Arc<dyn ObjectStore>, StorageError> {
         return Ok(Arc::new(LocalFileSystem::new_with_prefix(path)?));
     }
     if let Some(rest) = url.strip_prefix("s3://") {
+        crate::http::install_crypto_provider();
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         let store = AmazonS3Builder::from_env()
             .with_bucket_name(bucket)

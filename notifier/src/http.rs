@@ -1,0 +1,316 @@
+//! The one port: `/ws` (WebSocket), `/events` (Server-Sent Events), `/api/health`,
+//! `/metrics`, the gallery page at `/`, and `/media/<key>`.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame as BodyFrame, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use shared::db::Pool;
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+
+use crate::auth::Auth;
+use crate::config::SocketConfig;
+use crate::replay::Feed;
+use crate::sessions::Sessions;
+use crate::{media, ws};
+
+pub type Body = BoxBody<Bytes, Infallible>;
+
+/// What every request shares.
+pub struct AppState {
+    pub auth: Auth,
+    pub sessions: Arc<Sessions>,
+    pub pool: Pool,
+    pub sockets: SocketConfig,
+    /// The media directory of a `file://` `STORAGE_URL`; `None` for object stores.
+    pub media_root: Option<PathBuf>,
+    pub shutdown: watch::Receiver<bool>,
+    /// Open WebSocket and SSE connections (for health and graceful shutdown).
+    pub open_connections: AtomicUsize,
+}
+
+const INDEX_HTML: &str = include_str!("gallery/index.html");
+const APP_JS: &str = include_str!("gallery/app.js");
+const STYLE_CSS: &str = include_str!("gallery/style.css");
+
+pub async fn route(request: Request<Incoming>, state: Arc<AppState>) -> Result<Response<Body>, Infallible> {
+    let path = request.uri().path().to_owned();
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return Ok(json(StatusCode::METHOD_NOT_ALLOWED, serde_json::json!({"error": "only GET"})));
+    }
+    Ok(match path.as_str() {
+        "/ws" => websocket(request, state).await,
+        "/events" => server_sent_events(request, state).await,
+        "/api/health" => health(&state),
+        "/metrics" => text(StatusCode::OK, "text/plain; version=0.0.4", shared::metrics::prometheus().render()),
+        "/" | "/index.html" => text(StatusCode::OK, "text/html; charset=utf-8", INDEX_HTML),
+        "/app.js" => text(StatusCode::OK, "text/javascript; charset=utf-8", APP_JS),
+        "/style.css" => text(StatusCode::OK, "text/css; charset=utf-8", STYLE_CSS),
+        _ => match path.strip_prefix("/media/") {
+            Some(key) => serve_media(&state, key).await,
+            None => json(StatusCode::NOT_FOUND, serde_json::json!({"error": "not found"})),
+        },
+    })
+}
+
+fn query(request: &Request<Incoming>) -> HashMap<String, String> {
+    request
+        .uri()
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+        .collect()
+}
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).boxed()
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut response = Response::new(full(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
+    text(status, "application/json", value.to_string())
+}
+
+fn health(state: &AppState) -> Response<Body> {
+    let broker = state.sessions.broker_connected();
+    let body = serde_json::json!({
+        "status": if broker { "healthy" } else { "unhealthy" },
+        "websocket": "active",
+        "connections": state.open_connections.load(Ordering::Relaxed),
+        "broker": if broker { "connected" } else { "disconnected" },
+    });
+    json(if broker { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, body)
+}
+
+/// Checks the token before anything else; 401 with the reason otherwise.
+fn authenticate(request: &Request<Incoming>, state: &AppState) -> Result<String, Response<Body>> {
+    let params = query(request);
+    state
+        .auth
+        .verify(params.get("token").map(String::as_str))
+        .map(|claims| claims.sub)
+        .map_err(|err| {
+            metrics::counter!("notifier_auth_failures_total").increment(1);
+            json(StatusCode::UNAUTHORIZED, serde_json::json!({"error": err.to_string()}))
+        })
+}
+
+fn since(value: Option<&str>) -> Result<Option<i64>, Response<Body>> {
+    match value {
+        None | Some("") => Ok(None),
+        Some(text) => text
+            .parse::<i64>()
+            .map(Some)
+            .map_err(|_| json(StatusCode::BAD_REQUEST, serde_json::json!({"error": "since must be an integer"}))),
+    }
+}
+
+/// Counts a connection as open for as long as it lives.
+struct OpenConnection(Arc<AppState>);
+
+impl OpenConnection {
+    fn new(state: Arc<AppState>) -> Self {
+        state.open_connections.fetch_add(1, Ordering::Relaxed);
+        Self(state)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn websocket(mut request: Request<Incoming>, state: Arc<AppState>) -> Response<Body> {
+    let user_id = match authenticate(&request, &state) {
+        Ok(user_id) => user_id,
+        Err(response) => return response,
+    };
+    let since = match since(query(&request).get("since").map(String::as_str)) {
+        Ok(since) => since,
+        Err(response) => return response,
+    };
+    let headers = request.headers();
+    let upgrade_ok = headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let version_ok = headers.get(header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v == "13");
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).cloned() else {
+        return json(StatusCode::BAD_REQUEST, serde_json::json!({"error": "not a WebSocket upgrade"}));
+    };
+    if !upgrade_ok || !version_ok {
+        return json(StatusCode::BAD_REQUEST, serde_json::json!({"error": "not a WebSocket upgrade (version 13)"}));
+    }
+
+    let upgrade = hyper::upgrade::on(&mut request);
+    tokio::spawn(async move {
+        let upgraded = match upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(err) => {
+                tracing::debug!(error = %err, "upgrade failed");
+                return;
+            }
+        };
+        let _open = OpenConnection::new(state.clone());
+        let socket = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws::socket_config())).await;
+        let (feed, opening) = match Feed::open(&state.sessions, &state.pool, &user_id, since).await {
+            Ok(opened) => opened,
+            Err(err) => {
+                tracing::warn!(%user_id, error = %err, "cannot open the feed; closing");
+                return;
+            }
+        };
+        let replayed = opening.replay.len();
+        tracing::info!(%user_id, ?since, replayed, "websocket connected");
+        let ending = ws::serve(socket, feed, opening, state.sockets, state.shutdown.clone()).await;
+        tracing::info!(%user_id, ending = ending.as_str(), "websocket closed");
+    });
+
+    let mut response = Response::new(full(Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(
+        header::SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&derive_accept_key(key.as_bytes())).expect("base64 is a valid header"),
+    );
+    response
+}
+
+/// The same stream as Server-Sent Events: `id: <seq>` on every numbered event, and
+/// `Last-Event-ID` (or `since`) to resume.
+async fn server_sent_events(request: Request<Incoming>, state: Arc<AppState>) -> Response<Body> {
+    let user_id = match authenticate(&request, &state) {
+        Ok(user_id) => user_id,
+        Err(response) => return response,
+    };
+    let last_event_id = request
+        .headers()
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let params = query(&request);
+    let since = match since(last_event_id.as_deref().or(params.get("since").map(String::as_str))) {
+        Ok(since) => since,
+        Err(response) => return response,
+    };
+    let (feed, opening) = match Feed::open(&state.sessions, &state.pool, &user_id, since).await {
+        Ok(opened) => opened,
+        Err(err) => {
+            tracing::warn!(%user_id, error = %err, "cannot open the feed");
+            return json(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"error": "event log unavailable"}));
+        }
+    };
+    let (tx, rx) = mpsc::channel::<Bytes>(state.sockets.send_queue.max(1));
+    tokio::spawn(stream_events(feed, opening, tx, state.clone(), user_id));
+    let body = StreamBody::new(tokio_stream(rx).map(|chunk| Ok::<_, Infallible>(BodyFrame::data(chunk))));
+    let mut response = Response::new(BodyExt::boxed(body));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+fn sse_frame(frame: &crate::replay::Frame) -> Bytes {
+    match frame.seq {
+        Some(seq) => Bytes::from(format!("id: {seq}\ndata: {}\n\n", frame.json.as_str())),
+        None => Bytes::from(format!("data: {}\n\n", frame.json.as_str())),
+    }
+}
+
+async fn stream_events(mut feed: Feed, opening: crate::replay::Opening, tx: mpsc::Sender<Bytes>, state: Arc<AppState>, user_id: String) {
+    let _open = OpenConnection::new(state.clone());
+    let timeout = Duration::from_secs(state.sockets.send_timeout_secs);
+    let send = |chunk: Bytes| {
+        let tx = tx.clone();
+        async move { matches!(tokio::time::timeout(timeout, tx.send(chunk)).await, Ok(Ok(()))) }
+    };
+    tracing::info!(%user_id, replayed = opening.replay.len(), "event stream connected");
+    let mut first = vec![opening.hello];
+    first.extend(opening.replay);
+    for frame in &first {
+        if !send(sse_frame(frame)).await {
+            return;
+        }
+    }
+    let mut shutdown = state.shutdown.clone();
+    let too_slow = feed.too_slow_signal();
+    let mut ping = tokio::time::interval(Duration::from_secs(state.sockets.ping_secs));
+    ping.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = too_slow.notified() => {
+                metrics::counter!("notifier_slow_consumer_closes_total").increment(1);
+                return;
+            }
+            _ = tx.closed() => return,
+            _ = ping.tick() => {
+                if !send(Bytes::from_static(b": ping\n\n")).await {
+                    return;
+                }
+            }
+            push = feed.recv() => {
+                let Some(push) = push else { return };
+                let Ok(frames) = feed.accept(push).await else { return };
+                for frame in &frames {
+                    if !send(sse_frame(frame)).await {
+                        metrics::counter!("notifier_slow_consumer_closes_total").increment(1);
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// An mpsc receiver as a stream.
+fn tokio_stream(mut rx: mpsc::Receiver<Bytes>) -> impl futures_util::Stream<Item = Bytes> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+async fn serve_media(state: &AppState, key: &str) -> Response<Body> {
+    let not_found = || json(StatusCode::NOT_FOUND, serde_json::json!({"error": "not found"}));
+    let Some(root) = &state.media_root else {
+        return not_found();
+    };
+    let Some(path) = media::resolve(root, key) else {
+        return json(StatusCode::BAD_REQUEST, serde_json::json!({"error": "invalid media key"}));
+    };
+    match tokio::fs::read(&path).await {
+        Ok(bytes) => {
+            let mut response = text(StatusCode::OK, media::content_type(&path), bytes);
+            response
+                .headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=31536000, immutable"));
+            response
+        }
+        Err(_) => not_found(),
+    }
+}

@@ -1,0 +1,147 @@
+//! One connection's ordered stream of events: `hello`, then what it missed since `since`
+//! read from the event log, then live events, each once and in increasing `seq`.
+//!
+//! The connection subscribes before it reads the log, and drops live events whose `seq`
+//! it already sent, so nothing falls between the replay and the live stream. A live event
+//! that skips ahead (one was lost or is late) is preceded by the missing ones from the log.
+
+use std::sync::Arc;
+
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use shared::db::schema::{job_events, users};
+use shared::db::{self, DbError, Pool};
+use shared::events::Event;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::sessions::{Push, Registration, Sessions};
+
+/// One message for the client, with its `seq` when it has one.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    pub seq: Option<i64>,
+    pub json: Utf8Bytes,
+}
+
+pub struct Feed {
+    registration: Registration,
+    pool: Pool,
+    last_sent: i64,
+}
+
+/// What a new connection sends first.
+pub struct Opening {
+    pub hello: Frame,
+    pub replay: Vec<Frame>,
+}
+
+impl Feed {
+    /// Subscribes `user_id`, then reads the log: `hello` with the latest `seq`, and with
+    /// `since` every event after it.
+    pub async fn open(
+        sessions: &Arc<Sessions>,
+        pool: &Pool,
+        user_id: &str,
+        since: Option<i64>,
+    ) -> Result<(Self, Opening), DbError> {
+        let registration = sessions.register(user_id).await;
+        let mut conn = db::connection(pool).await?;
+        let latest: i64 = users::table
+            .find(user_id)
+            .select(users::event_seq)
+            .first(&mut conn)
+            .await
+            .optional()?
+            .unwrap_or(0);
+        let hello = Frame {
+            seq: None,
+            json: Utf8Bytes::from(serde_json::to_string(&Event::hello(user_id, latest)).expect("serialises")),
+        };
+        let mut feed = Self {
+            registration,
+            pool: pool.clone(),
+            last_sent: latest,
+        };
+        let replay = match since {
+            Some(since) if since < latest => {
+                feed.last_sent = since.max(0);
+                feed.catch_up(&mut conn, None).await?
+            }
+            _ => Vec::new(),
+        };
+        metrics::counter!("notifier_events_replayed_total").increment(replay.len() as u64);
+        Ok((feed, Opening { hello, replay }))
+    }
+
+    pub fn user_id(&self) -> &str {
+        &self.registration.user_id
+    }
+
+    /// Waits for the next push (cancel-safe: use it in `select!`); `None` once
+    /// unregistered.
+    pub async fn recv(&mut self) -> Option<Push> {
+        self.registration.rx.recv().await
+    }
+
+    /// Signalled when this connection fell too far behind and must close.
+    pub fn too_slow_signal(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        self.registration.too_slow.clone()
+    }
+
+    /// Turns a push into the frames to send, in order, without duplicates.
+    pub async fn accept(&mut self, push: Push) -> Result<Vec<Frame>, DbError> {
+        match push {
+            Push::Event { seq: None, json } => Ok(vec![Frame { seq: None, json }]),
+            Push::Event { seq: Some(seq), .. } if seq <= self.last_sent => Ok(Vec::new()),
+            Push::Event { seq: Some(seq), json } if seq == self.last_sent + 1 => {
+                self.last_sent = seq;
+                metrics::counter!("notifier_events_delivered_total").increment(1);
+                Ok(vec![Frame { seq: Some(seq), json }])
+            }
+            Push::Event { seq: Some(seq), json } => {
+                // Ahead of what we sent: fetch the gap from the log first.
+                let mut conn = db::connection(&self.pool).await?;
+                let mut frames = self.catch_up(&mut conn, Some(seq - 1)).await?;
+                metrics::counter!("notifier_events_replayed_total").increment(frames.len() as u64);
+                if seq == self.last_sent + 1 {
+                    self.last_sent = seq;
+                    metrics::counter!("notifier_events_delivered_total").increment(1);
+                    frames.push(Frame { seq: Some(seq), json });
+                }
+                Ok(frames)
+            }
+            Push::Resync => {
+                let mut conn = db::connection(&self.pool).await?;
+                let frames = self.catch_up(&mut conn, None).await?;
+                metrics::counter!("notifier_events_replayed_total").increment(frames.len() as u64);
+                Ok(frames)
+            }
+        }
+    }
+
+    /// Events after `last_sent` (up to `until` when given) from the log, in order.
+    async fn catch_up(&mut self, conn: &mut db::Connection, until: Option<i64>) -> Result<Vec<Frame>, DbError> {
+        let mut query = job_events::table
+            .filter(job_events::user_id.eq(self.user_id()))
+            .filter(job_events::seq.gt(self.last_sent))
+            .order(job_events::seq)
+            .select((job_events::seq, job_events::payload))
+            .into_boxed();
+        if let Some(until) = until {
+            query = query.filter(job_events::seq.le(until));
+        }
+        let rows: Vec<(i64, serde_json::Value)> = query.load(conn).await?;
+        let mut frames = Vec::with_capacity(rows.len());
+        for (seq, payload) in rows {
+            if seq != self.last_sent + 1 {
+                break; // a hole in the log cannot be: stop rather than skip
+            }
+            self.last_sent = seq;
+            frames.push(Frame {
+                seq: Some(seq),
+                json: Utf8Bytes::from(payload.to_string()),
+            });
+        }
+        Ok(frames)
+    }
+}

@@ -1,0 +1,109 @@
+//! Building and running the notifier: database (created and migrated if needed), the
+//! broker link, and the HTTP/WebSocket server. Tests bind to port 0, the same code path.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use shared::db;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::auth::Auth;
+use crate::config::NotifierConfig;
+use crate::http::{AppState, route};
+use crate::sessions::Sessions;
+
+/// How long a shutdown waits for sockets to close after telling them to.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+pub struct Notifier {
+    listener: TcpListener,
+    port: u16,
+    state: Arc<AppState>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Notifier {
+    pub async fn build(config: &NotifierConfig) -> anyhow::Result<Self> {
+        let pool = db::prepare(&config.database)
+            .await
+            .with_context(|| format!("preparing the database {}", config.database.url))?;
+        let media_root = match shared::storage::local_directory(&config.storage.url) {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).with_context(|| format!("creating the media directory {dir}"))?;
+                Some(PathBuf::from(dir))
+            }
+            None => None,
+        };
+        let listener = TcpListener::bind(config.addr)
+            .await
+            .with_context(|| format!("binding NOTIFIER_ADDR {}", config.addr))?;
+        let port = listener.local_addr()?.port();
+        shared::metrics::prometheus();
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let state = Arc::new(AppState {
+            auth: Auth::new(config.jwt_secret.expose()),
+            sessions: Sessions::start(&config.amqp, config.sockets.send_queue.max(1)),
+            pool,
+            sockets: config.sockets,
+            media_root,
+            shutdown: shutdown_rx,
+            open_connections: AtomicUsize::new(0),
+        });
+        tracing::info!(addr = %config.addr, port, broker = %config.amqp.url, database = %config.database.url, "notifier listening");
+        Ok(Self {
+            listener,
+            port,
+            state,
+            shutdown,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn state(&self) -> Arc<AppState> {
+        self.state.clone()
+    }
+
+    /// Serves until `stop` resolves; then stops accepting, closes every socket with 1001
+    /// (clients reconnect elsewhere) and closes the broker connection.
+    pub async fn run_until_stopped(self, stop: impl Future<Output = ()>) {
+        tokio::pin!(stop);
+        loop {
+            let accepted = tokio::select! {
+                _ = &mut stop => break,
+                accepted = self.listener.accept() => accepted,
+            };
+            let Ok((stream, _)) = accepted else {
+                continue;
+            };
+            let state = self.state.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |request| route(request, state.clone()));
+                let connection = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(10))
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades();
+                let _ = connection.await;
+            });
+        }
+        tracing::info!(connections = self.state.open_connections.load(Ordering::Relaxed), "shutdown requested: closing sockets");
+        let _ = self.shutdown.send(true);
+        let deadline = Instant::now() + CLOSE_WAIT;
+        while self.state.open_connections.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.state.sessions.close().await;
+        tracing::info!("notifier stopped");
+    }
+}
