@@ -103,3 +103,16 @@ ensure_services() {
   ensure_rabbitmq
   say "PostgreSQL $PG_HOST:$PG_PORT and RabbitMQ $AMQP_HOST:$AMQP_PORT are reachable"
 }
+
+# The gallery's browser test drives Debian's Chromium through chromedriver (no browser is
+# ever downloaded by a test tool).
+ensure_browser() {
+  if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then
+    return 0
+  fi
+  if can_apt; then
+    apt_install chromium chromium-driver
+  else
+    die "the browser test needs Debian's chromium and chromium-driver: apt-get install chromium chromium-driver"
+  fi
+}

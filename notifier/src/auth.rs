@@ -58,12 +58,11 @@ impl Auth {
     /// The user a token stands for.
     pub fn verify(&self, token: Option<&str>) -> Result<Claims, AuthError> {
         let token = token.filter(|t| !t.is_empty()).ok_or(AuthError::Missing)?;
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).map_err(|err| {
-            match err.kind() {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|err| match err.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
                 _ => AuthError::Invalid(err.to_string()),
-            }
-        })?;
+            })?;
         if data.claims.sub.is_empty() {
             return Err(AuthError::Invalid("empty sub".into()));
         }
@@ -85,13 +84,27 @@ mod tests {
     #[test]
     fn expired_forged_and_missing_tokens_are_refused() {
         let auth = Auth::new("secret");
-        let past = Claims { sub: "u1".into(), exp: 1_000 };
-        let expired = jsonwebtoken::encode(&Header::default(), &past, &EncodingKey::from_secret(b"secret")).unwrap();
+        let past = Claims {
+            sub: "u1".into(),
+            exp: 1_000,
+        };
+        let expired = jsonwebtoken::encode(
+            &Header::default(),
+            &past,
+            &EncodingKey::from_secret(b"secret"),
+        )
+        .unwrap();
         assert_eq!(auth.verify(Some(&expired)), Err(AuthError::Expired));
         let forged = Auth::new("other").mint("u1", Duration::from_secs(60));
-        assert!(matches!(auth.verify(Some(&forged)), Err(AuthError::Invalid(_))));
+        assert!(matches!(
+            auth.verify(Some(&forged)),
+            Err(AuthError::Invalid(_))
+        ));
         assert_eq!(auth.verify(None), Err(AuthError::Missing));
-        assert!(matches!(auth.verify(Some("not.a.jwt")), Err(AuthError::Invalid(_))));
+        assert!(matches!(
+            auth.verify(Some("not.a.jwt")),
+            Err(AuthError::Invalid(_))
+        ));
     }
 
     #[test]
@@ -100,7 +113,15 @@ mod tests {
         struct NoExp {
             sub: String,
         }
-        let token = jsonwebtoken::encode(&Header::default(), &NoExp { sub: "u1".into() }, &EncodingKey::from_secret(b"secret")).unwrap();
-        assert!(matches!(Auth::new("secret").verify(Some(&token)), Err(AuthError::Invalid(_))));
+        let token = jsonwebtoken::encode(
+            &Header::default(),
+            &NoExp { sub: "u1".into() },
+            &EncodingKey::from_secret(b"secret"),
+        )
+        .unwrap();
+        assert!(matches!(
+            Auth::new("secret").verify(Some(&token)),
+            Err(AuthError::Invalid(_))
+        ));
     }
 }

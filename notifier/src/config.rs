@@ -39,7 +39,12 @@ pub struct NotifierConfig {
     pub addr: SocketAddr,
 
     /// HS256 key browser tokens are signed with (shared with the web app).
-    #[arg(long = "jwt-secret", env = "NOTIFIER_JWT_SECRET", value_name = "NOTIFIER_JWT_SECRET", hide_env_values = true)]
+    #[arg(
+        long = "jwt-secret",
+        env = "NOTIFIER_JWT_SECRET",
+        value_name = "NOTIFIER_JWT_SECRET",
+        hide_env_values = true
+    )]
     pub jwt_secret: SecretString,
 
     #[command(flatten)]
@@ -95,7 +100,11 @@ mod tests {
         assert_eq!(cli.config.sockets.idle_timeout_secs, 60);
         let err = Cli::try_parse_from(["notifier"]).unwrap_err();
         assert!(err.to_string().contains("NOTIFIER_JWT_SECRET"), "{err}");
-        let token = Cli::try_parse_from(["notifier", "--jwt-secret", "k", "token", "--user", "u1"]).unwrap();
-        assert!(matches!(token.command, Some(Command::Token { ttl_secs: 3600, .. })));
+        let token = Cli::try_parse_from(["notifier", "--jwt-secret", "k", "token", "--user", "u1"])
+            .unwrap();
+        assert!(matches!(
+            token.command,
+            Some(Command::Token { ttl_secs: 3600, .. })
+        ));
     }
 }

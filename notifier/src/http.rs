@@ -47,22 +47,35 @@ const INDEX_HTML: &str = include_str!("gallery/index.html");
 const APP_JS: &str = include_str!("gallery/app.js");
 const STYLE_CSS: &str = include_str!("gallery/style.css");
 
-pub async fn route(request: Request<Incoming>, state: Arc<AppState>) -> Result<Response<Body>, Infallible> {
+pub async fn route(
+    request: Request<Incoming>,
+    state: Arc<AppState>,
+) -> Result<Response<Body>, Infallible> {
     let path = request.uri().path().to_owned();
     if request.method() != Method::GET && request.method() != Method::HEAD {
-        return Ok(json(StatusCode::METHOD_NOT_ALLOWED, serde_json::json!({"error": "only GET"})));
+        return Ok(json(
+            StatusCode::METHOD_NOT_ALLOWED,
+            serde_json::json!({"error": "only GET"}),
+        ));
     }
     Ok(match path.as_str() {
         "/ws" => websocket(request, state).await,
         "/events" => server_sent_events(request, state).await,
         "/api/health" => health(&state),
-        "/metrics" => text(StatusCode::OK, "text/plain; version=0.0.4", shared::metrics::prometheus().render()),
+        "/metrics" => text(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            shared::metrics::prometheus().render(),
+        ),
         "/" | "/index.html" => text(StatusCode::OK, "text/html; charset=utf-8", INDEX_HTML),
         "/app.js" => text(StatusCode::OK, "text/javascript; charset=utf-8", APP_JS),
         "/style.css" => text(StatusCode::OK, "text/css; charset=utf-8", STYLE_CSS),
         _ => match path.strip_prefix("/media/") {
             Some(key) => serve_media(&state, key).await,
-            None => json(StatusCode::NOT_FOUND, serde_json::json!({"error": "not found"})),
+            None => json(
+                StatusCode::NOT_FOUND,
+                serde_json::json!({"error": "not found"}),
+            ),
         },
     })
 }
@@ -103,11 +116,27 @@ fn health(state: &AppState) -> Response<Body> {
         "connections": state.open_connections.load(Ordering::Relaxed),
         "broker": if broker { "connected" } else { "disconnected" },
     });
-    json(if broker { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, body)
+    json(
+        if broker {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        body,
+    )
+}
+
+/// A request refused before any work: status and reason, answered as JSON.
+struct Refusal(StatusCode, String);
+
+impl Refusal {
+    fn into_response(self) -> Response<Body> {
+        json(self.0, serde_json::json!({"error": self.1}))
+    }
 }
 
 /// Checks the token before anything else; 401 with the reason otherwise.
-fn authenticate(request: &Request<Incoming>, state: &AppState) -> Result<String, Response<Body>> {
+fn authenticate(request: &Request<Incoming>, state: &AppState) -> Result<String, Refusal> {
     let params = query(request);
     state
         .auth
@@ -115,17 +144,17 @@ fn authenticate(request: &Request<Incoming>, state: &AppState) -> Result<String,
         .map(|claims| claims.sub)
         .map_err(|err| {
             metrics::counter!("notifier_auth_failures_total").increment(1);
-            json(StatusCode::UNAUTHORIZED, serde_json::json!({"error": err.to_string()}))
+            Refusal(StatusCode::UNAUTHORIZED, err.to_string())
         })
 }
 
-fn since(value: Option<&str>) -> Result<Option<i64>, Response<Body>> {
+fn since(value: Option<&str>) -> Result<Option<i64>, Refusal> {
     match value {
         None | Some("") => Ok(None),
         Some(text) => text
             .parse::<i64>()
             .map(Some)
-            .map_err(|_| json(StatusCode::BAD_REQUEST, serde_json::json!({"error": "since must be an integer"}))),
+            .map_err(|_| Refusal(StatusCode::BAD_REQUEST, "since must be an integer".into())),
     }
 }
 
@@ -148,23 +177,31 @@ impl Drop for OpenConnection {
 async fn websocket(mut request: Request<Incoming>, state: Arc<AppState>) -> Response<Body> {
     let user_id = match authenticate(&request, &state) {
         Ok(user_id) => user_id,
-        Err(response) => return response,
+        Err(refusal) => return refusal.into_response(),
     };
     let since = match since(query(&request).get("since").map(String::as_str)) {
         Ok(since) => since,
-        Err(response) => return response,
+        Err(refusal) => return refusal.into_response(),
     };
     let headers = request.headers();
     let upgrade_ok = headers
         .get(header::UPGRADE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    let version_ok = headers.get(header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v == "13");
+    let version_ok = headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_some_and(|v| v == "13");
     let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).cloned() else {
-        return json(StatusCode::BAD_REQUEST, serde_json::json!({"error": "not a WebSocket upgrade"}));
+        return json(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({"error": "not a WebSocket upgrade"}),
+        );
     };
     if !upgrade_ok || !version_ok {
-        return json(StatusCode::BAD_REQUEST, serde_json::json!({"error": "not a WebSocket upgrade (version 13)"}));
+        return json(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({"error": "not a WebSocket upgrade (version 13)"}),
+        );
     }
 
     let upgrade = hyper::upgrade::on(&mut request);
@@ -177,8 +214,14 @@ async fn websocket(mut request: Request<Incoming>, state: Arc<AppState>) -> Resp
             }
         };
         let _open = OpenConnection::new(state.clone());
-        let socket = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws::socket_config())).await;
-        let (feed, opening) = match Feed::open(&state.sessions, &state.pool, &user_id, since).await {
+        let socket = WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            Some(ws::socket_config()),
+        )
+        .await;
+        let (feed, opening) = match Feed::open(&state.sessions, &state.pool, &user_id, since).await
+        {
             Ok(opened) => opened,
             Err(err) => {
                 tracing::warn!(%user_id, error = %err, "cannot open the feed; closing");
@@ -198,7 +241,8 @@ async fn websocket(mut request: Request<Incoming>, state: Arc<AppState>) -> Resp
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     headers.insert(
         header::SEC_WEBSOCKET_ACCEPT,
-        HeaderValue::from_str(&derive_accept_key(key.as_bytes())).expect("base64 is a valid header"),
+        HeaderValue::from_str(&derive_accept_key(key.as_bytes()))
+            .expect("base64 is a valid header"),
     );
     response
 }
@@ -208,7 +252,7 @@ async fn websocket(mut request: Request<Incoming>, state: Arc<AppState>) -> Resp
 async fn server_sent_events(request: Request<Incoming>, state: Arc<AppState>) -> Response<Body> {
     let user_id = match authenticate(&request, &state) {
         Ok(user_id) => user_id,
-        Err(response) => return response,
+        Err(refusal) => return refusal.into_response(),
     };
     let last_event_id = request
         .headers()
@@ -216,23 +260,34 @@ async fn server_sent_events(request: Request<Incoming>, state: Arc<AppState>) ->
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let params = query(&request);
-    let since = match since(last_event_id.as_deref().or(params.get("since").map(String::as_str))) {
+    let since = match since(
+        last_event_id
+            .as_deref()
+            .or(params.get("since").map(String::as_str)),
+    ) {
         Ok(since) => since,
-        Err(response) => return response,
+        Err(refusal) => return refusal.into_response(),
     };
     let (feed, opening) = match Feed::open(&state.sessions, &state.pool, &user_id, since).await {
         Ok(opened) => opened,
         Err(err) => {
             tracing::warn!(%user_id, error = %err, "cannot open the feed");
-            return json(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"error": "event log unavailable"}));
+            return json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"error": "event log unavailable"}),
+            );
         }
     };
     let (tx, rx) = mpsc::channel::<Bytes>(state.sockets.send_queue.max(1));
     tokio::spawn(stream_events(feed, opening, tx, state.clone(), user_id));
-    let body = StreamBody::new(tokio_stream(rx).map(|chunk| Ok::<_, Infallible>(BodyFrame::data(chunk))));
+    let body =
+        StreamBody::new(tokio_stream(rx).map(|chunk| Ok::<_, Infallible>(BodyFrame::data(chunk))));
     let mut response = Response::new(BodyExt::boxed(body));
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response
 }
@@ -244,12 +299,23 @@ fn sse_frame(frame: &crate::replay::Frame) -> Bytes {
     }
 }
 
-async fn stream_events(mut feed: Feed, opening: crate::replay::Opening, tx: mpsc::Sender<Bytes>, state: Arc<AppState>, user_id: String) {
+async fn stream_events(
+    mut feed: Feed,
+    opening: crate::replay::Opening,
+    tx: mpsc::Sender<Bytes>,
+    state: Arc<AppState>,
+    user_id: String,
+) {
     let _open = OpenConnection::new(state.clone());
     let timeout = Duration::from_secs(state.sockets.send_timeout_secs);
     let send = |chunk: Bytes| {
         let tx = tx.clone();
-        async move { matches!(tokio::time::timeout(timeout, tx.send(chunk)).await, Ok(Ok(()))) }
+        async move {
+            matches!(
+                tokio::time::timeout(timeout, tx.send(chunk)).await,
+                Ok(Ok(()))
+            )
+        }
     };
     tracing::info!(%user_id, replayed = opening.replay.len(), "event stream connected");
     let mut first = vec![opening.hello];
@@ -296,19 +362,28 @@ fn tokio_stream(mut rx: mpsc::Receiver<Bytes>) -> impl futures_util::Stream<Item
 }
 
 async fn serve_media(state: &AppState, key: &str) -> Response<Body> {
-    let not_found = || json(StatusCode::NOT_FOUND, serde_json::json!({"error": "not found"}));
+    let not_found = || {
+        json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": "not found"}),
+        )
+    };
     let Some(root) = &state.media_root else {
         return not_found();
     };
     let Some(path) = media::resolve(root, key) else {
-        return json(StatusCode::BAD_REQUEST, serde_json::json!({"error": "invalid media key"}));
+        return json(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({"error": "invalid media key"}),
+        );
     };
     match tokio::fs::read(&path).await {
         Ok(bytes) => {
             let mut response = text(StatusCode::OK, media::content_type(&path), bytes);
-            response
-                .headers_mut()
-                .insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=31536000, immutable"));
+            response.headers_mut().insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=31536000, immutable"),
+            );
             response
         }
         Err(_) => not_found(),

@@ -10,7 +10,9 @@ pub fn resolve(root: &Path, key: &str) -> Option<PathBuf> {
         !segment.is_empty()
             && segment != "."
             && segment != ".."
-            && segment.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+            && segment
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
     };
     if key.is_empty() || !key.split('/').all(valid_segment) {
         return None;
@@ -19,7 +21,11 @@ pub fn resolve(root: &Path, key: &str) -> Option<PathBuf> {
 }
 
 pub fn content_type(path: &Path) -> &'static str {
-    match path.extension().and_then(|e| e.to_str()).unwrap_or_default() {
+    match path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or_default()
+    {
         "png" => "image/png",
         "jpg" | "jpeg" => "image/jpeg",
         "webp" => "image/webp",
@@ -37,8 +43,22 @@ mod tests {
     #[test]
     fn only_plain_relative_keys() {
         let root = Path::new("/srv/media");
-        assert_eq!(resolve(root, "generations/g1/0.png"), Some(PathBuf::from("/srv/media/generations/g1/0.png")));
-        for bad in ["", "../etc/passwd", "generations/../../etc", "/etc/passwd", "a//b", "a/./b", "a%2f..%2fb", "a\\b", "..", "a/b/"] {
+        assert_eq!(
+            resolve(root, "generations/g1/0.png"),
+            Some(PathBuf::from("/srv/media/generations/g1/0.png"))
+        );
+        for bad in [
+            "",
+            "../etc/passwd",
+            "generations/../../etc",
+            "/etc/passwd",
+            "a//b",
+            "a/./b",
+            "a%2f..%2fb",
+            "a\\b",
+            "..",
+            "a/b/",
+        ] {
             assert_eq!(resolve(root, bad), None, "{bad:?}");
         }
     }

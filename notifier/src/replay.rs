@@ -55,7 +55,9 @@ impl Feed {
             .unwrap_or(0);
         let hello = Frame {
             seq: None,
-            json: Utf8Bytes::from(serde_json::to_string(&Event::hello(user_id, latest)).expect("serialises")),
+            json: Utf8Bytes::from(
+                serde_json::to_string(&Event::hello(user_id, latest)).expect("serialises"),
+            ),
         };
         let mut feed = Self {
             registration,
@@ -93,12 +95,21 @@ impl Feed {
         match push {
             Push::Event { seq: None, json } => Ok(vec![Frame { seq: None, json }]),
             Push::Event { seq: Some(seq), .. } if seq <= self.last_sent => Ok(Vec::new()),
-            Push::Event { seq: Some(seq), json } if seq == self.last_sent + 1 => {
+            Push::Event {
+                seq: Some(seq),
+                json,
+            } if seq == self.last_sent + 1 => {
                 self.last_sent = seq;
                 metrics::counter!("notifier_events_delivered_total").increment(1);
-                Ok(vec![Frame { seq: Some(seq), json }])
+                Ok(vec![Frame {
+                    seq: Some(seq),
+                    json,
+                }])
             }
-            Push::Event { seq: Some(seq), json } => {
+            Push::Event {
+                seq: Some(seq),
+                json,
+            } => {
                 // Ahead of what we sent: fetch the gap from the log first.
                 let mut conn = db::connection(&self.pool).await?;
                 let mut frames = self.catch_up(&mut conn, Some(seq - 1)).await?;
@@ -106,7 +117,10 @@ impl Feed {
                 if seq == self.last_sent + 1 {
                     self.last_sent = seq;
                     metrics::counter!("notifier_events_delivered_total").increment(1);
-                    frames.push(Frame { seq: Some(seq), json });
+                    frames.push(Frame {
+                        seq: Some(seq),
+                        json,
+                    });
                 }
                 Ok(frames)
             }
@@ -120,7 +134,11 @@ impl Feed {
     }
 
     /// Events after `last_sent` (up to `until` when given) from the log, in order.
-    async fn catch_up(&mut self, conn: &mut db::Connection, until: Option<i64>) -> Result<Vec<Frame>, DbError> {
+    async fn catch_up(
+        &mut self,
+        conn: &mut db::Connection,
+        until: Option<i64>,
+    ) -> Result<Vec<Frame>, DbError> {
         let mut query = job_events::table
             .filter(job_events::user_id.eq(self.user_id()))
             .filter(job_events::seq.gt(self.last_sent))

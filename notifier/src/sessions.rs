@@ -92,7 +92,9 @@ impl Sessions {
             let sessions = for_setup.clone();
             async move {
                 let sessions = sessions.upgrade().ok_or_else(|| {
-                    lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed))
+                    lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(
+                        lapin::ConnectionState::Closed,
+                    ))
                 })?;
                 sessions.open_link(&connection).await
             }
@@ -152,7 +154,12 @@ impl Sessions {
     }
 
     pub fn user_ids(&self) -> Vec<String> {
-        self.users.lock().expect("not poisoned").keys().cloned().collect()
+        self.users
+            .lock()
+            .expect("not poisoned")
+            .keys()
+            .cloned()
+            .collect()
     }
 
     pub fn connection_count(&self) -> usize {
@@ -213,7 +220,9 @@ impl Sessions {
         // Someone may have connected while we waited for the lock.
         let still_empty = {
             let mut users = self.users.lock().expect("not poisoned");
-            let empty = users.get(user_id).is_some_and(|entry| entry.sockets.is_empty());
+            let empty = users
+                .get(user_id)
+                .is_some_and(|entry| entry.sockets.is_empty());
             if empty {
                 users.remove(user_id);
             }
@@ -295,7 +304,12 @@ impl Sessions {
     }
 }
 
-async fn bind(channel: &Channel, queue: &str, topology: &Topology, user_id: &str) -> lapin::Result<()> {
+async fn bind(
+    channel: &Channel,
+    queue: &str,
+    topology: &Topology,
+    user_id: &str,
+) -> lapin::Result<()> {
     channel
         .queue_bind(
             queue.into(),
@@ -315,7 +329,10 @@ async fn dispatch(sessions: std::sync::Weak<Sessions>) {
         let Some(strong) = sessions.upgrade() else {
             return;
         };
-        let link = strong.link().wait_connected(std::time::Duration::from_secs(5)).await;
+        let link = strong
+            .link()
+            .wait_connected(std::time::Duration::from_secs(5))
+            .await;
         let Some(link) = link else {
             continue;
         };

@@ -37,7 +37,8 @@ impl Notifier {
             .with_context(|| format!("preparing the database {}", config.database.url))?;
         let media_root = match shared::storage::local_directory(&config.storage.url) {
             Some(dir) => {
-                std::fs::create_dir_all(dir).with_context(|| format!("creating the media directory {dir}"))?;
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating the media directory {dir}"))?;
                 Some(PathBuf::from(dir))
             }
             None => None,
@@ -97,7 +98,10 @@ impl Notifier {
                 let _ = connection.await;
             });
         }
-        tracing::info!(connections = self.state.open_connections.load(Ordering::Relaxed), "shutdown requested: closing sockets");
+        tracing::info!(
+            connections = self.state.open_connections.load(Ordering::Relaxed),
+            "shutdown requested: closing sockets"
+        );
         let _ = self.shutdown.send(true);
         let deadline = Instant::now() + CLOSE_WAIT;
         while self.state.open_connections.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {

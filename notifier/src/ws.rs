@@ -50,13 +50,22 @@ impl Ending {
     }
 }
 
-pub async fn serve(mut socket: Socket, mut feed: Feed, opening: Opening, settings: SocketConfig, mut shutdown: watch::Receiver<bool>) -> Ending {
+pub async fn serve(
+    mut socket: Socket,
+    mut feed: Feed,
+    opening: Opening,
+    settings: SocketConfig,
+    mut shutdown: watch::Receiver<bool>,
+) -> Ending {
     let send_timeout = Duration::from_secs(settings.send_timeout_secs);
     let idle_timeout = Duration::from_secs(settings.idle_timeout_secs);
     let mut first = vec![opening.hello];
     first.extend(opening.replay);
     for frame in first {
-        if send(&mut socket, Message::Text(frame.json), send_timeout).await.is_err() {
+        if send(&mut socket, Message::Text(frame.json), send_timeout)
+            .await
+            .is_err()
+        {
             return Ending::TooSlow;
         }
     }

@@ -1,0 +1,290 @@
+//! A notifier per test on port 0, with its own database, queue-name prefix and media
+//! directory on the real PostgreSQL and RabbitMQ; events are produced the way the worker
+//! produces them (its event log, then a confirmed publish).
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, RunQueryDsl};
+use futures_util::StreamExt;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use notifier::auth::Auth;
+use notifier::config::{NotifierConfig, SocketConfig};
+use notifier::http::AppState;
+use notifier::startup::Notifier;
+use shared::amqp::{Outgoing, PERSISTENT, Topology, publish_confirmed};
+use shared::config::{AmqpConfig, DatabaseConfig, LogFormat, StorageConfig, TelemetryConfig};
+use shared::db::schema::users;
+use shared::db::{self, Pool};
+use shared::events::{Event, GenerationJob, JobKind, JobProgress};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const JWT_SECRET: &str = "test-jwt-secret";
+
+fn unique() -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "test_notifier_{}_{nanos}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub struct TestEnv {
+    pub config: NotifierConfig,
+    pub pool: Pool,
+    pub topology: Topology,
+    pub media_dir: std::path::PathBuf,
+    pub auth: Auth,
+    _connection: Connection,
+    channel: Channel,
+}
+
+pub struct Running {
+    pub address: String,
+    pub state: std::sync::Arc<AppState>,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(15), &mut self.task)
+            .await
+            .expect("stops in time")
+            .unwrap();
+    }
+}
+
+impl TestEnv {
+    pub async fn new() -> Self {
+        Self::with_sockets(SocketConfig {
+            ping_secs: 20,
+            idle_timeout_secs: 60,
+            send_queue: 64,
+            send_timeout_secs: 10,
+        })
+        .await
+    }
+
+    pub async fn with_sockets(sockets: SocketConfig) -> Self {
+        shared::telemetry::init(LogFormat::Pretty);
+        let name = unique();
+        let base: shared::config::DatabaseUrl = std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+            .parse()
+            .unwrap();
+        let database = DatabaseConfig {
+            url: base.with_database(&name),
+            pool_size: 8,
+        };
+        let pool = db::prepare(&database).await.expect("test database");
+        let amqp_url = std::env::var("AMQP_URL")
+            .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+        let amqp = AmqpConfig::new(&amqp_url, &format!("{name}.")).unwrap();
+        let media_dir = std::env::temp_dir().join(&name);
+        let config = NotifierConfig {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            jwt_secret: JWT_SECRET.parse().unwrap(),
+            database,
+            amqp: amqp.clone(),
+            storage: StorageConfig {
+                url: format!("file://{}", media_dir.display()),
+            },
+            sockets,
+            telemetry: TelemetryConfig {
+                log_format: LogFormat::Pretty,
+            },
+        };
+        let connection = Connection::connect(&amqp_url, ConnectionProperties::default())
+            .await
+            .unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        let topology = amqp.topology();
+        topology.declare(&channel).await.unwrap();
+        channel.confirm_select(Default::default()).await.unwrap();
+        Self {
+            config,
+            pool,
+            topology,
+            media_dir,
+            auth: Auth::new(JWT_SECRET),
+            _connection: connection,
+            channel,
+        }
+    }
+
+    pub async fn start(&self) -> Running {
+        let notifier = Notifier::build(&self.config)
+            .await
+            .expect("notifier starts");
+        let port = notifier.port();
+        let state = notifier.state();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(notifier.run_until_stopped(async {
+            let _ = stopped.await;
+        }));
+        // Ready once the broker link is up (health says so).
+        let address = format!("127.0.0.1:{port}");
+        for _ in 0..100 {
+            if state.sessions.broker_connected() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            state.sessions.broker_connected(),
+            "notifier did not connect to RabbitMQ"
+        );
+        Running {
+            address,
+            state,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    pub fn token(&self, user: &str) -> String {
+        self.auth.mint(user, Duration::from_secs(600))
+    }
+
+    pub async fn insert_user(&self, id: &str, credits: i32) {
+        let mut conn = db::connection(&self.pool).await.unwrap();
+        diesel::insert_into(users::table)
+            .values((users::id.eq(id), users::credits.eq(credits)))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+
+    /// Stores a status change in the user's log as the worker does, and returns its event.
+    pub async fn store(&self, user: &str, job_id: &str, status: &str) -> Event {
+        let mut conn = db::connection(&self.pool).await.unwrap();
+        let user = user.to_owned();
+        let job_id = job_id.to_owned();
+        let status = status.to_owned();
+        conn.transaction(async |conn| {
+            let (seq, credits) = worker::event_log::next_seq(conn, &user, 0).await?;
+            let event = Event::GenerationStatusChanged {
+                seq,
+                user_id: user.clone(),
+                credits,
+                job: GenerationJob {
+                    kind: JobKind::Generation,
+                    id: format!("gen-{job_id}"),
+                    job_id: job_id.clone(),
+                    status: status.clone(),
+                    image_urls: if status == "COMPLETED" {
+                        vec![format!("/media/generations/gen-{job_id}/0.png")]
+                    } else {
+                        vec![]
+                    },
+                    error: None,
+                },
+            };
+            worker::event_log::append(conn, &event).await?;
+            Ok::<_, shared::db::DbError>(event)
+        })
+        .await
+        .unwrap()
+    }
+
+    /// Publishes an event to `jobs.events` as the worker does after commit.
+    pub async fn publish(&self, event: &Event) {
+        let body = serde_json::to_vec(event).unwrap();
+        publish_confirmed(
+            &self.channel,
+            Outgoing {
+                exchange: &self.topology.events_exchange(),
+                routing_key: &event.routing_key(),
+                body: &body,
+                properties: BasicProperties::default().with_delivery_mode(PERSISTENT),
+                mandatory: false,
+            },
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    }
+
+    /// Stores and publishes: one status change, end to end.
+    pub async fn emit(&self, user: &str, job_id: &str, status: &str) -> Event {
+        let event = self.store(user, job_id, status).await;
+        self.publish(&event).await;
+        event
+    }
+
+    pub fn progress(user: &str, job_id: &str, progress: f64) -> Event {
+        Event::JobProgress {
+            user_id: user.to_owned(),
+            job: JobProgress {
+                kind: JobKind::Generation,
+                id: format!("gen-{job_id}"),
+                job_id: job_id.to_owned(),
+                progress,
+            },
+        }
+    }
+
+    pub async fn cleanup(self) {
+        self.pool.close();
+        db::drop_database(&self.config.database.url).await.unwrap();
+        self.topology.delete(&self.channel).await.unwrap();
+        let _ = std::fs::remove_dir_all(&self.media_dir);
+    }
+}
+
+pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+pub async fn connect(
+    address: &str,
+    query: &str,
+) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
+    let (socket, _) =
+        tokio_tungstenite::connect_async(format!("ws://{address}/ws?{query}")).await?;
+    Ok(socket)
+}
+
+/// The next JSON message, skipping pings; `None` when nothing comes within `wait` or the
+/// socket closed.
+pub async fn next_json(socket: &mut Client, wait: Duration) -> Option<serde_json::Value> {
+    loop {
+        let message = tokio::time::timeout(wait, socket.next())
+            .await
+            .ok()??
+            .ok()?;
+        match message {
+            Message::Text(text) => return Some(serde_json::from_str(&text).unwrap()),
+            Message::Close(_) => return None,
+            _ => continue,
+        }
+    }
+}
+
+/// Every numbered event until `last` arrives; panics on a timeout.
+pub async fn seqs_until(socket: &mut Client, last: i64) -> Vec<i64> {
+    let mut seqs = Vec::new();
+    while seqs.last() != Some(&last) {
+        let message = next_json(socket, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| panic!("stopped after {seqs:?}"));
+        if let Some(seq) = message["seq"]
+            .as_i64()
+            .filter(|_| message["type"] != "hello")
+        {
+            seqs.push(seq);
+        }
+    }
+    seqs
+}

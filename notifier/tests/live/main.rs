@@ -1,0 +1,10 @@
+//! Integration tests of the notifier against the real PostgreSQL and RabbitMQ (and, for the
+//! gallery, a real headless Chromium).
+
+mod browser;
+mod helpers;
+mod media;
+mod memory;
+mod protocol;
+mod slow;
+mod sse;

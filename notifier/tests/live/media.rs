@@ -1,0 +1,68 @@
+//! `/media/<key>` serves stored files and nothing outside the media directory.
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::TestEnv;
+
+/// Sends a raw request line, so that no client normalises the path first.
+async fn raw_get(address: &str, path: &str) -> (u16, Vec<u8>) {
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let status = std::str::from_utf8(&response[9..12])
+        .unwrap()
+        .parse()
+        .unwrap();
+    let body_start = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    (status, response[body_start..].to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_is_served_without_path_traversal() {
+    let env = TestEnv::new().await;
+    let running = env.start().await;
+    std::fs::create_dir_all(env.media_dir.join("generations/g1")).unwrap();
+    std::fs::write(env.media_dir.join("generations/g1/0.png"), b"\x89PNG fake").unwrap();
+    // A secret next to the media directory.
+    let secret = env.media_dir.parent().unwrap().join(format!(
+        "{}-secret.txt",
+        env.media_dir.file_name().unwrap().to_str().unwrap()
+    ));
+    std::fs::write(&secret, b"secret").unwrap();
+
+    let (status, body) = raw_get(&running.address, "/media/generations/g1/0.png").await;
+    assert_eq!((status, body.as_slice()), (200, b"\x89PNG fake".as_slice()));
+    assert_eq!(
+        raw_get(&running.address, "/media/generations/g1/1.png")
+            .await
+            .0,
+        404
+    );
+    let escape = format!(
+        "/media/../{}",
+        secret.file_name().unwrap().to_str().unwrap()
+    );
+    for path in [
+        escape.as_str(),
+        "/media/generations/../../etc/passwd",
+        "/media/..%2f..%2fetc%2fpasswd",
+        "/media/generations%2fg1%2f0.png",
+        "/media//etc/passwd",
+        "/media/%2e%2e/secret",
+        "/media/generations\\g1\\0.png",
+    ] {
+        let (status, body) = raw_get(&running.address, path).await;
+        assert!(status == 400 || status == 404, "{path}: {status}");
+        assert_ne!(body, b"secret", "{path} leaked a file");
+    }
+    std::fs::remove_file(secret).unwrap();
+    running.stop().await;
+    env.cleanup().await;
+}

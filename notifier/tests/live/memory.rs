@@ -1,0 +1,113 @@
+//! Memory per idle socket, measured on a real notifier process with a few thousand
+//! sockets open. Reported (stdout and target/tmp/notifier-memory.txt), not asserted: speed
+//! and memory targets live in the benchmarks.
+
+use std::time::Duration;
+
+use tokio::process::Command;
+
+use crate::helpers::{TestEnv, connect, next_json};
+
+const SOCKETS: usize = 2000;
+const USERS: usize = 100;
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_per_idle_socket_is_reported() {
+    let env = TestEnv::new().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let address = format!("127.0.0.1:{port}");
+    let config = &env.config;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_notifier"))
+        .env_clear()
+        .env("NOTIFIER_ADDR", &address)
+        .env("NOTIFIER_JWT_SECRET", crate::helpers::JWT_SECRET)
+        .env("DATABASE_URL", config.database.url.as_str())
+        .env("AMQP_URL", config.amqp.url.as_str())
+        .env("AMQP_NAME_PREFIX", &config.amqp.name_prefix)
+        .env("STORAGE_URL", &config.storage.url)
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    let client = shared::http::client_builder().build().unwrap();
+    let health = format!("http://{address}/api/health");
+    let mut ready = false;
+    for _ in 0..100 {
+        if let Ok(response) = client.get(&health).send().await
+            && response.status() == 200
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "notifier process did not become healthy");
+    // Warm up allocator and pools with a few sockets first.
+    let mut sockets = Vec::with_capacity(SOCKETS);
+    for i in 0..10 {
+        let mut socket = connect(
+            &address,
+            &format!("token={}", env.token(&format!("user-{}", i % USERS))),
+        )
+        .await
+        .unwrap();
+        next_json(&mut socket, Duration::from_secs(5))
+            .await
+            .unwrap();
+        sockets.push(socket);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = rss_kib(pid);
+    for i in 10..SOCKETS {
+        let mut socket = connect(
+            &address,
+            &format!("token={}", env.token(&format!("user-{}", i % USERS))),
+        )
+        .await
+        .unwrap();
+        next_json(&mut socket, Duration::from_secs(5))
+            .await
+            .expect("hello");
+        sockets.push(socket);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = rss_kib(pid);
+    let reported: serde_json::Value = client
+        .get(&health)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(reported["connections"], SOCKETS);
+
+    let per_socket = (after.saturating_sub(before)) * 1024 / (SOCKETS as u64 - 10);
+    let report = format!(
+        "notifier RSS: {before} KiB with 10 sockets, {after} KiB with {SOCKETS} idle sockets ({USERS} users): {per_socket} bytes per socket\n"
+    );
+    print!("{report}");
+    let _ = std::fs::write(
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("notifier-memory.txt"),
+        &report,
+    );
+
+    drop(sockets);
+    child.kill().await.unwrap();
+    env.cleanup().await;
+}

@@ -1,0 +1,283 @@
+//! The WebSocket protocol of the contract, against a real notifier.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::helpers::{TestEnv, connect, next_json, seqs_until};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_then_live_events_and_progress() {
+    let env = TestEnv::new().await;
+    env.insert_user("u1", 42).await;
+    env.emit("u1", "r0", "PROCESSING").await; // seq 1, before the connection
+    let running = env.start().await;
+    let mut socket = connect(&running.address, &format!("token={}", env.token("u1")))
+        .await
+        .unwrap();
+
+    let hello = next_json(&mut socket, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        hello,
+        json!({"type":"hello","user_id":"u1","seq":1,"polling_disabled":true,"webhook_enabled":true})
+    );
+
+    let event = env.emit("u1", "r1", "COMPLETED").await;
+    let live = next_json(&mut socket, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(live, serde_json::to_value(&event).unwrap());
+    assert_eq!(live["seq"], 2);
+    assert_eq!(live["credits"], 42);
+
+    env.publish(&TestEnv::progress("u1", "r2", 0.42)).await;
+    let progress = next_json(&mut socket, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(progress["type"], "job_progress");
+    assert_eq!(progress["job"]["progress"], 0.42);
+    assert!(progress.get("seq").is_none());
+
+    let health: serde_json::Value = shared::http::client_builder()
+        .build()
+        .unwrap()
+        .get(format!("http://{}/api/health", running.address))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        health,
+        json!({"status":"healthy","websocket":"active","connections":1,"broker":"connected"})
+    );
+    drop(socket);
+    running.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn since_replays_then_goes_live_without_gap_or_duplicate() {
+    let env = TestEnv::new().await;
+    env.insert_user("u1", 0).await;
+    for i in 0..5 {
+        env.emit("u1", &format!("r{i}"), "PROCESSING").await;
+    }
+    let running = env.start().await;
+    // Events keep arriving while the client connects and replays.
+    let producer = async {
+        for i in 5..30 {
+            env.emit("u1", &format!("r{i}"), "COMPLETED").await;
+        }
+    };
+    let consumer = async {
+        let mut socket = connect(
+            &running.address,
+            &format!("token={}&since=2", env.token("u1")),
+        )
+        .await
+        .unwrap();
+        let hello = next_json(&mut socket, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(hello["type"], "hello");
+        seqs_until(&mut socket, 30).await
+    };
+    let ((), seqs) = tokio::join!(producer, consumer);
+    assert_eq!(seqs, (3..=30).collect::<Vec<i64>>());
+    running.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_or_lost_live_event_is_filled_from_the_log() {
+    let env = TestEnv::new().await;
+    env.insert_user("u1", 0).await;
+    let running = env.start().await;
+    let mut socket = connect(&running.address, &format!("token={}", env.token("u1")))
+        .await
+        .unwrap();
+    next_json(&mut socket, Duration::from_secs(5))
+        .await
+        .unwrap(); // hello
+    // Seq 1 and 2 are committed but only 3 is published (1 and 2 wait for the sweep).
+    env.store("u1", "r1", "PROCESSING").await;
+    env.store("u1", "r2", "PROCESSING").await;
+    env.emit("u1", "r3", "PROCESSING").await;
+    assert_eq!(seqs_until(&mut socket, 3).await, [1, 2, 3]);
+    running.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_are_isolated_and_all_sockets_of_a_user_receive() {
+    let env = TestEnv::new().await;
+    env.insert_user("alice", 0).await;
+    env.insert_user("bob", 0).await;
+    let running = env.start().await;
+    let mut alice_phone = connect(&running.address, &format!("token={}", env.token("alice")))
+        .await
+        .unwrap();
+    let mut alice_laptop = connect(&running.address, &format!("token={}", env.token("alice")))
+        .await
+        .unwrap();
+    let mut bob = connect(&running.address, &format!("token={}", env.token("bob")))
+        .await
+        .unwrap();
+    for socket in [&mut alice_phone, &mut alice_laptop, &mut bob] {
+        assert_eq!(
+            next_json(socket, Duration::from_secs(5)).await.unwrap()["type"],
+            "hello"
+        );
+    }
+    env.emit("alice", "ra", "COMPLETED").await;
+    env.publish(&TestEnv::progress("alice", "ra2", 0.5)).await;
+    for socket in [&mut alice_phone, &mut alice_laptop] {
+        assert_eq!(
+            next_json(socket, Duration::from_secs(5)).await.unwrap()["user_id"],
+            "alice"
+        );
+        assert_eq!(
+            next_json(socket, Duration::from_secs(5)).await.unwrap()["type"],
+            "job_progress"
+        );
+    }
+    assert_eq!(
+        next_json(&mut bob, Duration::from_millis(700)).await,
+        None,
+        "bob must see nothing of alice"
+    );
+    running.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tokens_are_refused_with_401_before_the_upgrade() {
+    let env = TestEnv::new().await;
+    let running = env.start().await;
+    let expired = {
+        use jsonwebtoken::{EncodingKey, Header, encode};
+        encode(
+            &Header::default(),
+            &notifier::auth::Claims {
+                sub: "u1".into(),
+                exp: 1_600_000_000,
+            },
+            &EncodingKey::from_secret(crate::helpers::JWT_SECRET.as_bytes()),
+        )
+        .unwrap()
+    };
+    let forged = notifier::auth::Auth::new("someone-else").mint("u1", Duration::from_secs(600));
+    for (label, query) in [
+        ("expired", format!("token={expired}")),
+        ("forged", format!("token={forged}")),
+        ("missing", String::new()),
+    ] {
+        match connect(&running.address, &query).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status(), 401, "{label}");
+            }
+            other => panic!("{label}: expected 401, got {:?}", other.map(|_| "a socket")),
+        }
+    }
+    running.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binding_follows_the_users_sockets() {
+    let env = TestEnv::new().await;
+    env.insert_user("u1", 0).await;
+    let running = env.start().await;
+    let sessions = running.state.sessions.clone();
+    assert!(!sessions.is_bound("u1").await);
+    let mut first = connect(&running.address, &format!("token={}", env.token("u1")))
+        .await
+        .unwrap();
+    let mut second = connect(&running.address, &format!("token={}", env.token("u1")))
+        .await
+        .unwrap();
+    next_json(&mut first, Duration::from_secs(5)).await.unwrap();
+    next_json(&mut second, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(sessions.is_bound("u1").await);
+
+    first.close(None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(sessions.is_bound("u1").await, "one socket is still open");
+
+    second.close(None).await.unwrap();
+    let mut unbound = false;
+    for _ in 0..50 {
+        if !sessions.is_bound("u1").await && sessions.user_ids().is_empty() {
+            unbound = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(unbound, "the binding outlived the last socket");
+    running.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_client_is_closed_and_shutdown_says_going_away() {
+    let env = TestEnv::with_sockets(notifier::config::SocketConfig {
+        ping_secs: 1,
+        idle_timeout_secs: 2,
+        send_queue: 64,
+        send_timeout_secs: 5,
+    })
+    .await;
+    env.insert_user("u1", 0).await;
+    let running = env.start().await;
+
+    // This client never reads, so it never answers a ping.
+    let mut silent = connect(&running.address, &format!("token={}", env.token("u1")))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut close_code = None;
+    while let Ok(Some(Ok(message))) =
+        tokio::time::timeout(Duration::from_secs(2), silent.next()).await
+    {
+        if let Message::Close(frame) = message {
+            close_code = frame.map(|f| f.code);
+            break;
+        }
+    }
+    assert_eq!(
+        close_code,
+        Some(CloseCode::Away),
+        "unresponsive client closed with a reason"
+    );
+
+    // A live client during shutdown gets 1001 too.
+    let mut live = connect(&running.address, &format!("token={}", env.token("u1")))
+        .await
+        .unwrap();
+    next_json(&mut live, Duration::from_secs(5)).await.unwrap();
+    let stopping = tokio::spawn(running.stop());
+    let mut shutdown_code = None;
+    while let Ok(Some(Ok(message))) =
+        tokio::time::timeout(Duration::from_secs(5), live.next()).await
+    {
+        if let Message::Close(frame) = message {
+            shutdown_code = frame.map(|f| (f.code, f.reason.to_string()));
+            break;
+        }
+    }
+    assert_eq!(
+        shutdown_code,
+        Some((CloseCode::Away, "server shutting down".to_owned()))
+    );
+    stopping.await.unwrap();
+    env.cleanup().await;
+}
