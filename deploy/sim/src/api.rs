@@ -1,0 +1,194 @@
+//! `replicate-sim serve`: Replicate's API as far as this pipeline uses it, and the output
+//! files under `/delivery/`.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::dev::Server;
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use serde_json::json;
+
+use crate::images;
+use crate::lifecycle::Simulator;
+use crate::prediction::{CreateRequest, Kind};
+
+struct ApiState {
+    simulator: Arc<Simulator>,
+    /// When set, `Authorization: Bearer <token>` must carry it.
+    api_token: Option<String>,
+}
+
+/// Builds the server on `listener` (port 0 in tests).
+pub fn server(
+    listener: TcpListener,
+    simulator: Arc<Simulator>,
+    api_token: Option<String>,
+) -> std::io::Result<Server> {
+    let state = web::Data::new(ApiState {
+        simulator,
+        api_token,
+    });
+    Ok(HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .app_data(web::JsonConfig::default().limit(1024 * 1024))
+            .route("/v1/predictions", web::post().to(create_prediction))
+            .route("/v1/trainings", web::post().to(create_training))
+            .route(
+                "/v1/models/{owner}/{name}/versions/{version}/trainings",
+                web::post().to(create_training),
+            )
+            .route("/v1/predictions/{id}", web::get().to(get_prediction))
+            .route("/v1/trainings/{id}", web::get().to(get_training))
+            .route(
+                "/v1/predictions/{id}/cancel",
+                web::post().to(cancel_prediction),
+            )
+            .route("/v1/trainings/{id}/cancel", web::post().to(cancel_training))
+            .route("/v1/webhooks/default/secret", web::get().to(webhook_secret))
+            .route("/delivery/{id}/out-{index}.png", web::get().to(output))
+            .route("/sim/jobs", web::get().to(report))
+    })
+    .disable_signals()
+    .listen(listener)?
+    .run())
+}
+
+fn authorized(request: &HttpRequest, state: &ApiState) -> bool {
+    let Some(given) = request
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("Token "))
+        })
+    else {
+        return false;
+    };
+    state
+        .api_token
+        .as_deref()
+        .is_none_or(|expected| expected == given)
+        && !given.is_empty()
+}
+
+fn unauthorized() -> HttpResponse {
+    HttpResponse::Unauthorized().json(json!({"title": "Unauthenticated", "detail": "You did not pass a valid authentication token", "status": 401}))
+}
+
+fn not_found() -> HttpResponse {
+    HttpResponse::NotFound()
+        .json(json!({"title": "Not found", "detail": "Not found.", "status": 404}))
+}
+
+async fn create(
+    kind: Kind,
+    request: HttpRequest,
+    body: web::Json<CreateRequest>,
+    state: web::Data<ApiState>,
+) -> HttpResponse {
+    if !authorized(&request, &state) {
+        return unauthorized();
+    }
+    HttpResponse::Created().json(state.simulator.create(kind, body.into_inner()))
+}
+
+async fn create_prediction(
+    request: HttpRequest,
+    body: web::Json<CreateRequest>,
+    state: web::Data<ApiState>,
+) -> HttpResponse {
+    create(Kind::Prediction, request, body, state).await
+}
+
+async fn create_training(
+    request: HttpRequest,
+    body: web::Json<CreateRequest>,
+    state: web::Data<ApiState>,
+) -> HttpResponse {
+    create(Kind::Training, request, body, state).await
+}
+
+async fn get(
+    kind: Kind,
+    request: HttpRequest,
+    id: web::Path<String>,
+    state: web::Data<ApiState>,
+) -> HttpResponse {
+    if !authorized(&request, &state) {
+        return unauthorized();
+    }
+    match state.simulator.get(kind, &id) {
+        Some(object) => HttpResponse::Ok().json(object),
+        None => not_found(),
+    }
+}
+
+async fn get_prediction(
+    request: HttpRequest,
+    id: web::Path<String>,
+    state: web::Data<ApiState>,
+) -> HttpResponse {
+    get(Kind::Prediction, request, id, state).await
+}
+
+async fn get_training(
+    request: HttpRequest,
+    id: web::Path<String>,
+    state: web::Data<ApiState>,
+) -> HttpResponse {
+    get(Kind::Training, request, id, state).await
+}
+
+async fn cancel(
+    kind: Kind,
+    request: HttpRequest,
+    id: web::Path<String>,
+    state: web::Data<ApiState>,
+) -> HttpResponse {
+    if !authorized(&request, &state) {
+        return unauthorized();
+    }
+    match state.simulator.cancel(kind, &id) {
+        Some(object) => HttpResponse::Ok().json(object),
+        None => not_found(),
+    }
+}
+
+async fn cancel_prediction(
+    request: HttpRequest,
+    id: web::Path<String>,
+    state: web::Data<ApiState>,
+) -> HttpResponse {
+    cancel(Kind::Prediction, request, id, state).await
+}
+
+async fn cancel_training(
+    request: HttpRequest,
+    id: web::Path<String>,
+    state: web::Data<ApiState>,
+) -> HttpResponse {
+    cancel(Kind::Training, request, id, state).await
+}
+
+async fn webhook_secret(request: HttpRequest, state: web::Data<ApiState>) -> HttpResponse {
+    if !authorized(&request, &state) {
+        return unauthorized();
+    }
+    HttpResponse::Ok().json(json!({"key": state.simulator.secret().to_whsec()}))
+}
+
+async fn output(path: web::Path<(String, usize)>, state: web::Data<ApiState>) -> HttpResponse {
+    let (id, index) = path.into_inner();
+    match state.simulator.servable_outputs(&id) {
+        Some(count) if index < count => HttpResponse::Ok()
+            .content_type("image/png")
+            .body(images::png(&id, index)),
+        _ => HttpResponse::NotFound().finish(),
+    }
+}
+
+async fn report(state: web::Data<ApiState>) -> HttpResponse {
+    HttpResponse::Ok().json(state.simulator.report())
+}

@@ -1,0 +1,31 @@
+//! What can go wrong, on purpose: duplicated, reordered and delayed webhooks; failed and
+//! cancelled jobs; output URLs that 404. All off by default.
+
+use clap::Args;
+
+#[derive(Debug, Clone, Copy, Default, Args)]
+pub struct Faults {
+    /// Fraction of webhooks sent twice (same webhook-id).
+    #[arg(long, default_value_t = 0.0)]
+    pub duplicate_rate: f64,
+    /// Fraction of intermediate webhooks held back and sent after the next one.
+    #[arg(long, default_value_t = 0.0)]
+    pub reorder_rate: f64,
+    /// Largest random delay before a webhook is sent, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub max_delay_ms: u64,
+    /// Fraction of jobs that fail.
+    #[arg(long, default_value_t = 0.0)]
+    pub fail_rate: f64,
+    /// Fraction of jobs cancelled while running.
+    #[arg(long, default_value_t = 0.0)]
+    pub cancel_rate: f64,
+    /// Fraction of succeeded image jobs whose output URLs answer 404.
+    #[arg(long, default_value_t = 0.0)]
+    pub missing_output_rate: f64,
+}
+
+/// True with probability `rate`.
+pub fn chance(rate: f64) -> bool {
+    rate > 0.0 && fastrand::f64() < rate
+}
