@@ -169,6 +169,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<LoadReport> {
     progress.finish();
     let elapsed = started.elapsed();
 
+    server_handle.stop(true).await;
     let received = received.lock().expect("not poisoned");
     let mut latencies = Vec::new();
     let mut missing = args.jobs - submitted.len();
@@ -182,7 +183,6 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<LoadReport> {
             (None, _) => missing += 1,
         }
     }
-    server_handle.stop(true).await;
     Ok(LoadReport {
         jobs: args.jobs,
         elapsed,
