@@ -20,8 +20,10 @@ pub type PooledConnection = Object<AsyncPgConnection>;
 /// The migrations in `shared/migrations`, compiled into every binary that uses the database.
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
-/// Serialises migrations across processes: replicas starting together take turns.
+/// Serialise migrations and database creation across processes: replicas starting
+/// together take turns.
 const MIGRATION_LOCK_KEY: i64 = 0x7265_706c_6963_6174; // "replicat"
+const CREATE_LOCK_KEY: i64 = 0x7265_706c_6963_6164; // "replicad"
 
 /// How long a caller waits for a pooled connection before the work is retried later.
 const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -67,9 +69,17 @@ impl DbError {
 }
 
 /// Creates the database named in `url` if it does not exist yet. Returns whether it did.
+/// Replicas starting together take turns under an advisory lock of the server.
 pub async fn create_database_if_missing(url: &DatabaseUrl) -> Result<bool, DbError> {
     let name = url.database_name().to_owned();
     let mut admin = AsyncPgConnection::establish(url.with_database("postgres").as_str()).await?;
+    advisory_lock(&mut admin, "pg_advisory_lock", CREATE_LOCK_KEY).await?;
+    let created = create_unless_present(&mut admin, &name).await;
+    advisory_lock(&mut admin, "pg_advisory_unlock", CREATE_LOCK_KEY).await?;
+    created
+}
+
+async fn create_unless_present(admin: &mut AsyncPgConnection, name: &str) -> Result<bool, DbError> {
     #[derive(diesel::QueryableByName)]
     struct Found {
         #[diesel(sql_type = BigInt)]
@@ -78,25 +88,16 @@ pub async fn create_database_if_missing(url: &DatabaseUrl) -> Result<bool, DbErr
     }
     let existing: Vec<Found> =
         diesel::sql_query("SELECT 1::int8 AS found FROM pg_database WHERE datname = $1")
-            .bind::<Text, _>(&name)
-            .load(&mut admin)
+            .bind::<Text, _>(name)
+            .load(admin)
             .await?;
     if !existing.is_empty() {
         return Ok(false);
     }
-    let created = diesel::sql_query(format!("CREATE DATABASE {}", quote_identifier(&name)))
-        .execute(&mut admin)
-        .await;
-    match created {
-        Ok(_) => Ok(true),
-        // Another replica created it a moment ago.
-        Err(diesel::result::Error::DatabaseError(_, info))
-            if info.message().contains("already exists") =>
-        {
-            Ok(false)
-        }
-        Err(err) => Err(err.into()),
-    }
+    diesel::sql_query(format!("CREATE DATABASE {}", quote_identifier(name)))
+        .execute(admin)
+        .await?;
+    Ok(true)
 }
 
 /// Drops the database named in `url`, closing its connections (test databases).
@@ -115,20 +116,24 @@ pub async fn drop_database(url: &DatabaseUrl) -> Result<(), DbError> {
 /// Needs the multi-threaded tokio runtime (diesel's migrations are synchronous).
 pub async fn run_migrations(url: &DatabaseUrl) -> Result<Vec<String>, DbError> {
     let mut connection = AsyncPgConnection::establish(url.as_str()).await?;
-    advisory_lock(&mut connection, "pg_advisory_lock").await?;
+    advisory_lock(&mut connection, "pg_advisory_lock", MIGRATION_LOCK_KEY).await?;
     let mut harness = AsyncMigrationHarness::new(connection);
     let applied = harness
         .run_pending_migrations(MIGRATIONS)
         .map(|versions| versions.iter().map(ToString::to_string).collect())
         .map_err(|err| DbError::Migration(err.to_string()));
     let mut connection = harness.into_inner();
-    advisory_lock(&mut connection, "pg_advisory_unlock").await?;
+    advisory_lock(&mut connection, "pg_advisory_unlock", MIGRATION_LOCK_KEY).await?;
     applied
 }
 
-async fn advisory_lock(connection: &mut AsyncPgConnection, function: &str) -> Result<(), DbError> {
+async fn advisory_lock(
+    connection: &mut AsyncPgConnection,
+    function: &str,
+    key: i64,
+) -> Result<(), DbError> {
     diesel::sql_query(format!("SELECT {function}($1)"))
-        .bind::<BigInt, _>(MIGRATION_LOCK_KEY)
+        .bind::<BigInt, _>(key)
         .execute(connection)
         .await?;
     Ok(())
