@@ -25,18 +25,27 @@ async fn replicas_starting_together_create_and_migrate_once() {
     for _ in 0..4 {
         let config = config.clone();
         attempts.spawn(async move {
-            let created = shared::db::create_database_if_missing(&config.url).await.unwrap();
+            let created = shared::db::create_database_if_missing(&config.url)
+                .await
+                .unwrap();
             let applied = shared::db::run_migrations(&config.url).await.unwrap();
             (created, applied.len())
         });
     }
     let results: Vec<(bool, usize)> = attempts.join_all().await;
-    assert_eq!(results.iter().filter(|(created, _)| *created).count(), 1, "{results:?}");
+    assert_eq!(
+        results.iter().filter(|(created, _)| *created).count(),
+        1,
+        "{results:?}"
+    );
     let applied: usize = results.iter().map(|(_, applied)| applied).sum();
     let migrations = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
         .unwrap()
         .count();
-    assert_eq!(applied, migrations, "each migration applied exactly once: {results:?}");
+    assert_eq!(
+        applied, migrations,
+        "each migration applied exactly once: {results:?}"
+    );
     let pool = shared::db::prepare(&config).await.unwrap();
     assert!(shared::db::ping(&pool).await);
     pool.close();

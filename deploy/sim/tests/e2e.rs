@@ -1,0 +1,562 @@
+//! End to end: every program as its own process on free ports against the real PostgreSQL
+//! and RabbitMQ, a few hundred jobs of every kind with duplicated, reordered and delayed
+//! webhooks, failures, cancellations and missing outputs switched on in the simulator.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use futures_util::StreamExt;
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+use notifier::auth::Auth;
+use replicate_sim::images;
+use replicate_sim::webapp::{Submitted, WebApp, random_kind};
+use serde_json::Value;
+use shared::config::{DatabaseConfig, DatabaseUrl};
+use shared::db::schema::{ai_models, credit_transactions, generations, users};
+use shared::events::JobKind;
+use shared::webhook::WebhookSecret;
+use tokio::process::{Child, Command};
+use tokio_tungstenite::tungstenite::Message;
+
+const JOBS: usize = 300;
+const USERS: usize = 10;
+const START_CREDITS: i32 = 10_000;
+const JWT_SECRET: &str = "e2e-jwt-secret";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn binary(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_BIN_EXE_replicate-sim"))
+        .parent()
+        .unwrap();
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (deploy/test does)",
+        path.display()
+    );
+    path
+}
+
+struct Processes {
+    children: Vec<(String, Child)>,
+    logs: PathBuf,
+}
+
+impl Processes {
+    fn spawn(&mut self, name: &str, program: &str, args: &[&str], env: &[(&str, String)]) {
+        let log = std::fs::File::create(self.logs.join(format!("{name}.log"))).unwrap();
+        let mut command = Command::new(binary(program));
+        command
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        self.children
+            .push((name.to_owned(), command.spawn().unwrap()));
+    }
+
+    /// SIGTERM to everyone; each must exit 0 (graceful shutdown).
+    async fn stop(mut self) {
+        for (_, child) in &self.children {
+            let pid = child.id().unwrap().to_string();
+            std::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap();
+        }
+        for (name, child) in &mut self.children {
+            let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(
+                status.success(),
+                "{name} exited with {status}; see {}",
+                self.logs.display()
+            );
+        }
+    }
+}
+
+async fn wait_healthy(client: &reqwest::Client, name: &str, url: &str) {
+    for _ in 0..200 {
+        if let Ok(response) = client.get(url).send().await
+            && response.status() == 200
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{name} never became healthy at {url}");
+}
+
+/// Everything one user's browser received, across reconnects.
+#[derive(Default)]
+struct Inbox {
+    events: Vec<Value>,
+}
+
+async fn watch_user(
+    notifier: String,
+    token: String,
+    inbox: Arc<Mutex<Inbox>>,
+    disconnect_after: Option<usize>,
+) {
+    let mut since: Option<i64> = None;
+    let mut drop_after = disconnect_after;
+    loop {
+        let query = match since {
+            Some(seq) => format!("token={token}&since={seq}"),
+            None => format!("token={token}"),
+        };
+        let (mut socket, _) =
+            tokio_tungstenite::connect_async(format!("ws://{notifier}/ws?{query}"))
+                .await
+                .unwrap();
+        let mut received_here = 0;
+        let mut dropped = false;
+        while let Some(Ok(message)) = socket.next().await {
+            let Message::Text(text) = message else {
+                continue;
+            };
+            let event: Value = serde_json::from_str(&text).unwrap();
+            if event["seq"].is_null() || event["type"] == "hello" {
+                continue;
+            }
+            since = event["seq"].as_i64();
+            inbox.lock().unwrap().events.push(event);
+            received_here += 1;
+            if drop_after == Some(received_here) {
+                dropped = true;
+                break;
+            }
+        }
+        if !dropped {
+            return;
+        }
+        // Gone mid-run; back in a moment, resuming with `since`.
+        drop_after = None;
+        let _ = socket.close(None).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_few_hundred_jobs_with_faults_end_exactly_as_the_simulator_decided() {
+    shared::telemetry::init(shared::config::LogFormat::Pretty);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let name = format!("test_e2e_{}_{nanos}", std::process::id());
+    let logs = Path::new(env!("CARGO_TARGET_TMPDIR")).join(&name);
+    std::fs::create_dir_all(&logs).unwrap();
+    let media = std::env::temp_dir().join(&name);
+    let base: DatabaseUrl = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+        .parse()
+        .unwrap();
+    let database = DatabaseConfig {
+        url: base.with_database(&name),
+        pool_size: 8,
+    };
+    let pool = shared::db::prepare(&database).await.unwrap();
+    let amqp_url = std::env::var("AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let prefix = format!("{name}.");
+    let secret = WebhookSecret::from_bytes(b"e2e-webhook-secret-of-32-bytes!!".to_vec()).to_whsec();
+    let (sim_port, ingest_port, notifier_port) = (free_port(), free_port(), free_port());
+    let sim = format!("127.0.0.1:{sim_port}");
+    let notifier = format!("127.0.0.1:{notifier_port}");
+
+    let common = vec![
+        ("DATABASE_URL", database.url.as_str().to_owned()),
+        ("AMQP_URL", amqp_url.clone()),
+        ("AMQP_NAME_PREFIX", prefix.clone()),
+        ("REPLICATE_WEBHOOK_SECRET", secret.clone()),
+        ("NOTIFIER_JWT_SECRET", JWT_SECRET.to_owned()),
+        ("STORAGE_URL", format!("file://{}", media.display())),
+        ("MEDIA_BASE_URL", format!("http://{notifier}/media")),
+        ("DOWNLOAD_ALLOWED_HOSTS", sim.clone()),
+        ("DOWNLOAD_ALLOW_HTTP", "true".to_owned()),
+    ];
+    let with = |extra: &[(&'static str, String)]| {
+        let mut env = common.clone();
+        env.extend_from_slice(extra);
+        env
+    };
+    let mut processes = Processes {
+        children: Vec::new(),
+        logs: logs.clone(),
+    };
+    processes.spawn(
+        "replicate-sim",
+        "replicate-sim",
+        &[
+            "serve",
+            "--step-ms",
+            "40",
+            "--duplicate-rate",
+            "0.2",
+            "--reorder-rate",
+            "0.2",
+            "--max-delay-ms",
+            "300",
+            "--fail-rate",
+            "0.15",
+            "--cancel-rate",
+            "0.1",
+            "--missing-output-rate",
+            "0.05",
+        ],
+        &with(&[("SIM_ADDR", sim.clone())]),
+    );
+    processes.spawn(
+        "ingest",
+        "ingest",
+        &[],
+        &with(&[("INGEST_ADDR", format!("127.0.0.1:{ingest_port}"))]),
+    );
+    let worker_ports = [free_port(), free_port()];
+    for (i, port) in worker_ports.iter().enumerate() {
+        processes.spawn(
+            &format!("worker-{i}"),
+            "worker",
+            &[],
+            &with(&[("WORKER_METRICS_ADDR", format!("127.0.0.1:{port}"))]),
+        );
+    }
+    processes.spawn(
+        "notifier",
+        "notifier",
+        &[],
+        &with(&[("NOTIFIER_ADDR", notifier.clone())]),
+    );
+
+    let http = shared::http::client_builder().build().unwrap();
+    wait_healthy(
+        &http,
+        "ingest",
+        &format!("http://127.0.0.1:{ingest_port}/api/health"),
+    )
+    .await;
+    for port in worker_ports {
+        wait_healthy(
+            &http,
+            "worker",
+            &format!("http://127.0.0.1:{port}/api/health"),
+        )
+        .await;
+    }
+    wait_healthy(&http, "notifier", &format!("http://{notifier}/api/health")).await;
+
+    let app = WebApp::new(
+        pool.clone(),
+        &format!("http://{sim}"),
+        "e2e-token",
+        &format!("http://127.0.0.1:{ingest_port}/api/webhooks/replicate"),
+    );
+    let auth = Auth::new(JWT_SECRET);
+    let users: Vec<String> = (0..USERS).map(|i| format!("user-{i}")).collect();
+    let mut inboxes = HashMap::new();
+    let mut watchers = Vec::new();
+    for (i, user) in users.iter().enumerate() {
+        app.ensure_user(user, START_CREDITS).await.unwrap();
+        let inbox = Arc::new(Mutex::new(Inbox::default()));
+        inboxes.insert(user.clone(), inbox.clone());
+        // The first user's browser drops its connection after 5 events and resumes.
+        let disconnect_after = (i == 0).then_some(5);
+        watchers.push(tokio::spawn(watch_user(
+            notifier.clone(),
+            auth.mint(user, Duration::from_secs(3600)),
+            inbox,
+            disconnect_after,
+        )));
+    }
+
+    let mut submitted: Vec<Submitted> = Vec::new();
+    let mut kinds_seen = BTreeMap::new();
+    for i in 0..JOBS {
+        let kind = match i {
+            0 => JobKind::Generation,
+            1 => JobKind::Upscale,
+            2 => JobKind::Training,
+            _ => random_kind(),
+        };
+        *kinds_seen.entry(kind.as_str()).or_insert(0) += 1;
+        submitted.push(app.submit(&users[i % USERS], kind).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    // Wait until the simulator delivered every terminal webhook and every row is final.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let report = loop {
+        let report: Vec<Value> = http
+            .get(format!("http://{sim}/sim/jobs"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let delivered = report
+            .iter()
+            .filter(|job| job["terminal_delivered"] == true)
+            .count();
+        let mut conn = shared::db::connection(&pool).await.unwrap();
+        let open_generations: i64 = generations::table
+            .filter(generations::status.eq_any(["PENDING", "PROCESSING"]))
+            .count()
+            .get_result(&mut conn)
+            .await
+            .unwrap();
+        let open_trainings: i64 = ai_models::table
+            .filter(ai_models::status.eq_any(["PENDING", "PROCESSING"]))
+            .count()
+            .get_result(&mut conn)
+            .await
+            .unwrap();
+        if delivered == JOBS && open_generations + open_trainings == 0 {
+            break report;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not settled: {delivered}/{JOBS} terminal webhooks delivered, {open_generations} generations and {open_trainings} trainings open; logs in {}",
+            logs.display()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let decided: HashMap<String, Value> = report
+        .into_iter()
+        .map(|job| (job["id"].as_str().unwrap().to_owned(), job))
+        .collect();
+
+    // Every job's row matches what the simulator decided; stored images are byte-identical.
+    let mut conn = shared::db::connection(&pool).await.unwrap();
+    let mut expected_final = HashMap::new();
+    for job in &submitted {
+        let sim = &decided[&job.job_id];
+        let sim_status = sim["status"].as_str().unwrap();
+        let broken = sim["outputs_broken"] == true;
+        let expected = match (sim_status, broken) {
+            ("succeeded", false) => "COMPLETED",
+            ("succeeded", true) | ("failed", _) => "FAILED",
+            ("canceled", _) | ("aborted", _) => "CANCELLED",
+            other => panic!("simulator left {} at {other:?}", job.job_id),
+        };
+        let refunds: Vec<i32> = credit_transactions::table
+            .filter(credit_transactions::job_id.eq(&job.job_id))
+            .filter(credit_transactions::kind.eq("REFUND"))
+            .select(credit_transactions::amount)
+            .load(&mut conn)
+            .await
+            .unwrap();
+        if job.kind == JobKind::Training {
+            let (status, version): (String, Option<String>) = ai_models::table
+                .find(&job.id)
+                .select((ai_models::status, ai_models::model_version))
+                .first(&mut conn)
+                .await
+                .unwrap();
+            assert_eq!(status, expected, "training {}", job.job_id);
+            if expected == "COMPLETED" {
+                assert_eq!(
+                    version.as_deref(),
+                    sim["output"]["version"].as_str(),
+                    "training {}",
+                    job.job_id
+                );
+            }
+        } else {
+            let (status, urls, error): (String, Vec<String>, Option<String>) = generations::table
+                .find(&job.id)
+                .select((
+                    generations::status,
+                    generations::image_urls,
+                    generations::error_message,
+                ))
+                .first(&mut conn)
+                .await
+                .unwrap();
+            assert_eq!(status, expected, "{} {} ({sim})", job.kind, job.job_id);
+            if expected == "COMPLETED" {
+                let outputs = sim["outputs"].as_u64().unwrap() as usize;
+                assert_eq!(urls.len(), outputs, "{}", job.job_id);
+                for (index, url) in urls.iter().enumerate() {
+                    assert_eq!(
+                        url,
+                        &format!("http://{notifier}/media/generations/{}/{index}.png", job.id)
+                    );
+                    let stored =
+                        std::fs::read(media.join(format!("generations/{}/{index}.png", job.id)))
+                            .unwrap();
+                    assert_eq!(
+                        stored,
+                        images::png(&job.job_id, index),
+                        "{} output {index}",
+                        job.job_id
+                    );
+                }
+            }
+            if broken {
+                assert!(error.unwrap_or_default().contains("404"), "{}", job.job_id);
+            }
+        }
+        if expected == "COMPLETED" {
+            assert!(refunds.is_empty(), "{} refunded but completed", job.job_id);
+        } else {
+            assert_eq!(
+                refunds,
+                vec![job.cost],
+                "{} must be refunded exactly once",
+                job.job_id
+            );
+        }
+        expected_final.insert(job.job_id.clone(), expected);
+    }
+
+    // Credits: start − debits + refunds, for every user.
+    for user in &users {
+        let balance: i32 = users::table
+            .find(user)
+            .select(users::credits)
+            .first(&mut conn)
+            .await
+            .unwrap();
+        let movements: Vec<i32> = credit_transactions::table
+            .filter(credit_transactions::user_id.eq(user))
+            .select(credit_transactions::amount)
+            .load(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(
+            balance,
+            START_CREDITS + movements.iter().sum::<i32>(),
+            "{user}"
+        );
+    }
+
+    // Every browser got every change, in order, gapless, only its own, and each job's last
+    // event says its final status. The first user's browser reconnected with `since`.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for user in &users {
+        let latest: i64 = users::table
+            .find(user)
+            .select(users::event_seq)
+            .first(&mut conn)
+            .await
+            .unwrap();
+        let inbox = inboxes[user].lock().unwrap();
+        let seqs: Vec<i64> = inbox
+            .events
+            .iter()
+            .map(|e| e["seq"].as_i64().unwrap())
+            .collect();
+        assert_eq!(
+            seqs,
+            (1..=latest).collect::<Vec<_>>(),
+            "{user}: seqs in order without gaps or duplicates"
+        );
+        assert!(
+            inbox.events.iter().all(|e| e["user_id"] == user.as_str()),
+            "{user} saw someone else's event"
+        );
+        let mut last_status = HashMap::new();
+        for event in &inbox.events {
+            last_status.insert(
+                event["job"]["job_id"].as_str().unwrap().to_owned(),
+                event["job"]["status"].as_str().unwrap().to_owned(),
+            );
+        }
+        for job in submitted.iter().filter(|job| &job.user_id == user) {
+            assert_eq!(
+                last_status.get(&job.job_id).map(String::as_str),
+                Some(expected_final[&job.job_id]),
+                "{user} {}",
+                job.job_id
+            );
+        }
+    }
+
+    // Nothing left behind in the queues; nothing dead-lettered.
+    let connection = lapin::Connection::connect(&amqp_url, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let topology = shared::amqp::Topology::new(&prefix);
+    let depth = |queue: String| {
+        let channel = channel.clone();
+        async move {
+            channel
+                .queue_declare(
+                    queue.as_str().into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .unwrap()
+                .message_count()
+        }
+    };
+    let mut settled = false;
+    for _ in 0..150 {
+        let mut total = depth(topology.webhooks_queue()).await;
+        for delay in shared::amqp::RETRY_DELAYS {
+            total += depth(topology.retry_queue(*delay)).await;
+        }
+        if total == 0 {
+            settled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(settled, "webhooks left in the work or retry queues");
+    assert_eq!(
+        depth(topology.dead_letter_queue()).await,
+        0,
+        "dead letters; see {}",
+        logs.display()
+    );
+    let mut outcomes = BTreeMap::new();
+    for status in expected_final.values() {
+        *outcomes.entry(*status).or_insert(0) += 1;
+    }
+    println!(
+        "e2e: {JOBS} jobs {kinds_seen:?} ended {outcomes:?}; {} webhooks sent by the simulator",
+        decided
+            .values()
+            .map(|j| j["webhooks_sent"].as_u64().unwrap())
+            .sum::<u64>()
+    );
+
+    for watcher in watchers {
+        watcher.abort();
+    }
+    processes.stop().await;
+    topology.delete(&channel).await.unwrap();
+    pool.close();
+    shared::db::drop_database(&database.url).await.unwrap();
+    let _ = std::fs::remove_dir_all(&media);
+}
