@@ -1,0 +1,72 @@
+# Starting and stopping the pipeline's processes on this machine; sourced by deploy/run and
+# deploy/bench (after deploy/lib/services.sh).
+
+random_key() { head -c 32 /dev/urandom | base64 | tr -d '\n'; }
+port_of() { echo "${1##*:}"; }
+
+# Reads .env, fills in what is missing for a local run, and exports it.
+pipeline_env() {
+  if [ -f .env ]; then
+    set -a
+    # shellcheck disable=SC1091
+    source .env
+    set +a
+  fi
+  export REPLICATE_WEBHOOK_SECRET=${REPLICATE_WEBHOOK_SECRET:-whsec_$(random_key)}
+  export NOTIFIER_JWT_SECRET=${NOTIFIER_JWT_SECRET:-$(random_key)}
+  export INGEST_ADDR=${INGEST_ADDR:-127.0.0.1:8080}
+  export NOTIFIER_ADDR=${NOTIFIER_ADDR:-127.0.0.1:8081}
+  export SIM_ADDR=${SIM_ADDR:-127.0.0.1:8090}
+  ingest_url="http://127.0.0.1:$(port_of "$INGEST_ADDR")"
+  notifier_url="http://localhost:$(port_of "$NOTIFIER_ADDR")"
+  sim_url="http://127.0.0.1:$(port_of "$SIM_ADDR")"
+  export MEDIA_BASE_URL=${MEDIA_BASE_URL:-$notifier_url/media}
+  # The simulator serves its outputs over plain HTTP on this machine.
+  export DOWNLOAD_ALLOWED_HOSTS=${DOWNLOAD_ALLOWED_HOSTS:-replicate.delivery,*.replicate.delivery,127.0.0.1:$(port_of "$SIM_ADDR")}
+  export DOWNLOAD_ALLOW_HTTP=${DOWNLOAD_ALLOW_HTTP:-true}
+  bin=${CARGO_TARGET_DIR:-target}/release
+  logs=deploy/.run/logs
+  mkdir -p "$logs"
+  pids=()
+}
+
+build_release() {
+  say "building release binaries"
+  cargo build --release --bins
+}
+
+stop_all() {
+  trap - INT TERM EXIT
+  say "stopping"
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  wait || true
+  say "stopped; logs are in $logs"
+}
+
+start() { # name, then the command
+  local name=$1; shift
+  "$@" >"$logs/$name.log" 2>&1 &
+  pids+=($!)
+  say "$name started (pid $!, log $logs/$name.log)"
+}
+
+wait_healthy() { # name url
+  local deadline=$((SECONDS + 60))
+  until curl -fs -o /dev/null "$2"; do
+    [ "$SECONDS" -lt "$deadline" ] || die "$1 did not become healthy; see $logs/$1.log"
+    sleep 0.5
+  done
+}
+
+# ingest, two workers and the notifier, healthy.
+start_pipeline() {
+  trap stop_all INT TERM EXIT
+  start ingest "$bin/ingest"
+  start worker-1 env WORKER_METRICS_ADDR=127.0.0.1:9091 "$bin/worker"
+  start worker-2 env WORKER_METRICS_ADDR=127.0.0.1:9092 "$bin/worker"
+  start notifier "$bin/notifier"
+  wait_healthy ingest "$ingest_url/api/health"
+  wait_healthy worker-1 "http://127.0.0.1:9091/api/health"
+  wait_healthy worker-2 "http://127.0.0.1:9092/api/health"
+  wait_healthy notifier "$notifier_url/api/health"
+}
