@@ -8,7 +8,11 @@ use shared::config::{AmqpConfig, TelemetryConfig, WebhookConfig};
 /// Receives Replicate webhooks, verifies their Standard Webhooks signature and enqueues them
 /// to RabbitMQ, answering 200 only once the broker has confirmed the message.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "ingest", version)]
+#[command(
+    name = "ingest",
+    version,
+    after_help = "Also: `ingest secret fetch` prints the account's signing secret (needs REPLICATE_API_TOKEN)."
+)]
 pub struct IngestConfig {
     /// Address the HTTP server listens on (port 0 picks a free port).
     #[arg(long, env = "INGEST_ADDR", default_value = "0.0.0.0:8080")]

@@ -3,4 +3,5 @@
 pub mod config;
 pub mod publish;
 pub mod routes;
+pub mod secret;
 pub mod startup;

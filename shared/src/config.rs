@@ -17,13 +17,22 @@ use crate::webhook::{Verifier, WebhookSecrets};
 /// Bad configuration prints one line (`error: …`) and exits with status 2; `--help` and
 /// `--version` print and exit 0.
 pub fn parse<T: Parser>() -> T {
+    parse_from(std::env::args_os())
+}
+
+/// [`parse`] from the given arguments (the first is the program name).
+pub fn parse_from<T: Parser, I, A>(args: I) -> T
+where
+    I: IntoIterator<Item = A>,
+    A: Into<std::ffi::OsString> + Clone,
+{
     if let Err(err) = dotenvy::dotenv()
         && !err.not_found()
     {
         eprintln!("error: cannot read .env: {err}");
         std::process::exit(2);
     }
-    match T::try_parse() {
+    match T::try_parse_from(args) {
         Ok(parsed) => parsed,
         Err(err) if !err.use_stderr() => err.exit(),
         Err(err) => {

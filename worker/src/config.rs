@@ -26,6 +26,26 @@ pub enum Command {
     Run,
     /// Create the database if missing, apply pending migrations, and exit.
     Migrate,
+    /// Show or replay the webhooks parked in `replicate.webhooks.dead`.
+    DeadLetters {
+        #[command(subcommand)]
+        action: DeadLetterAction,
+    },
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum DeadLetterAction {
+    /// List what is parked and why (the queue is left as it is).
+    List,
+    /// Send parked webhooks back through the pipeline.
+    Replay {
+        /// Every parked webhook.
+        #[arg(long, conflicts_with = "ids", required_unless_present = "ids")]
+        all: bool,
+        /// Only these webhook ids (repeatable).
+        #[arg(long = "id", value_name = "WEBHOOK_ID")]
+        ids: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -154,5 +174,16 @@ mod tests {
         assert_eq!(config.download.allowed_hosts.0.len(), 2);
         let migrate = Cli::try_parse_from(["worker", "migrate"]).unwrap();
         assert!(matches!(migrate.command, Some(Command::Migrate)));
+        let replay =
+            Cli::try_parse_from(["worker", "dead-letters", "replay", "--id", "a", "--id", "b"])
+                .unwrap();
+        assert!(matches!(
+            replay.command,
+            Some(Command::DeadLetters { action: DeadLetterAction::Replay { all: false, ref ids } }) if ids == &["a", "b"]
+        ));
+        assert!(
+            Cli::try_parse_from(["worker", "dead-letters", "replay"]).is_err(),
+            "--all or --id is required"
+        );
     }
 }

@@ -6,6 +6,7 @@ pub mod broker;
 pub mod classify;
 pub mod config;
 pub mod consume;
+pub mod dead_letters;
 pub mod download;
 pub mod event_log;
 pub mod outbox;

@@ -2,6 +2,7 @@
 //! with its own database and queue-name prefix.
 
 mod crash;
+mod dead_letters;
 mod downloads;
 mod events;
 mod helpers;

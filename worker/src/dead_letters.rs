@@ -1,0 +1,196 @@
+//! The dead-letter queue for operators: what is parked there and why, and sending it back
+//! through the pipeline once the cause is fixed (`worker dead-letters list|replay`).
+
+use std::time::Duration;
+
+use lapin::message::BasicGetMessage;
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use shared::amqp::{Outgoing, PERSISTENT, PublishError, Topology, publish_confirmed};
+use shared::config::AmqpConfig;
+
+use crate::consume::{HEADER_ATTEMPT, HEADER_DEAD_REASON, HEADER_FIRST_SEEN, HEADER_LAST_ERROR};
+
+/// One parked webhook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub webhook_id: String,
+    /// The Replicate id in the body, if it has one.
+    pub job_id: Option<String>,
+    pub status: Option<String>,
+    pub reason: String,
+    pub attempts: i64,
+}
+
+/// Which dead letters to replay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    All,
+    Ids(Vec<String>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeadLetterError {
+    #[error("RabbitMQ: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("cannot send back to the work queue: {0}")]
+    Publish(#[from] PublishError),
+}
+
+/// A channel of its own on the broker, with the topology declared.
+pub async fn open(config: &AmqpConfig) -> Result<(Connection, Channel, Topology), DeadLetterError> {
+    let connection = Connection::connect(
+        config.url.as_str(),
+        ConnectionProperties::default().with_connection_name("worker dead-letters".into()),
+    )
+    .await?;
+    let channel = connection.create_channel().await?;
+    let topology = config.topology();
+    topology.declare(&channel).await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    Ok((connection, channel, topology))
+}
+
+/// Everything parked, oldest first; the queue is left as it was.
+pub async fn list(
+    channel: &Channel,
+    topology: &Topology,
+) -> Result<Vec<DeadLetter>, DeadLetterError> {
+    let taken = take_all(channel, topology).await?;
+    let letters = taken.iter().map(describe).collect();
+    return_all(taken).await?;
+    Ok(letters)
+}
+
+/// Sends the selected dead letters back to `replicate.webhooks` (retry bookkeeping reset)
+/// and removes them from the dead-letter queue; returns what was replayed.
+pub async fn replay(
+    channel: &Channel,
+    topology: &Topology,
+    selection: &Selection,
+) -> Result<Vec<DeadLetter>, DeadLetterError> {
+    let taken = take_all(channel, topology).await?;
+    let mut replayed = Vec::new();
+    let mut kept = Vec::new();
+    for message in taken {
+        let letter = describe(&message);
+        let selected = match selection {
+            Selection::All => true,
+            Selection::Ids(ids) => ids.contains(&letter.webhook_id),
+        };
+        if !selected {
+            kept.push(message);
+            continue;
+        }
+        let delivery = &message.delivery;
+        let properties = BasicProperties::default()
+            .with_delivery_mode(PERSISTENT)
+            .with_content_type("application/json".into())
+            .with_message_id(letter.webhook_id.as_str().into())
+            .with_headers(fresh_headers(delivery.properties.headers().as_ref()));
+        publish_confirmed(
+            channel,
+            Outgoing {
+                exchange: "",
+                routing_key: &topology.webhooks_queue(),
+                body: &delivery.data,
+                properties,
+                mandatory: true,
+            },
+            Duration::from_secs(10),
+        )
+        .await?;
+        delivery.ack(BasicAckOptions::default()).await?;
+        replayed.push(letter);
+    }
+    return_all(kept).await?;
+    Ok(replayed)
+}
+
+/// Takes every message without acknowledging it (so none is handed out twice).
+async fn take_all(
+    channel: &Channel,
+    topology: &Topology,
+) -> Result<Vec<BasicGetMessage>, DeadLetterError> {
+    let mut taken = Vec::new();
+    while let Some(message) = channel
+        .basic_get(
+            topology.dead_letter_queue().into(),
+            BasicGetOptions { no_ack: false },
+        )
+        .await?
+    {
+        taken.push(message);
+    }
+    Ok(taken)
+}
+
+async fn return_all(messages: Vec<BasicGetMessage>) -> Result<(), DeadLetterError> {
+    for message in messages {
+        message
+            .delivery
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            })
+            .await?;
+    }
+    Ok(())
+}
+
+/// The original headers without the retry bookkeeping: a replay starts afresh.
+fn fresh_headers(headers: Option<&FieldTable>) -> FieldTable {
+    let mut fresh = FieldTable::default();
+    if let Some(headers) = headers {
+        for (key, value) in headers.inner() {
+            let bookkeeping = [
+                HEADER_ATTEMPT,
+                HEADER_FIRST_SEEN,
+                HEADER_LAST_ERROR,
+                HEADER_DEAD_REASON,
+            ];
+            if !bookkeeping.contains(&key.as_str()) && !key.as_str().starts_with("x-death") {
+                fresh.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    fresh
+}
+
+fn describe(message: &BasicGetMessage) -> DeadLetter {
+    let delivery = &message.delivery;
+    let headers = delivery.properties.headers().as_ref();
+    let header = |name: &str| headers.and_then(|h| h.inner().get(name));
+    let text = |value: Option<&AMQPValue>| match value {
+        Some(AMQPValue::LongString(s)) => Some(s.to_string()),
+        Some(AMQPValue::ShortString(s)) => Some(s.to_string()),
+        _ => None,
+    };
+    let body: serde_json::Value = serde_json::from_slice(&delivery.data).unwrap_or_default();
+    DeadLetter {
+        webhook_id: delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.to_string())
+            .or_else(|| text(header(shared::webhook::HEADER_ID)))
+            .unwrap_or_else(|| "-".into()),
+        job_id: body["id"].as_str().map(str::to_owned),
+        status: body["status"].as_str().map(str::to_owned),
+        // The worker's reason, or the broker's own (delivery limit, rejection).
+        reason: text(header(HEADER_DEAD_REASON))
+            .or_else(|| {
+                header("x-first-death-reason")
+                    .and_then(|v| text(Some(v)))
+                    .map(|r| format!("dead-lettered by the broker: {r}"))
+            })
+            .unwrap_or_else(|| "no reason recorded".into()),
+        attempts: match header(HEADER_ATTEMPT) {
+            Some(AMQPValue::LongLongInt(n)) => *n,
+            _ => 0,
+        },
+    }
+}
