@@ -280,16 +280,18 @@ impl Sessions {
 
     /// Hands an event to every connection of its user. A connection whose queue is full is
     /// told it is too slow (it closes itself); the others are not held up.
-    pub fn deliver(&self, user_id: &str, push: Push) {
+    /// Returns how many connections it was handed to.
+    pub fn deliver(&self, user_id: &str, push: Push) -> usize {
         let users = self.users.lock().expect("not poisoned");
         let Some(entry) = users.get(user_id) else {
-            return;
+            return 0;
         };
         for socket in entry.sockets.values() {
             if let Err(mpsc::error::TrySendError::Full(_)) = socket.tx.try_send(push.clone()) {
                 socket.too_slow.notify_one();
             }
         }
+        entry.sockets.len()
     }
 
     fn resync_all(&self) {
@@ -359,13 +361,26 @@ async fn dispatch(sessions: std::sync::Weak<Sessions>) {
             let Ok(json) = String::from_utf8(delivery.data) else {
                 continue;
             };
-            sessions.deliver(
+            let seq = event.seq();
+            let sockets = sessions.deliver(
                 user_id,
                 Push::Event {
-                    seq: event.seq(),
+                    seq,
                     json: Utf8Bytes::from(json),
                 },
             );
+            match &event {
+                Event::GenerationStatusChanged { job, .. } => {
+                    tracing::info!(%user_id, job_id = %job.job_id, kind = %job.kind, status = %job.status, seq, sockets, "event dispatched");
+                }
+                Event::ModelStatusChanged { job, .. } => {
+                    tracing::info!(%user_id, job_id = %job.job_id, kind = %job.kind, status = %job.status, seq, sockets, "event dispatched");
+                }
+                Event::JobProgress { job, .. } => {
+                    tracing::debug!(%user_id, job_id = %job.job_id, progress = job.progress, sockets, "progress dispatched");
+                }
+                Event::Hello { .. } => {}
+            }
         }
         // The stream ended: the connection is gone; wait for the next one.
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
