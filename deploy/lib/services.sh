@@ -36,6 +36,12 @@ wait_until() { # name seconds check-command...
   done
 }
 
+# docker compose for the infrastructure only; the services' secrets are not needed for that.
+compose() {
+  REPLICATE_WEBHOOK_SECRET=${REPLICATE_WEBHOOK_SECRET:-unused} NOTIFIER_JWT_SECRET=${NOTIFIER_JWT_SECRET:-unused} \
+    docker compose -f "$REPO_ROOT/docker-compose.yml" "$@"
+}
+
 docker_usable() { command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; }
 can_apt() { [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; }
 
@@ -70,7 +76,7 @@ ensure_postgres() {
   if start_local_postgres; then :
   elif docker_usable; then
     say "starting PostgreSQL with docker compose"
-    docker compose -f "$REPO_ROOT/docker-compose.yml" up -d postgres
+    compose up -d postgres
   elif can_apt; then
     apt_install postgresql
     trust_local_tcp
@@ -88,7 +94,7 @@ ensure_rabbitmq() {
     rabbitmq-server -detached || true
   elif docker_usable; then
     say "starting RabbitMQ with docker compose"
-    docker compose -f "$REPO_ROOT/docker-compose.yml" up -d rabbitmq
+    compose up -d rabbitmq
   elif can_apt; then
     apt_install rabbitmq-server
     rabbitmq_ready || rabbitmq-server -detached || true
