@@ -4,15 +4,7 @@
 use shared::config::{DatabaseConfig, DatabaseUrl};
 
 fn fresh_url() -> DatabaseUrl {
-    let base: DatabaseUrl = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-        .parse()
-        .unwrap();
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    base.with_database(&format!("test_shared_{}_{nanos}", std::process::id()))
+    shared::testing::database_url(&shared::testing::unique_name("shared"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -180,15 +180,11 @@ impl Consumer {
             Disposition::Retry { delay, error } => {
                 metrics::counter!("worker_retries_total", "reason" => reason_label(result.as_ref().err())).increment(1);
                 tracing::warn!(%webhook_id, attempt = attempt + 1, retry_in = ?delay, %error, elapsed = ?elapsed, "webhook will be retried");
-                let mut headers = carried_headers(&delivery);
-                headers.insert(
-                    HEADER_ATTEMPT.into(),
-                    AMQPValue::LongLongInt(i64::from(attempt) + 1),
-                );
-                headers.insert(HEADER_FIRST_SEEN.into(), AMQPValue::LongLongInt(first_seen));
-                headers.insert(
-                    HEADER_LAST_ERROR.into(),
-                    AMQPValue::LongString(LongString::from(error.as_str())),
+                let headers = bookkeeping(
+                    &delivery,
+                    attempt + 1,
+                    first_seen,
+                    (HEADER_LAST_ERROR, &error),
                 );
                 self.send_on(&delivery, &self.broker.topology.retry_queue(delay), headers)
                     .await
@@ -196,15 +192,11 @@ impl Consumer {
             Disposition::DeadLetter { reason } => {
                 metrics::counter!("worker_dead_letters_total", "reason" => reason_label(result.as_ref().err())).increment(1);
                 tracing::error!(%webhook_id, %reason, elapsed = ?elapsed, "webhook dead-lettered");
-                let mut headers = carried_headers(&delivery);
-                headers.insert(
-                    HEADER_ATTEMPT.into(),
-                    AMQPValue::LongLongInt(i64::from(attempt) + 1),
-                );
-                headers.insert(HEADER_FIRST_SEEN.into(), AMQPValue::LongLongInt(first_seen));
-                headers.insert(
-                    HEADER_DEAD_REASON.into(),
-                    AMQPValue::LongString(LongString::from(reason.as_str())),
+                let headers = bookkeeping(
+                    &delivery,
+                    attempt + 1,
+                    first_seen,
+                    (HEADER_DEAD_REASON, &reason),
                 );
                 self.send_on(
                     &delivery,
@@ -255,9 +247,22 @@ fn reason_label(error: Option<&ProcessError>) -> &'static str {
     }
 }
 
-/// The original headers (`webhook-id`, `webhook-timestamp`, …) carried along.
-fn carried_headers(delivery: &Delivery) -> FieldTable {
-    delivery.properties.headers().clone().unwrap_or_default()
+/// The original headers (`webhook-id`, `webhook-timestamp`, …) carried along, plus the retry
+/// bookkeeping and one explanation (`x-last-error` or `x-dead-letter-reason`).
+fn bookkeeping(
+    delivery: &Delivery,
+    attempts: u32,
+    first_seen: i64,
+    (key, text): (&str, &str),
+) -> FieldTable {
+    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+    headers.insert(
+        HEADER_ATTEMPT.into(),
+        AMQPValue::LongLongInt(i64::from(attempts)),
+    );
+    headers.insert(HEADER_FIRST_SEEN.into(), AMQPValue::LongLongInt(first_seen));
+    headers.insert(key.into(), AMQPValue::LongString(LongString::from(text)));
+    headers
 }
 
 fn header_int(delivery: &Delivery, name: &str) -> Option<i64> {

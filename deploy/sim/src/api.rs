@@ -32,26 +32,27 @@ pub fn server(
         App::new()
             .app_data(state.clone())
             .app_data(web::JsonConfig::default().limit(1024 * 1024))
-            .route("/v1/predictions", web::post().to(create_prediction))
-            .route("/v1/trainings", web::post().to(create_training))
+            .route("/v1/webhooks/default/secret", web::get().to(webhook_secret))
             .route(
                 "/v1/models/{owner}/{name}/versions/{version}/trainings",
-                web::post().to(create_training),
+                web::post().to(create_model_training),
             )
-            .route("/v1/predictions/{id}", web::get().to(get_prediction))
-            .route("/v1/trainings/{id}", web::get().to(get_training))
-            .route(
-                "/v1/predictions/{id}/cancel",
-                web::post().to(cancel_prediction),
-            )
-            .route("/v1/trainings/{id}/cancel", web::post().to(cancel_training))
-            .route("/v1/webhooks/default/secret", web::get().to(webhook_secret))
+            .route("/v1/{kind}", web::post().to(create))
+            .route("/v1/{kind}/{id}", web::get().to(get))
+            .route("/v1/{kind}/{id}/cancel", web::post().to(cancel))
             .route("/delivery/{id}/out-{index}.png", web::get().to(output))
             .route("/sim/jobs", web::get().to(report))
     })
     .disable_signals()
     .listen(listener)?
     .run())
+}
+
+/// `predictions` or `trainings` in a path.
+fn kind_of(segment: &str) -> Option<Kind> {
+    [Kind::Prediction, Kind::Training]
+        .into_iter()
+        .find(|kind| kind.path() == segment)
 }
 
 fn authorized(request: &HttpRequest, state: &ApiState) -> bool {
@@ -83,93 +84,63 @@ fn not_found() -> HttpResponse {
 }
 
 async fn create(
-    kind: Kind,
     request: HttpRequest,
+    kind: web::Path<String>,
     body: web::Json<CreateRequest>,
     state: web::Data<ApiState>,
 ) -> HttpResponse {
+    let Some(kind) = kind_of(&kind) else {
+        return not_found();
+    };
     if !authorized(&request, &state) {
         return unauthorized();
     }
     HttpResponse::Created().json(state.simulator.create(kind, body.into_inner()))
 }
 
-async fn create_prediction(
+/// Replicate's `POST /v1/models/{owner}/{name}/versions/{version}/trainings`.
+async fn create_model_training(
     request: HttpRequest,
     body: web::Json<CreateRequest>,
     state: web::Data<ApiState>,
 ) -> HttpResponse {
-    create(Kind::Prediction, request, body, state).await
-}
-
-async fn create_training(
-    request: HttpRequest,
-    body: web::Json<CreateRequest>,
-    state: web::Data<ApiState>,
-) -> HttpResponse {
-    create(Kind::Training, request, body, state).await
+    create(
+        request,
+        web::Path::from("trainings".to_owned()),
+        body,
+        state,
+    )
+    .await
 }
 
 async fn get(
-    kind: Kind,
     request: HttpRequest,
-    id: web::Path<String>,
+    path: web::Path<(String, String)>,
     state: web::Data<ApiState>,
 ) -> HttpResponse {
+    let (kind, id) = path.into_inner();
     if !authorized(&request, &state) {
         return unauthorized();
     }
-    match state.simulator.get(kind, &id) {
+    match kind_of(&kind).and_then(|kind| state.simulator.get(kind, &id)) {
         Some(object) => HttpResponse::Ok().json(object),
         None => not_found(),
     }
-}
-
-async fn get_prediction(
-    request: HttpRequest,
-    id: web::Path<String>,
-    state: web::Data<ApiState>,
-) -> HttpResponse {
-    get(Kind::Prediction, request, id, state).await
-}
-
-async fn get_training(
-    request: HttpRequest,
-    id: web::Path<String>,
-    state: web::Data<ApiState>,
-) -> HttpResponse {
-    get(Kind::Training, request, id, state).await
 }
 
 async fn cancel(
-    kind: Kind,
     request: HttpRequest,
-    id: web::Path<String>,
+    path: web::Path<(String, String)>,
     state: web::Data<ApiState>,
 ) -> HttpResponse {
+    let (kind, id) = path.into_inner();
     if !authorized(&request, &state) {
         return unauthorized();
     }
-    match state.simulator.cancel(kind, &id) {
+    match kind_of(&kind).and_then(|kind| state.simulator.cancel(kind, &id)) {
         Some(object) => HttpResponse::Ok().json(object),
         None => not_found(),
     }
-}
-
-async fn cancel_prediction(
-    request: HttpRequest,
-    id: web::Path<String>,
-    state: web::Data<ApiState>,
-) -> HttpResponse {
-    cancel(Kind::Prediction, request, id, state).await
-}
-
-async fn cancel_training(
-    request: HttpRequest,
-    id: web::Path<String>,
-    state: web::Data<ApiState>,
-) -> HttpResponse {
-    cancel(Kind::Training, request, id, state).await
 }
 
 async fn webhook_secret(request: HttpRequest, state: web::Data<ApiState>) -> HttpResponse {

@@ -17,7 +17,7 @@ use notifier::auth::Auth;
 use replicate_sim::images;
 use replicate_sim::webapp::{Submitted, WebApp, random_kind};
 use serde_json::Value;
-use shared::config::{DatabaseConfig, DatabaseUrl};
+use shared::config::DatabaseConfig;
 use shared::db::schema::{ai_models, credit_transactions, generations, users};
 use shared::events::JobKind;
 use shared::webhook::WebhookSecret;
@@ -163,25 +163,16 @@ async fn watch_user(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_few_hundred_jobs_with_faults_end_exactly_as_the_simulator_decided() {
     shared::telemetry::init(shared::config::LogFormat::Pretty);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    let name = format!("test_e2e_{}_{nanos}", std::process::id());
+    let name = shared::testing::unique_name("e2e");
     let logs = Path::new(env!("CARGO_TARGET_TMPDIR")).join(&name);
     std::fs::create_dir_all(&logs).unwrap();
     let media = std::env::temp_dir().join(&name);
-    let base: DatabaseUrl = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-        .parse()
-        .unwrap();
     let database = DatabaseConfig {
-        url: base.with_database(&name),
+        url: shared::testing::database_url(&name),
         pool_size: 8,
     };
     let pool = shared::db::prepare(&database).await.unwrap();
-    let amqp_url = std::env::var("AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let amqp_url = shared::testing::amqp_url();
     let prefix = format!("{name}.");
     let secret = WebhookSecret::from_bytes(b"e2e-webhook-secret-of-32-bytes!!".to_vec()).to_whsec();
     let (sim_port, ingest_port, notifier_port) = (free_port(), free_port(), free_port());

@@ -1,7 +1,7 @@
 //! `replicate-sim send` against a real ingest: the webhook is accepted and lands in the
 //! queue; the printed curl command carries a signature ingest accepts.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use ingest::config::IngestConfig;
 use ingest::startup::Application;
@@ -13,13 +13,8 @@ use shared::webhook::{SignedHeaders, Verifier, WebhookSecret, WebhookSecrets};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_posts_a_correctly_signed_webhook_and_prints_curl() {
     let secret = WebhookSecret::from_bytes(b"sim-send-test-secret-of-32-bytes".to_vec());
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    let prefix = format!("test-send-{}-{nanos}.", std::process::id());
-    let amqp_url = std::env::var("AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let prefix = format!("{}.", shared::testing::unique_name("send"));
+    let amqp_url = shared::testing::amqp_url();
     let config = IngestConfig {
         addr: "127.0.0.1:0".parse().unwrap(),
         publish_timeout_ms: 3000,

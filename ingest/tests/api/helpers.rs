@@ -1,4 +1,3 @@
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix_web::dev::ServerHandle;
@@ -10,25 +9,11 @@ use lapin::{Channel, Connection, ConnectionProperties};
 use shared::config::{AmqpConfig, LogFormat, TelemetryConfig, WebhookConfig};
 use shared::webhook::{WebhookSecret, WebhookSecrets};
 
-pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-
-/// The broker the tests use: `AMQP_URL` if set, else the local default.
-pub fn broker_url() -> String {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| DEFAULT_AMQP_URL.to_owned())
-}
+pub use shared::testing::amqp_url as broker_url;
 
 /// A name prefix no other test (or run) uses.
 pub fn unique_prefix() -> String {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!(
-        "test-ingest-{}-{nanos}-{}.",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("{}.", shared::testing::unique_name("ingest"))
 }
 
 pub fn now_secs() -> i64 {

@@ -2,22 +2,22 @@
 //! directory on the real PostgreSQL and RabbitMQ; events are produced the way the worker
 //! produces them (its event log, then a confirmed publish).
 
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use futures_util::StreamExt;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::BasicProperties;
 use notifier::auth::Auth;
 use notifier::config::{NotifierConfig, SocketConfig};
 use notifier::http::AppState;
 use notifier::startup::Notifier;
-use shared::amqp::{Outgoing, PERSISTENT, Topology, publish_confirmed};
-use shared::config::{AmqpConfig, DatabaseConfig, LogFormat, StorageConfig, TelemetryConfig};
+use shared::amqp::{Outgoing, PERSISTENT, publish_confirmed};
+use shared::config::{LogFormat, TelemetryConfig};
+use shared::db;
 use shared::db::schema::users;
-use shared::db::{self, Pool};
 use shared::events::{Event, GenerationJob, JobKind, JobProgress};
+use shared::testing::Isolated;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message;
@@ -25,27 +25,18 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub const JWT_SECRET: &str = "test-jwt-secret";
 
-fn unique() -> String {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!(
-        "test_notifier_{}_{nanos}_{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
 pub struct TestEnv {
     pub config: NotifierConfig,
-    pub pool: Pool,
-    pub topology: Topology,
-    pub media_dir: std::path::PathBuf,
     pub auth: Auth,
-    _connection: Connection,
-    channel: Channel,
+    services: Isolated,
+}
+
+impl std::ops::Deref for TestEnv {
+    type Target = Isolated;
+
+    fn deref(&self) -> &Isolated {
+        &self.services
+    }
 }
 
 pub struct Running {
@@ -79,49 +70,22 @@ impl TestEnv {
     }
 
     pub async fn with_sockets(sockets: SocketConfig) -> Self {
-        shared::telemetry::init(LogFormat::Pretty);
-        let name = unique();
-        let base: shared::config::DatabaseUrl = std::env::var("DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-            .parse()
-            .unwrap();
-        let database = DatabaseConfig {
-            url: base.with_database(&name),
-            pool_size: 8,
-        };
-        let pool = db::prepare(&database).await.expect("test database");
-        let amqp_url = std::env::var("AMQP_URL")
-            .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
-        let amqp = AmqpConfig::new(&amqp_url, &format!("{name}.")).unwrap();
-        let media_dir = std::env::temp_dir().join(&name);
+        let services = Isolated::new("notifier").await;
         let config = NotifierConfig {
             addr: "127.0.0.1:0".parse().unwrap(),
             jwt_secret: JWT_SECRET.parse().unwrap(),
-            database,
-            amqp: amqp.clone(),
-            storage: StorageConfig {
-                url: format!("file://{}", media_dir.display()),
-            },
+            database: services.database.clone(),
+            amqp: services.amqp.clone(),
+            storage: services.storage(),
             sockets,
             telemetry: TelemetryConfig {
                 log_format: LogFormat::Pretty,
             },
         };
-        let connection = Connection::connect(&amqp_url, ConnectionProperties::default())
-            .await
-            .unwrap();
-        let channel = connection.create_channel().await.unwrap();
-        let topology = amqp.topology();
-        topology.declare(&channel).await.unwrap();
-        channel.confirm_select(Default::default()).await.unwrap();
         Self {
             config,
-            pool,
-            topology,
-            media_dir,
             auth: Auth::new(JWT_SECRET),
-            _connection: connection,
-            channel,
+            services,
         }
     }
 
@@ -238,10 +202,7 @@ impl TestEnv {
     }
 
     pub async fn cleanup(self) {
-        self.pool.close();
-        db::drop_database(&self.config.database.url).await.unwrap();
-        self.topology.delete(&self.channel).await.unwrap();
-        let _ = std::fs::remove_dir_all(&self.media_dir);
+        self.services.cleanup().await;
     }
 }
 

@@ -2,72 +2,45 @@
 //! the real PostgreSQL and RabbitMQ, a worker running in-process (or as a child process),
 //! and helpers to publish webhooks and observe rows and events.
 
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use futures_util::StreamExt;
 use lapin::options::{BasicConsumeOptions, BasicGetOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
-use shared::amqp::{Outgoing, PERSISTENT, Topology, publish_confirmed, string_headers};
-use shared::config::{AmqpConfig, DatabaseConfig, LogFormat, StorageConfig, TelemetryConfig};
+use lapin::{BasicProperties, Channel};
+use shared::amqp::{Outgoing, PERSISTENT, publish_confirmed, string_headers};
+use shared::config::{LogFormat, TelemetryConfig};
+use shared::db;
 use shared::db::schema::{ai_models, credit_transactions, generations, job_events, users};
-use shared::db::{self, Pool};
 use shared::events::Event;
+use shared::testing::Isolated;
 use tokio::sync::oneshot;
 use worker::config::{AllowedHosts, DownloadConfig, WorkerConfig};
 use worker::startup::Worker;
 
-pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-
-fn unique(kind: &str) -> String {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!(
-        "test_{kind}_{}_{nanos}_{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
 pub struct TestEnv {
     pub config: WorkerConfig,
-    pub pool: Pool,
-    pub topology: Topology,
-    pub media_dir: std::path::PathBuf,
-    connection: Connection,
-    pub channel: Channel,
+    services: Isolated,
+}
+
+impl std::ops::Deref for TestEnv {
+    type Target = Isolated;
+
+    fn deref(&self) -> &Isolated {
+        &self.services
+    }
 }
 
 impl TestEnv {
     /// A fresh database and prefix; downloads allowed from `image_host` (`127.0.0.1:port`).
     pub async fn new(image_host: &str) -> Self {
-        shared::telemetry::init(LogFormat::Pretty);
-        let name = unique("worker");
-        let base_db: shared::config::DatabaseUrl = std::env::var("DATABASE_URL")
-            .unwrap_or_else(|_| DEFAULT_DATABASE_URL.to_owned())
-            .parse()
-            .unwrap();
-        let database = DatabaseConfig {
-            url: base_db.with_database(&name),
-            pool_size: 8,
-        };
-        let pool = db::prepare(&database).await.expect("test database");
-        let amqp_url = std::env::var("AMQP_URL").unwrap_or_else(|_| DEFAULT_AMQP_URL.to_owned());
-        let amqp = AmqpConfig::new(&amqp_url, &format!("{name}.")).unwrap();
-        let media_dir = std::env::temp_dir().join(&name);
+        let services = Isolated::new("worker").await;
         let config = WorkerConfig {
-            database,
-            amqp: amqp.clone(),
-            storage: StorageConfig {
-                url: format!("file://{}", media_dir.display()),
-            },
+            database: services.database.clone(),
+            amqp: services.amqp.clone(),
+            storage: services.storage(),
             media_base_url: "http://media.test/media".into(),
             metrics_addr: "127.0.0.1:0".parse().unwrap(),
             download: DownloadConfig {
@@ -86,21 +59,7 @@ impl TestEnv {
                 log_format: LogFormat::Pretty,
             },
         };
-        let connection = Connection::connect(&amqp_url, ConnectionProperties::default())
-            .await
-            .expect("test connects to RabbitMQ");
-        let channel = connection.create_channel().await.unwrap();
-        let topology = amqp.topology();
-        topology.declare(&channel).await.unwrap();
-        channel.confirm_select(Default::default()).await.unwrap();
-        Self {
-            config,
-            pool,
-            topology,
-            media_dir,
-            connection,
-            channel,
-        }
+        Self { config, services }
     }
 
     pub async fn conn(&self) -> db::PooledConnection {
@@ -406,10 +365,7 @@ impl TestEnv {
 
     /// Removes the database, the queues and the media directory.
     pub async fn cleanup(self) {
-        self.pool.close();
-        db::drop_database(&self.config.database.url).await.unwrap();
-        self.topology.delete(&self.channel).await.unwrap();
-        let _ = std::fs::remove_dir_all(&self.media_dir);
+        self.services.cleanup().await;
     }
 }
 

@@ -1,0 +1,111 @@
+//! What every integration test needs to stay out of the others' way: unique names for
+//! databases and queue prefixes, and the addresses of the real services.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::config::DatabaseUrl;
+
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// `test_<kind>_<pid>_<nanos>_<n>`: unique across tests, processes and runs; usable as a
+/// database name and a queue-name prefix.
+pub fn unique_name(kind: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos();
+    format!(
+        "test_{kind}_{}_{nanos}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The broker tests use: `AMQP_URL`, or the local default.
+pub fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| DEFAULT_AMQP_URL.to_owned())
+}
+
+/// Database `name` on the server tests use (`DATABASE_URL`'s, or the local default).
+pub fn database_url(name: &str) -> DatabaseUrl {
+    let base: DatabaseUrl = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| DEFAULT_DATABASE_URL.to_owned())
+        .parse()
+        .expect("DATABASE_URL is a postgres URL");
+    base.with_database(name)
+}
+
+/// A test's own slice of the real services: a fresh database (migrated), a queue-name
+/// prefix with the topology declared, a media directory, and a broker channel in confirm
+/// mode for the test to publish and look with.
+pub struct Isolated {
+    pub name: String,
+    pub database: crate::config::DatabaseConfig,
+    pub pool: crate::db::Pool,
+    pub amqp: crate::config::AmqpConfig,
+    pub topology: crate::amqp::Topology,
+    pub media_dir: std::path::PathBuf,
+    pub channel: lapin::Channel,
+    pub connection: lapin::Connection,
+}
+
+impl Isolated {
+    pub async fn new(kind: &str) -> Self {
+        crate::telemetry::init(crate::config::LogFormat::Pretty);
+        let name = unique_name(kind);
+        let database = crate::config::DatabaseConfig {
+            url: database_url(&name),
+            pool_size: 8,
+        };
+        let pool = crate::db::prepare(&database)
+            .await
+            .expect("a test database on the real PostgreSQL");
+        let amqp = crate::config::AmqpConfig::new(&amqp_url(), &format!("{name}."))
+            .expect("AMQP_URL is an AMQP URL");
+        let connection =
+            lapin::Connection::connect(amqp.url.as_str(), lapin::ConnectionProperties::default())
+                .await
+                .expect("the test connects to the real RabbitMQ");
+        let channel = connection.create_channel().await.expect("a channel");
+        let topology = amqp.topology();
+        topology.declare(&channel).await.expect("topology declared");
+        channel
+            .confirm_select(Default::default())
+            .await
+            .expect("confirm mode");
+        let media_dir = std::env::temp_dir().join(&name);
+        Self {
+            name,
+            database,
+            pool,
+            amqp,
+            topology,
+            media_dir,
+            channel,
+            connection,
+        }
+    }
+
+    /// `STORAGE_URL` of the media directory.
+    pub fn storage(&self) -> crate::config::StorageConfig {
+        crate::config::StorageConfig {
+            url: format!("file://{}", self.media_dir.display()),
+        }
+    }
+
+    /// Drops the database, deletes the queues and exchange, removes the media directory.
+    pub async fn cleanup(&self) {
+        self.pool.close();
+        crate::db::drop_database(&self.database.url)
+            .await
+            .expect("drop the test database");
+        self.topology
+            .delete(&self.channel)
+            .await
+            .expect("delete the test topology");
+        let _ = std::fs::remove_dir_all(&self.media_dir);
+    }
+}
