@@ -3,5 +3,4 @@
 
 mod helpers;
 mod outage;
-mod proxy;
 mod webhook;

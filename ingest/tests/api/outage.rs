@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::helpers::{TestApp, broker_url, spawn_app, test_config};
-use crate::proxy::{BrokerProxy, Mode, upstream_of};
+use shared::testing::{Mode, ServiceProxy, upstream_of};
 
 const BODY: &[u8] = br#"{"id":"p-outage","status":"succeeded"}"#;
 
@@ -41,7 +41,7 @@ async fn broker_unreachable_at_start_up_gives_503_and_unhealthy() {
 
 #[tokio::test]
 async fn broker_going_away_and_coming_back_needs_no_restart() {
-    let proxy = BrokerProxy::start(upstream_of(&broker_url())).await;
+    let proxy = ServiceProxy::start(upstream_of(&broker_url())).await;
     let (config, secret) = test_config(&proxy.url(&broker_url()));
     let mut app = spawn_app(config, secret, true).await;
     assert_eq!(app.post_signed("msg_before", BODY).await.status(), 200);
@@ -67,7 +67,7 @@ async fn broker_going_away_and_coming_back_needs_no_restart() {
 
 #[tokio::test]
 async fn confirm_not_received_in_time_is_503() {
-    let proxy = BrokerProxy::start(upstream_of(&broker_url())).await;
+    let proxy = ServiceProxy::start(upstream_of(&broker_url())).await;
     let (config, secret) = test_config(&proxy.url(&broker_url()));
     let mut app = spawn_app(config, secret, true).await;
 

@@ -90,9 +90,11 @@ impl TestEnv {
     }
 
     pub async fn start(&self) -> Running {
-        let notifier = Notifier::build(&self.config)
-            .await
-            .expect("notifier starts");
+        self.start_with(&self.config).await
+    }
+
+    pub async fn start_with(&self, config: &NotifierConfig) -> Running {
+        let notifier = Notifier::build(config).await.expect("notifier starts");
         let port = notifier.port();
         let state = notifier.state();
         let (stop, stopped) = oneshot::channel::<()>();

@@ -5,6 +5,7 @@ mod browser;
 mod helpers;
 mod media;
 mod memory;
+mod outages;
 mod protocol;
 mod slow;
 mod sse;

@@ -7,6 +7,7 @@ mod downloads;
 mod events;
 mod helpers;
 mod images;
+mod outages;
 mod refunds;
 mod retries;
 mod status;

@@ -1,6 +1,10 @@
 //! What every integration test needs to stay out of the others' way: unique names for
 //! databases and queue prefixes, and the addresses of the real services.
 
+mod proxy;
+
+pub use proxy::{Mode, ServiceProxy, upstream_of};
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 

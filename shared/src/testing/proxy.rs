@@ -1,5 +1,6 @@
-//! A TCP proxy in front of the real broker that a test can cut and restore, to show what
-//! ingest does while RabbitMQ is away, without disturbing the broker itself.
+//! A TCP proxy in front of the real broker or database that a test can cut, freeze and
+//! restore, to show what a service does while RabbitMQ or PostgreSQL is away, without
+//! disturbing the real server (other tests keep using it).
 
 use std::net::SocketAddr;
 
@@ -18,12 +19,12 @@ pub enum Mode {
     Down,
 }
 
-pub struct BrokerProxy {
+pub struct ServiceProxy {
     pub port: u16,
     mode: watch::Sender<Mode>,
 }
 
-impl BrokerProxy {
+impl ServiceProxy {
     pub async fn start(upstream: SocketAddr) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -43,28 +44,31 @@ impl BrokerProxy {
         self.mode.send_replace(mode);
     }
 
-    /// The broker URL `base` with host and port replaced by this proxy's.
-    pub fn url(&self, base: &str) -> String {
-        let uri: lapin::uri::AMQPUri = base.parse().unwrap();
-        let user = &uri.authority.userinfo;
-        format!(
-            "amqp://{}:{}@127.0.0.1:{}/{}",
-            user.username,
-            user.password,
-            self.port,
-            uri.vhost.replace('/', "%2f")
-        )
+    /// `url` (AMQP or PostgreSQL) with its host and port replaced by this proxy's.
+    pub fn url(&self, url: &str) -> String {
+        with_port(url, self.port)
     }
 }
 
+fn with_port(url: &str, port: u16) -> String {
+    let (scheme, rest) = url.split_once("://").expect("a URL with a scheme");
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let userinfo = authority
+        .rsplit_once('@')
+        .map(|(user, _)| format!("{user}@"));
+    format!(
+        "{scheme}://{}127.0.0.1:{port}{path}",
+        userinfo.unwrap_or_default()
+    )
+}
+
+/// The `host:port` a broker or database URL points at.
 pub fn upstream_of(url: &str) -> SocketAddr {
-    let uri: lapin::uri::AMQPUri = url.parse().unwrap();
-    let host = if uri.authority.host == "localhost" {
-        "127.0.0.1"
-    } else {
-        &uri.authority.host
-    };
-    format!("{host}:{}", uri.authority.port).parse().unwrap()
+    let authority = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = authority.split('/').next().unwrap_or_default();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
+    let host_port = host_port.replace("localhost", "127.0.0.1");
+    host_port.parse().expect("the URL names host:port")
 }
 
 async fn pipe(client: TcpStream, upstream: SocketAddr, mode: watch::Receiver<Mode>) {
@@ -95,5 +99,26 @@ async fn forward(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut mode: watc
         if to.write_all(&buffer[..read]).await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_pointed_at_the_proxy() {
+        let amqp = "amqp://guest:guest@127.0.0.1:5672/%2f";
+        let postgres = "postgres://postgres@localhost:5432/test_db?sslmode=disable";
+        assert_eq!(upstream_of(amqp).to_string(), "127.0.0.1:5672");
+        assert_eq!(upstream_of(postgres).to_string(), "127.0.0.1:5432");
+        assert_eq!(
+            with_port(amqp, 1234),
+            "amqp://guest:guest@127.0.0.1:1234/%2f"
+        );
+        assert_eq!(
+            with_port(postgres, 99),
+            "postgres://postgres@127.0.0.1:99/test_db?sslmode=disable"
+        );
     }
 }
