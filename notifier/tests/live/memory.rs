@@ -8,7 +8,14 @@ use tokio::process::Command;
 
 use crate::helpers::{TestEnv, connect, next_json};
 
-const SOCKETS: usize = 2000;
+/// Sockets opened: 2,000, or `NOTIFIER_MEMORY_SOCKETS` (`deploy/bench sockets` opens 10,000).
+fn socket_count() -> usize {
+    std::env::var("NOTIFIER_MEMORY_SOCKETS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(2000)
+}
+
 const USERS: usize = 100;
 
 fn rss_kib(pid: u32) -> u64 {
@@ -23,6 +30,7 @@ fn rss_kib(pid: u32) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_per_idle_socket_is_reported() {
+    let count = socket_count();
     let env = TestEnv::new().await;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -58,7 +66,7 @@ async fn memory_per_idle_socket_is_reported() {
     }
     assert!(ready, "notifier process did not become healthy");
     // Warm up allocator and pools with a few sockets first.
-    let mut sockets = Vec::with_capacity(SOCKETS);
+    let mut sockets = Vec::with_capacity(count);
     for i in 0..10 {
         let mut socket = connect(
             &address,
@@ -73,7 +81,7 @@ async fn memory_per_idle_socket_is_reported() {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = rss_kib(pid);
-    for i in 10..SOCKETS {
+    for i in 10..count {
         let mut socket = connect(
             &address,
             &format!("token={}", env.token(&format!("user-{}", i % USERS))),
@@ -95,11 +103,11 @@ async fn memory_per_idle_socket_is_reported() {
         .json()
         .await
         .unwrap();
-    assert_eq!(reported["connections"], SOCKETS);
+    assert_eq!(reported["connections"], count);
 
-    let per_socket = (after.saturating_sub(before)) * 1024 / (SOCKETS as u64 - 10);
+    let per_socket = (after.saturating_sub(before)) * 1024 / (count as u64 - 10);
     let report = format!(
-        "notifier RSS: {before} KiB with 10 sockets, {after} KiB with {SOCKETS} idle sockets ({USERS} users): {per_socket} bytes per socket\n"
+        "notifier RSS: {before} KiB with 10 sockets, {after} KiB with {count} idle sockets ({USERS} users): {per_socket} bytes per socket\n"
     );
     print!("{report}");
     let _ = std::fs::write(
