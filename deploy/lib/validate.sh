@@ -7,7 +7,12 @@ validate_deploy_files() {
   local venv=${CARGO_TARGET_DIR:-$REPO_ROOT/target}/validate-venv
   if [ ! -x "$venv/bin/check-jsonschema" ] || [ ! -x "$venv/bin/kubernetes-validate" ]; then
     say "installing check-jsonschema and kubernetes-validate from PyPI"
-    python3 -m venv "$venv"
+    if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+      # Debian ships venv separately.
+      can_apt || die "python3 -m venv does not work here: install python3-venv"
+      apt_install python3-venv
+      python3 -m venv "$venv"
+    fi
     "$venv/bin/pip" install -q --disable-pip-version-check check-jsonschema kubernetes-validate
   fi
   (
