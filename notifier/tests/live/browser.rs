@@ -76,6 +76,8 @@ async fn the_gallery_updates_live_in_a_real_browser() {
     let browser = browser.expect("chromedriver session");
     let wait = Duration::from_secs(15);
 
+    // A job that ended before the page was opened: the gallery shows it from the replay.
+    env.emit("u1", "r0", "FAILED").await;
     browser
         .goto(&format!(
             "http://{}/?token={}",
@@ -90,6 +92,14 @@ async fn the_gallery_updates_live_in_a_real_browser() {
         .for_element(Locator::Css("#connection.online"))
         .await
         .expect("the page connects");
+    browser
+        .wait()
+        .at_most(wait)
+        .for_element(Locator::Css(
+            r#".card[data-job-id="r0"][data-status="FAILED"]"#,
+        ))
+        .await
+        .expect("the earlier job, replayed");
 
     env.emit("u1", "r1", "PROCESSING").await;
     browser
@@ -149,8 +159,8 @@ async fn the_gallery_updates_live_in_a_real_browser() {
     assert_eq!(credits, "120");
     assert_eq!(
         browser.find_all(Locator::Css(".card")).await.unwrap().len(),
-        1,
-        "updated in place"
+        2,
+        "one card per job, updated in place"
     );
 
     let screenshot = browser.screenshot().await.unwrap();
