@@ -115,17 +115,24 @@ impl FromStr for AmqpUrl {
     }
 }
 
-impl fmt::Debug for AmqpUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&redact_password(&self.0))
-    }
+/// `Debug` and `Display` of a URL type print it with the password replaced.
+macro_rules! redacted_url_formatting {
+    ($url:ty) => {
+        impl fmt::Debug for $url {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&redact_password(&self.0))
+            }
+        }
+
+        impl fmt::Display for $url {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&redact_password(&self.0))
+            }
+        }
+    };
 }
 
-impl fmt::Display for AmqpUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&redact_password(&self.0))
-    }
-}
+redacted_url_formatting!(AmqpUrl);
 
 /// `scheme://user:secret@host/…` → `scheme://user:<redacted>@host/…`
 fn redact_password(url: &str) -> String {
@@ -186,17 +193,7 @@ impl FromStr for DatabaseUrl {
     }
 }
 
-impl fmt::Debug for DatabaseUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&redact_password(&self.0))
-    }
-}
-
-impl fmt::Display for DatabaseUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&redact_password(&self.0))
-    }
-}
+redacted_url_formatting!(DatabaseUrl);
 
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseConfig {
