@@ -122,3 +122,23 @@ ensure_browser() {
     die "the browser test needs Debian's chromium and chromium-driver: apt-get install chromium chromium-driver"
   fi
 }
+
+# Databases and queues that test runs killed before their cleanup left behind: their names
+# carry the test process's pid (test_<kind>_<pid>_…); those whose process is gone are removed.
+remove_stale_test_resources() {
+  local name pid
+  if command -v psql >/dev/null 2>&1; then
+    for name in $(psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -Atc "SELECT datname FROM pg_database WHERE datname LIKE 'test\_%'" 2>/dev/null); do
+      pid=$(cut -d_ -f3 <<<"$name")
+      [[ $pid =~ ^[0-9]+$ ]] && [ ! -d "/proc/$pid" ] || continue
+      psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -qc "DROP DATABASE IF EXISTS \"$name\" WITH (FORCE)" >/dev/null 2>&1 || true
+    done
+  fi
+  if command -v rabbitmqctl >/dev/null 2>&1; then
+    for name in $(rabbitmqctl list_queues -q name 2>/dev/null | grep -E '^test_[a-z0-9]+_[0-9]+_' || true); do
+      pid=$(cut -d_ -f3 <<<"$name")
+      [ ! -d "/proc/$pid" ] || continue
+      rabbitmqctl delete_queue -q "$name" >/dev/null 2>&1 || true
+    done
+  fi
+}

@@ -54,6 +54,7 @@ pub struct Isolated {
     pub media_dir: std::path::PathBuf,
     pub channel: lapin::Channel,
     pub connection: lapin::Connection,
+    cleaned: std::sync::atomic::AtomicBool,
 }
 
 impl Isolated {
@@ -90,6 +91,7 @@ impl Isolated {
             media_dir,
             channel,
             connection,
+            cleaned: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -102,6 +104,7 @@ impl Isolated {
 
     /// Drops the database, deletes the queues and exchange, removes the media directory.
     pub async fn cleanup(&self) {
+        self.cleaned.store(true, Ordering::Relaxed);
         self.pool.close();
         crate::db::drop_database(&self.database.url)
             .await
@@ -111,5 +114,40 @@ impl Isolated {
             .await
             .expect("delete the test topology");
         let _ = std::fs::remove_dir_all(&self.media_dir);
+    }
+}
+
+impl Drop for Isolated {
+    /// A test that failed before its cleanup leaves nothing behind either: the database,
+    /// queues and files are removed from a thread of its own (the test's runtime may be
+    /// unwinding).
+    fn drop(&mut self) {
+        if self.cleaned.load(Ordering::Relaxed) {
+            return;
+        }
+        let database = self.database.url.clone();
+        let amqp = self.amqp.clone();
+        let media_dir = self.media_dir.clone();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for the cleanup");
+            runtime.block_on(async {
+                let _ = crate::db::drop_database(&database).await;
+                let connection = lapin::Connection::connect(
+                    amqp.url.as_str(),
+                    lapin::ConnectionProperties::default(),
+                )
+                .await;
+                if let Ok(connection) = connection
+                    && let Ok(channel) = connection.create_channel().await
+                {
+                    let _ = amqp.topology().delete(&channel).await;
+                }
+            });
+            let _ = std::fs::remove_dir_all(media_dir);
+        })
+        .join();
     }
 }
