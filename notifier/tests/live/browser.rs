@@ -163,10 +163,35 @@ async fn the_gallery_updates_live_in_a_real_browser() {
         "one card per job, updated in place"
     );
 
-    let screenshot = browser.screenshot().await.unwrap();
-    let artifact = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("gallery.png");
-    std::fs::write(&artifact, screenshot).unwrap();
-    println!("screenshot: {}", artifact.display());
+    // Screenshots as test artifacts: a laptop, then a phone (one card per row, no overflow).
+    let artifacts = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    std::fs::write(
+        artifacts.join("gallery.png"),
+        browser.screenshot().await.unwrap(),
+    )
+    .unwrap();
+    browser.set_window_size(390, 844).await.unwrap();
+    let overflow = browser
+        .execute(
+            "return document.documentElement.scrollWidth > window.innerWidth",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        overflow,
+        serde_json::json!(false),
+        "no horizontal scrolling on a phone"
+    );
+    std::fs::write(
+        artifacts.join("gallery-phone.png"),
+        browser.screenshot().await.unwrap(),
+    )
+    .unwrap();
+    println!(
+        "screenshots: {}/gallery.png, gallery-phone.png",
+        artifacts.display()
+    );
 
     browser.close().await.unwrap();
     driver.kill().await.unwrap();
