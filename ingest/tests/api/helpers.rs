@@ -28,7 +28,7 @@ pub struct TestApp {
     pub secret: WebhookSecret,
     pub prefix: String,
     pub client: reqwest::Client,
-    handle: ServerHandle,
+    pub handle: ServerHandle,
     inspector: Option<(Connection, Channel)>,
 }
 

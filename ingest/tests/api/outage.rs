@@ -110,3 +110,55 @@ async fn unroutable_publish_is_503() {
     );
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_in_flight_webhooks() {
+    let proxy = ServiceProxy::start(upstream_of(&broker_url())).await;
+    let (config, secret) = test_config(&proxy.url(&broker_url()));
+    let mut app = spawn_app(config, secret, true).await;
+
+    // A webhook is in flight, waiting for its confirm, when the shutdown starts.
+    proxy.set(Mode::Freeze);
+    let in_flight = {
+        let client = app.client.clone();
+        let url = format!("{}/api/webhooks/replicate", app.address);
+        let headers = app.signed_headers("msg_in_flight", crate::helpers::now_secs(), BODY);
+        tokio::spawn(async move {
+            let mut request = client.post(url).body(BODY.to_vec());
+            for (name, value) in headers {
+                request = request.header(name, value);
+            }
+            request
+                .send()
+                .await
+                .map(|response| response.status().as_u16())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stopping = tokio::spawn(app.handle.clone().stop(true));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    proxy.set(Mode::Forward);
+
+    assert_eq!(
+        in_flight.await.unwrap().unwrap(),
+        200,
+        "the in-flight webhook is confirmed and answered"
+    );
+    stopping.await.unwrap();
+    assert!(
+        app.client
+            .get(format!("{}/api/health", app.address))
+            .send()
+            .await
+            .is_err(),
+        "no new requests after the shutdown"
+    );
+    let ids: Vec<String> = app
+        .drain_queue()
+        .await
+        .iter()
+        .map(|m| m.properties.message_id().as_ref().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, ["msg_in_flight"]);
+    app.cleanup().await;
+}
