@@ -128,10 +128,7 @@ impl SimJob {
     }
 
     pub fn is_terminal(&self) -> bool {
-        matches!(
-            self.status.as_str(),
-            "succeeded" | "failed" | "canceled" | "aborted"
-        )
+        shared::replicate::Status::from(self.status.as_str()).is_terminal()
     }
 
     pub fn subscribed(&self, event: &str) -> bool {

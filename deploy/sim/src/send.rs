@@ -8,7 +8,7 @@ use crate::lifecycle::{post_webhook, signed_headers};
 /// The body of a webhook for `job_id` with `status` and `output`, shaped as Replicate's.
 pub fn body(job_id: &str, status: &str, output: Value) -> Vec<u8> {
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-    let terminal = matches!(status, "succeeded" | "failed" | "canceled" | "aborted");
+    let terminal = shared::replicate::Status::from(status).is_terminal();
     serde_json::to_vec(&json!({
         "id": job_id,
         "model": "stability-ai/sdxl",
