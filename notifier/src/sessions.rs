@@ -371,10 +371,10 @@ async fn dispatch(sessions: std::sync::Weak<Sessions>) {
             );
             match &event {
                 Event::GenerationStatusChanged { job, .. } => {
-                    tracing::info!(%user_id, job_id = %job.job_id, kind = %job.kind, status = %job.status, seq, sockets, "event dispatched");
+                    tracing::info!(%user_id, id = %job.id, job_id = job.job_id.as_deref().unwrap_or("-"), kind = %job.kind, status = %job.status, seq, sockets, "event dispatched");
                 }
                 Event::ModelStatusChanged { job, .. } => {
-                    tracing::info!(%user_id, job_id = %job.job_id, kind = %job.kind, status = %job.status, seq, sockets, "event dispatched");
+                    tracing::info!(%user_id, id = %job.id, job_id = job.job_id.as_deref().unwrap_or("-"), kind = %job.kind, status = %job.status, seq, sockets, "event dispatched");
                 }
                 Event::JobProgress { job, .. } => {
                     tracing::debug!(%user_id, job_id = %job.job_id, progress = job.progress, sockets, "progress dispatched");

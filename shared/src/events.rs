@@ -35,11 +35,21 @@ pub struct GenerationJob {
     pub kind: JobKind,
     /// `generations.id`
     pub id: String,
-    /// Replicate's prediction id.
-    pub job_id: String,
+    /// Replicate's prediction id; `null` until Replicate has answered (and for good when it
+    /// refused the job).
+    pub job_id: Option<String>,
     pub status: String,
     pub image_urls: Vec<String>,
     pub error: Option<String>,
+    /// What the user asked for; an upscale's starts with `[UPSCALED]`.
+    #[serde(default)]
+    pub prompt: String,
+    /// Credits the job cost.
+    #[serde(default)]
+    pub credits_used: i32,
+    /// When the job was created (RFC 3339).
+    #[serde(default)]
+    pub created_at: Option<String>,
 }
 
 /// A training's state after a change.
@@ -48,12 +58,43 @@ pub struct TrainingJob {
     pub kind: JobKind,
     /// `ai_models.id`
     pub id: String,
-    /// Replicate's training id.
-    pub job_id: String,
+    /// Replicate's training id; `null` until Replicate has answered.
+    pub job_id: Option<String>,
     pub status: String,
     pub model_version: Option<String>,
     pub weights_url: Option<String>,
     pub error: Option<String>,
+    /// The model's name as the user gave it.
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub credits_used: i32,
+    #[serde(default)]
+    pub created_at: Option<String>,
+}
+
+/// Any job's state: the `job` object of status events and of the jobs API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum JobState {
+    Generation(GenerationJob),
+    Training(TrainingJob),
+}
+
+impl JobState {
+    pub fn id(&self) -> &str {
+        match self {
+            Self::Generation(job) => &job.id,
+            Self::Training(job) => &job.id,
+        }
+    }
+
+    pub fn status(&self) -> &str {
+        match self {
+            Self::Generation(job) => &job.status,
+            Self::Training(job) => &job.status,
+        }
+    }
 }
 
 /// A running job's progress, from 0.0 to 1.0.
@@ -80,13 +121,19 @@ pub enum Event {
     GenerationStatusChanged {
         seq: i64,
         user_id: String,
+        /// The user's balance after the change.
         credits: i32,
+        /// Credits given back by this change (0 when none).
+        #[serde(default)]
+        refunded: i32,
         job: GenerationJob,
     },
     ModelStatusChanged {
         seq: i64,
         user_id: String,
         credits: i32,
+        #[serde(default)]
+        refunded: i32,
         job: TrainingJob,
     },
     /// Live only: no `seq`, never stored, never replayed.
@@ -100,6 +147,42 @@ impl Event {
             seq,
             polling_disabled: true,
             webhook_enabled: true,
+        }
+    }
+
+    /// The status event of `job` (the variant follows the job's kind).
+    pub fn status_changed(
+        seq: i64,
+        user_id: &str,
+        credits: i32,
+        refunded: i32,
+        job: JobState,
+    ) -> Self {
+        let user_id = user_id.to_owned();
+        match job {
+            JobState::Generation(job) => Self::GenerationStatusChanged {
+                seq,
+                user_id,
+                credits,
+                refunded,
+                job,
+            },
+            JobState::Training(job) => Self::ModelStatusChanged {
+                seq,
+                user_id,
+                credits,
+                refunded,
+                job,
+            },
+        }
+    }
+
+    /// The job a status event is about.
+    pub fn job(&self) -> Option<JobState> {
+        match self {
+            Self::GenerationStatusChanged { job, .. } => Some(JobState::Generation(job.clone())),
+            Self::ModelStatusChanged { job, .. } => Some(JobState::Training(job.clone())),
+            Self::Hello { .. } | Self::JobProgress { .. } => None,
         }
     }
 
@@ -144,21 +227,30 @@ mod tests {
             seq: 7,
             user_id: "u1".into(),
             credits: 120,
+            refunded: 0,
             job: GenerationJob {
                 kind: JobKind::Generation,
                 id: "g1".into(),
-                job_id: "r1".into(),
+                job_id: Some("r1".into()),
                 status: "COMPLETED".into(),
                 image_urls: vec!["http://localhost:8081/media/a.png".into()],
                 error: None,
+                prompt: "a corgi".into(),
+                credits_used: 4,
+                created_at: Some("2026-11-29T10:00:00.000Z".into()),
             },
         };
         assert_eq!(
             serde_json::to_value(&event).unwrap(),
-            json!({"type":"generation_status_changed","seq":7,"user_id":"u1","credits":120,
+            json!({"type":"generation_status_changed","seq":7,"user_id":"u1","credits":120,"refunded":0,
                    "job":{"kind":"generation","id":"g1","job_id":"r1","status":"COMPLETED",
-                          "image_urls":["http://localhost:8081/media/a.png"],"error":null}})
+                          "image_urls":["http://localhost:8081/media/a.png"],"error":null,
+                          "prompt":"a corgi","credits_used":4,"created_at":"2026-11-29T10:00:00.000Z"}})
         );
+        // Events stored before `refunded` and the job's details existed still read.
+        let old: Event = serde_json::from_value(json!({"type":"generation_status_changed","seq":1,"user_id":"u1","credits":3,
+            "job":{"kind":"upscale","id":"g1","job_id":"r1","status":"FAILED","image_urls":[],"error":"boom"}})).unwrap();
+        assert!(matches!(old, Event::GenerationStatusChanged { refunded: 0, .. }));
         assert_eq!(event.seq(), Some(7));
         assert_eq!(event.routing_key(), "user.u1");
     }
@@ -169,21 +261,33 @@ mod tests {
             seq: 8,
             user_id: "u1".into(),
             credits: 120,
+            refunded: 40,
             job: TrainingJob {
                 kind: JobKind::Training,
                 id: "m1".into(),
-                job_id: "t1".into(),
-                status: "COMPLETED".into(),
-                model_version: Some("owner/name:hash".into()),
-                weights_url: Some("https://weights".into()),
-                error: None,
+                job_id: Some("t1".into()),
+                status: "FAILED".into(),
+                model_version: None,
+                weights_url: None,
+                error: Some("out of memory".into()),
+                name: "portraits".into(),
+                credits_used: 40,
+                created_at: None,
             },
         };
         assert_eq!(
             serde_json::to_value(&training).unwrap(),
-            json!({"type":"model_status_changed","seq":8,"user_id":"u1","credits":120,
-                   "job":{"kind":"training","id":"m1","job_id":"t1","status":"COMPLETED",
-                          "model_version":"owner/name:hash","weights_url":"https://weights","error":null}})
+            json!({"type":"model_status_changed","seq":8,"user_id":"u1","credits":120,"refunded":40,
+                   "job":{"kind":"training","id":"m1","job_id":"t1","status":"FAILED",
+                          "model_version":null,"weights_url":null,"error":"out of memory",
+                          "name":"portraits","credits_used":40,"created_at":null}})
+        );
+        let job = training.job().unwrap();
+        assert_eq!((job.id(), job.status()), ("m1", "FAILED"));
+        assert_eq!(
+            Event::status_changed(8, "u1", 120, 40, job),
+            training,
+            "the variant follows the job"
         );
         assert_eq!(
             serde_json::to_value(Event::hello("u1", 3)).unwrap(),

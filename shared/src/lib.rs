@@ -8,6 +8,8 @@ pub mod db;
 pub mod events;
 #[cfg(feature = "http")]
 pub mod http;
+#[cfg(feature = "db")]
+pub mod jobs;
 pub mod metrics;
 pub mod replicate;
 pub mod shutdown;

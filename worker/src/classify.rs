@@ -7,37 +7,8 @@ use diesel_async::RunQueryDsl;
 use shared::db::schema::{ai_models, generations};
 use shared::db::{Connection, DbError};
 use shared::events::JobKind;
-
-use crate::transition::JobStatus;
-
-const UPSCALE_MARKER: &str = "[UPSCALED]";
-
-/// A job as found, before any lock is taken.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Job {
-    pub kind: JobKind,
-    /// `generations.id` or `ai_models.id`.
-    pub id: String,
-    pub user_id: String,
-    /// Replicate's id.
-    pub job_id: String,
-    /// The stored status text (see [`JobStatus::parse`]).
-    pub status: String,
-}
-
-impl Job {
-    pub fn is_training(&self) -> bool {
-        self.kind == JobKind::Training
-    }
-}
-
-pub fn kind_of_generation(prompt: &str) -> JobKind {
-    if prompt.starts_with(UPSCALE_MARKER) {
-        JobKind::Upscale
-    } else {
-        JobKind::Generation
-    }
-}
+use shared::jobs::transition::JobStatus;
+use shared::jobs::{Job, kind_of_generation};
 
 /// Finds the job with Replicate id `job_id` in `generations`, then in `ai_models`.
 pub async fn find_job(conn: &mut Connection, job_id: &str) -> Result<Option<Job>, DbError> {
@@ -84,19 +55,4 @@ pub fn stored_status(job: &Job) -> Result<JobStatus, String> {
             job.job_id, job.status
         )
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn upscales_are_marked_in_the_prompt() {
-        assert_eq!(kind_of_generation("[UPSCALED] a corgi"), JobKind::Upscale);
-        assert_eq!(
-            kind_of_generation("a corgi [UPSCALED]"),
-            JobKind::Generation
-        );
-        assert_eq!(kind_of_generation(""), JobKind::Generation);
-    }
 }

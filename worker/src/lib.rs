@@ -1,18 +1,14 @@
 //! worker: consumes webhooks, classifies and persists jobs, stores outputs, refunds, and
 //! publishes result events — exactly once in effect, whatever arrives twice or late.
 
-pub mod apply;
 pub mod broker;
 pub mod classify;
 pub mod config;
 pub mod consume;
 pub mod dead_letters;
 pub mod download;
-pub mod event_log;
 pub mod outbox;
 pub mod process;
 pub mod progress;
-pub mod refund;
 pub mod startup;
 pub mod store;
-pub mod transition;

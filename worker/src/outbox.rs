@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use shared::db::{self, DbError};
 
-use crate::event_log;
+use shared::jobs::event_log;
 use crate::process::Processor;
 
 /// Events younger than this are left to the worker that stored them.

@@ -141,15 +141,16 @@ impl TestEnv {
         let job_id = job_id.to_owned();
         let status = status.to_owned();
         conn.transaction(async |conn| {
-            let (seq, credits) = worker::event_log::next_seq(conn, &user, 0).await?;
+            let (seq, credits) = shared::jobs::event_log::next_seq(conn, &user, 0).await?;
             let event = Event::GenerationStatusChanged {
                 seq,
                 user_id: user.clone(),
                 credits,
+                refunded: 0,
                 job: GenerationJob {
                     kind: JobKind::Generation,
                     id: format!("gen-{job_id}"),
-                    job_id: job_id.clone(),
+                    job_id: Some(job_id.clone()),
                     status: status.clone(),
                     image_urls: if status == "COMPLETED" {
                         vec![format!("/media/generations/gen-{job_id}/0.png")]
@@ -157,9 +158,12 @@ impl TestEnv {
                         vec![]
                     },
                     error: None,
+                    prompt: format!("prompt of {job_id}"),
+                    credits_used: 4,
+                    created_at: None,
                 },
             };
-            worker::event_log::append(conn, &event).await?;
+            shared::jobs::event_log::append(conn, &event).await?;
             Ok::<_, shared::db::DbError>(event)
         })
         .await

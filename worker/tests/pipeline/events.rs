@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use shared::events::Event;
-use worker::apply::{self, ApplyOutcome, Change};
+use shared::jobs::apply::{self, ApplyOutcome, Change};
 use worker::classify;
 use worker::outbox;
 use worker::startup::Worker;
@@ -86,8 +86,8 @@ async fn events_are_gapless_per_user_and_carry_the_contract_fields() {
         events
             .iter()
             .filter(|e| match e {
-                Event::GenerationStatusChanged { job, .. } => job.job_id == job_id,
-                Event::ModelStatusChanged { job, .. } => job.job_id == job_id,
+                Event::GenerationStatusChanged { job, .. } => job.job_id.as_deref() == Some(job_id),
+                Event::ModelStatusChanged { job, .. } => job.job_id.as_deref() == Some(job_id),
                 _ => false,
             })
             .max_by_key(|e| e.seq())

@@ -3,8 +3,8 @@
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use shared::db::schema::credit_transactions;
-use shared::db::{Connection, DbError};
+use crate::db::schema::credit_transactions;
+use crate::db::{Connection, DbError};
 
 pub const REFUND: &str = "REFUND";
 

@@ -4,15 +4,15 @@
 use chrono::Utc;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
-use shared::db::schema::{ai_models, generations};
-use shared::db::{Connection, DbError};
-use shared::events::{Event, GenerationJob, TrainingJob};
-use shared::replicate::Status;
 
-use crate::classify::Job;
-use crate::event_log::{self, StoredEvent};
-use crate::refund;
-use crate::transition::{Decision, Ignored, JobStatus, decide};
+use crate::db::schema::{ai_models, generations};
+use crate::db::{Connection, DbError};
+use crate::events::{Event, JobState};
+use crate::jobs::event_log::{self, StoredEvent};
+use crate::jobs::refund;
+use crate::jobs::transition::{Decision, Ignored, JobStatus, decide};
+use crate::jobs::{GenerationRow, Job, TrainingRow};
+use crate::replicate::Status;
 
 /// What a webhook does to a job, its I/O (downloads) already done.
 #[derive(Debug, Clone, PartialEq)]
@@ -111,88 +111,18 @@ async fn apply_locked(
 
     let to = change.status();
     let now = Utc::now();
-    let completed_at = to.is_terminal().then_some(now);
-    let error = match &change {
-        Change::Failed { error } => Some(error.clone()),
-        _ => None,
-    };
-
     let refunded = if to.refunds() {
         refund::record(conn, &job.user_id, &job.job_id, credits_used).await?
     } else {
         0
     };
     let (seq, credits) = event_log::next_seq(conn, &job.user_id, refunded).await?;
-
-    let event = if job.is_training() {
-        let (model_version, weights_url) = match &change {
-            Change::TrainingSucceeded {
-                model_version,
-                weights_url,
-            } => (model_version.clone(), weights_url.clone()),
-            _ => (None, None),
-        };
-        let row: (Option<String>, Option<String>, Option<String>) =
-            diesel::update(ai_models::table.find(&job.id))
-                .set(TrainingUpdate {
-                    status: to.as_str().to_owned(),
-                    updated_at: now,
-                    completed_at,
-                    model_version,
-                    weights_url,
-                    error_message: error,
-                })
-                .returning((
-                    ai_models::model_version,
-                    ai_models::weights_url,
-                    ai_models::error_message,
-                ))
-                .get_result(conn)
-                .await?;
-        Event::ModelStatusChanged {
-            seq,
-            user_id: job.user_id.clone(),
-            credits,
-            job: TrainingJob {
-                kind: job.kind,
-                id: job.id.clone(),
-                job_id: job.job_id.clone(),
-                status: to.as_str().to_owned(),
-                model_version: row.0,
-                weights_url: row.1,
-                error: row.2,
-            },
-        }
+    let state = if job.is_training() {
+        update_training(conn, job, to, &change, now).await?
     } else {
-        let image_urls = match &change {
-            Change::ImagesStored { image_urls } => Some(image_urls.clone()),
-            _ => None,
-        };
-        let row: (Vec<String>, Option<String>) = diesel::update(generations::table.find(&job.id))
-            .set(GenerationUpdate {
-                status: to.as_str().to_owned(),
-                updated_at: now,
-                completed_at,
-                image_urls,
-                error_message: error,
-            })
-            .returning((generations::image_urls, generations::error_message))
-            .get_result(conn)
-            .await?;
-        Event::GenerationStatusChanged {
-            seq,
-            user_id: job.user_id.clone(),
-            credits,
-            job: GenerationJob {
-                kind: job.kind,
-                id: job.id.clone(),
-                job_id: job.job_id.clone(),
-                status: to.as_str().to_owned(),
-                image_urls: row.0,
-                error: row.1,
-            },
-        }
+        update_generation(conn, job, to, &change, now).await?
     };
+    let event = Event::status_changed(seq, &job.user_id, credits, refunded, state);
     let event = event_log::append(conn, &event).await?;
     Ok(ApplyOutcome::Applied(Box::new(Applied {
         from: current,
@@ -200,6 +130,67 @@ async fn apply_locked(
         refunded,
         event,
     })))
+}
+
+fn error_of(change: &Change) -> Option<String> {
+    match change {
+        Change::Failed { error } => Some(error.clone()),
+        _ => None,
+    }
+}
+
+async fn update_generation(
+    conn: &mut Connection,
+    job: &Job,
+    to: JobStatus,
+    change: &Change,
+    now: chrono::DateTime<Utc>,
+) -> Result<JobState, DbError> {
+    let image_urls = match change {
+        Change::ImagesStored { image_urls } => Some(image_urls.clone()),
+        _ => None,
+    };
+    let row = diesel::update(generations::table.find(&job.id))
+        .set(GenerationUpdate {
+            status: to.as_str().to_owned(),
+            updated_at: now,
+            completed_at: to.is_terminal().then_some(now),
+            image_urls,
+            error_message: error_of(change),
+        })
+        .returning(GenerationRow::as_returning())
+        .get_result(conn)
+        .await?;
+    Ok(row.into())
+}
+
+async fn update_training(
+    conn: &mut Connection,
+    job: &Job,
+    to: JobStatus,
+    change: &Change,
+    now: chrono::DateTime<Utc>,
+) -> Result<JobState, DbError> {
+    let (model_version, weights_url) = match change {
+        Change::TrainingSucceeded {
+            model_version,
+            weights_url,
+        } => (model_version.clone(), weights_url.clone()),
+        _ => (None, None),
+    };
+    let row = diesel::update(ai_models::table.find(&job.id))
+        .set(TrainingUpdate {
+            status: to.as_str().to_owned(),
+            updated_at: now,
+            completed_at: to.is_terminal().then_some(now),
+            model_version,
+            weights_url,
+            error_message: error_of(change),
+        })
+        .returning(TrainingRow::as_returning())
+        .get_result(conn)
+        .await?;
+    Ok(row.into())
 }
 
 /// Locks the job's row and reads `(status, credits_used)`.

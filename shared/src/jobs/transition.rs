@@ -2,7 +2,7 @@
 //! decision out. Statuses only move forward and a terminal status is final, so duplicated,
 //! late and out-of-order webhooks change nothing.
 
-use shared::replicate::Status;
+use crate::replicate::Status;
 
 /// A job's status as stored in `generations.status` / `ai_models.status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -9,9 +9,9 @@ use std::time::Duration;
 use chrono::Utc;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use shared::db::schema::{job_events, users};
-use shared::db::{Connection, DbError};
-use shared::events::Event;
+use crate::db::schema::{job_events, users};
+use crate::db::{Connection, DbError};
+use crate::events::Event;
 
 /// An event as stored in the log.
 #[derive(Debug, Clone, PartialEq)]
