@@ -60,7 +60,130 @@ pub struct NotifierConfig {
     pub sockets: SocketConfig,
 
     #[command(flatten)]
+    pub jobs: JobsConfig,
+
+    /// Ingest's base URL: its `/api/health` decides the `webhook` field of ours.
+    #[arg(long, env = "INGEST_URL", default_value = "http://127.0.0.1:8080")]
+    pub ingest_url: String,
+
+    #[command(flatten)]
     pub telemetry: TelemetryConfig,
+}
+
+/// The jobs API: how jobs are created on Replicate, and what they cost.
+#[derive(Debug, Clone, Args)]
+pub struct JobsConfig {
+    /// Replicate's API (the simulator's `http://host:port/v1` in demos and tests).
+    #[arg(
+        long,
+        env = "REPLICATE_API_URL",
+        default_value = "https://api.replicate.com/v1"
+    )]
+    pub replicate_api_url: String,
+
+    /// Replicate API token; without it the jobs API answers 503 and the gallery hides its
+    /// forms.
+    #[arg(
+        long,
+        env = "REPLICATE_API_TOKEN",
+        value_name = "REPLICATE_API_TOKEN",
+        hide_env_values = true
+    )]
+    pub replicate_api_token: Option<SecretString>,
+
+    /// The URL Replicate posts webhooks to (ingest's endpoint), set on every job.
+    #[arg(
+        long,
+        env = "PUBLIC_WEBHOOK_URL",
+        default_value = "http://127.0.0.1:8080/api/webhooks/replicate"
+    )]
+    pub public_webhook_url: String,
+
+    /// Text-to-image model: `owner/name` (an official model) or `owner/name:version`.
+    #[arg(
+        long,
+        env = "GENERATION_MODEL",
+        default_value = "black-forest-labs/flux-schnell"
+    )]
+    pub generation_model: ModelRef,
+
+    /// Upscaler, given `{"image": <url>}`.
+    #[arg(
+        long,
+        env = "UPSCALE_MODEL",
+        default_value = "nightmareai/real-esrgan:f121d640bd286e1fdc67f9799164c1d5be36ff74576ee11c803ae5b665dd46aa"
+    )]
+    pub upscale_model: ModelRef,
+
+    /// Trainer, `owner/name:version`, given `{"input_images": <zip URL>}`.
+    #[arg(
+        long,
+        env = "TRAINING_MODEL",
+        default_value = "replicate/fast-flux-trainer:56cb4a6447e586e40c6834a7a48b649336ade35325479817ada41cd3d8dcc175"
+    )]
+    pub training_model: ModelRef,
+
+    /// The model (`owner/name`, yours on Replicate) trainings create versions of; without it
+    /// trainings answer 503.
+    #[arg(long, env = "TRAINING_DESTINATION")]
+    pub training_destination: Option<String>,
+
+    #[arg(long, env = "GENERATION_COST", default_value_t = 4)]
+    pub generation_cost: u16,
+
+    #[arg(long, env = "UPSCALE_COST", default_value_t = 2)]
+    pub upscale_cost: u16,
+
+    #[arg(long, env = "TRAINING_COST", default_value_t = 40)]
+    pub training_cost: u16,
+}
+
+/// A Replicate model: `owner/name` (official models run without a version) or
+/// `owner/name:version`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelRef {
+    pub owner: String,
+    pub name: String,
+    pub version: Option<String>,
+}
+
+impl std::str::FromStr for ModelRef {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (path, version) = match text.split_once(':') {
+            Some((path, version)) => (path, Some(version)),
+            None => (text, None),
+        };
+        let valid = |part: &str| {
+            !part.is_empty()
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        };
+        match path.split_once('/') {
+            Some((owner, name)) if valid(owner) && valid(name) && version.is_none_or(valid) => {
+                Ok(Self {
+                    owner: owner.to_owned(),
+                    name: name.to_owned(),
+                    version: version.map(str::to_owned),
+                })
+            }
+            _ => Err(format!(
+                "{text:?} is not a Replicate model (owner/name or owner/name:version)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for ModelRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.owner, self.name)?;
+        if let Some(version) = &self.version {
+            write!(f, ":{version}")?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Copy, Args)]
@@ -106,5 +229,28 @@ mod tests {
             token.command,
             Some(Command::Token { ttl_secs: 3600, .. })
         ));
+        let jobs = &cli.config.jobs;
+        assert_eq!(jobs.replicate_api_url, "https://api.replicate.com/v1");
+        assert!(jobs.replicate_api_token.is_none());
+        assert_eq!(
+            (jobs.generation_cost, jobs.upscale_cost, jobs.training_cost),
+            (4, 2, 40)
+        );
+        assert_eq!(jobs.generation_model.version, None, "an official model");
+        assert!(jobs.upscale_model.version.is_some() && jobs.training_model.version.is_some());
+        assert_eq!(cli.config.ingest_url, "http://127.0.0.1:8080");
+    }
+
+    #[test]
+    fn models_are_owner_name_and_an_optional_version() {
+        let model: ModelRef = "owner/name:abc123".parse().unwrap();
+        assert_eq!(
+            (model.owner.as_str(), model.name.as_str(), model.version.as_deref()),
+            ("owner", "name", Some("abc123"))
+        );
+        assert_eq!(model.to_string(), "owner/name:abc123");
+        for bad in ["", "name", "owner/", "/name", "a/b/c", "owner/name:", "own er/name"] {
+            assert!(bad.parse::<ModelRef>().is_err(), "{bad:?} accepted");
+        }
     }
 }

@@ -1,5 +1,6 @@
-//! The one port: `/ws` (WebSocket), `/events` (Server-Sent Events), `/api/health`,
-//! `/metrics`, the gallery page at `/`, and `/media/<key>`.
+//! The one port: `/ws` (WebSocket), `/events` (Server-Sent Events), the jobs API under
+//! `/api/` (`jobs`, `generations`, `models`), `/api/health`, `/metrics`, the gallery page at
+//! `/`, and `/media/<key>`.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -24,9 +25,15 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 
 use crate::auth::Auth;
 use crate::config::SocketConfig;
+use crate::jobs::{self, JobsApi, JobsError};
 use crate::replay::Feed;
 use crate::sessions::Sessions;
 use crate::{media, ws};
+
+/// Largest JSON body the jobs API reads (a 2,000-character prompt fits many times over).
+const MAX_API_BODY: usize = 64 * 1024;
+/// How long health waits for the database and for ingest.
+const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub type Body = BoxBody<Bytes, Infallible>;
 
@@ -41,6 +48,11 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     /// Open WebSocket and SSE connections (for health and graceful shutdown).
     pub open_connections: AtomicUsize,
+    pub jobs: JobsApi,
+    /// Ingest's `/api/health`, which decides the `webhook` field of ours.
+    pub ingest_health_url: String,
+    /// For asking ingest how it is.
+    pub http: reqwest::Client,
 }
 
 const INDEX_HTML: &str = include_str!("gallery/index.html");
@@ -52,6 +64,9 @@ pub async fn route(
     state: Arc<AppState>,
 ) -> Result<Response<Body>, Infallible> {
     let path = request.uri().path().to_owned();
+    if path.starts_with("/api/") && path != "/api/health" {
+        return Ok(jobs_api(request, state).await);
+    }
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return Ok(json(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -61,7 +76,7 @@ pub async fn route(
     Ok(match path.as_str() {
         "/ws" => websocket(request, state).await,
         "/events" => server_sent_events(request, state).await,
-        "/api/health" => health(&state),
+        "/api/health" => health(&state).await,
         "/metrics" => text(
             StatusCode::OK,
             "text/plain; version=0.0.4",
@@ -80,14 +95,10 @@ pub async fn route(
     })
 }
 
+/// The query string's parameters, percent-decoded.
 fn query(request: &Request<Incoming>) -> HashMap<String, String> {
-    request
-        .uri()
-        .query()
-        .unwrap_or_default()
-        .split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+    form_urlencoded::parse(request.uri().query().unwrap_or_default().as_bytes())
+        .into_owned()
         .collect()
 }
 
@@ -108,22 +119,165 @@ fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
     text(status, "application/json", value.to_string())
 }
 
-fn health(state: &AppState) -> Response<Body> {
+/// The notifier serves while it has the broker and the database; `webhook` says whether
+/// ingest (which receives Replicate's webhooks) answers healthy, without deciding ours.
+async fn health(state: &AppState) -> Response<Body> {
     let broker = state.sessions.broker_connected();
+    let database = async {
+        tokio::time::timeout(HEALTH_CHECK_TIMEOUT, shared::db::ping(&state.pool))
+            .await
+            .unwrap_or(false)
+    };
+    let ingest = async {
+        match state
+            .http
+            .get(&state.ingest_health_url)
+            .timeout(HEALTH_CHECK_TIMEOUT)
+            .send()
+            .await
+        {
+            Ok(response) => response.status().is_success(),
+            Err(_) => false,
+        }
+    };
+    let (database, ingest) = tokio::join!(database, ingest);
+    let healthy = broker && database;
     let body = serde_json::json!({
-        "status": if broker { "healthy" } else { "unhealthy" },
+        "status": if healthy { "healthy" } else { "unhealthy" },
+        "webhook": if ingest { "configured" } else { "unreachable" },
         "websocket": "active",
         "connections": state.open_connections.load(Ordering::Relaxed),
         "broker": if broker { "connected" } else { "disconnected" },
+        "database": if database { "connected" } else { "disconnected" },
     });
     json(
-        if broker {
+        if healthy {
             StatusCode::OK
         } else {
             StatusCode::SERVICE_UNAVAILABLE
         },
         body,
     )
+}
+
+/// The jobs API: `Authorization: Bearer <token>` on every call, JSON in and out.
+async fn jobs_api(request: Request<Incoming>, state: Arc<AppState>) -> Response<Body> {
+    let bearer = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let user_id = match state.auth.verify(bearer) {
+        Ok(claims) => claims.sub,
+        Err(err) => {
+            metrics::counter!("notifier_auth_failures_total").increment(1);
+            return json(
+                StatusCode::UNAUTHORIZED,
+                serde_json::json!({"error": format!("{err} (send the gallery's token as Authorization: Bearer <token>)")}),
+            );
+        }
+    };
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let segments: Vec<&str> = path.trim_start_matches("/api/").split('/').collect();
+    let params = query(&request);
+    let outcome = match (&method, segments.as_slice()) {
+        (&Method::GET, ["jobs"]) => jobs::list(
+            &state.pool,
+            &user_id,
+            params.get("limit").map(String::as_str),
+            params.get("before").map(String::as_str),
+        )
+        .await
+        .map(|mut page| {
+            page["jobs_api"] = state.jobs.features();
+            (StatusCode::OK, page)
+        }),
+        (&Method::POST, ["generations"]) => match read_json::<PromptBody>(request).await {
+            Ok(body) => state
+                .jobs
+                .create_generation(&state.pool, &state.sessions, &user_id, &body.prompt)
+                .await
+                .map(created),
+            Err(err) => Err(err),
+        },
+        (&Method::POST, ["generations", source_id, "upscale"]) => state
+            .jobs
+            .create_upscale(&state.pool, &state.sessions, &user_id, source_id)
+            .await
+            .map(created),
+        (&Method::POST, ["models"]) => match read_json::<TrainingBody>(request).await {
+            Ok(body) => state
+                .jobs
+                .create_training(
+                    &state.pool,
+                    &state.sessions,
+                    &user_id,
+                    &body.name,
+                    &body.input_images,
+                )
+                .await
+                .map(created),
+            Err(err) => Err(err),
+        },
+        (_, ["jobs"] | ["generations"] | ["generations", _, "upscale"] | ["models"]) => {
+            return json(
+                StatusCode::METHOD_NOT_ALLOWED,
+                serde_json::json!({"error": format!("{method} is not allowed on {path}")}),
+            );
+        }
+        _ => {
+            return json(
+                StatusCode::NOT_FOUND,
+                serde_json::json!({"error": format!("no API at {path}")}),
+            );
+        }
+    };
+    match outcome {
+        Ok((status, body)) => json(status, body),
+        Err(err) => {
+            if matches!(err, JobsError::Database(_)) {
+                tracing::warn!(%user_id, %method, %path, error = %err, "jobs API unavailable");
+            }
+            json(
+                StatusCode::from_u16(err.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                err.body(),
+            )
+        }
+    }
+}
+
+fn created(created: jobs::Created) -> (StatusCode, serde_json::Value) {
+    (
+        StatusCode::CREATED,
+        serde_json::json!({"job": created.job, "credits": created.credits}),
+    )
+}
+
+#[derive(serde::Deserialize)]
+struct PromptBody {
+    prompt: String,
+}
+
+#[derive(serde::Deserialize)]
+struct TrainingBody {
+    name: String,
+    input_images: String,
+}
+
+/// Reads a JSON body of at most [`MAX_API_BODY`] bytes.
+async fn read_json<T: serde::de::DeserializeOwned>(
+    request: Request<Incoming>,
+) -> Result<T, JobsError> {
+    let limited = http_body_util::Limited::new(request.into_body(), MAX_API_BODY);
+    let bytes = limited
+        .collect()
+        .await
+        .map_err(|err| JobsError::Invalid(format!("cannot read the body: {err}")))?
+        .to_bytes();
+    serde_json::from_slice(&bytes)
+        .map_err(|err| JobsError::Invalid(format!("the body is not the expected JSON: {err}")))
 }
 
 /// A request refused before any work: status and reason, answered as JSON.
@@ -300,13 +454,25 @@ fn sse_frame(frame: &crate::replay::Frame) -> Bytes {
 }
 
 async fn stream_events(
-    mut feed: Feed,
+    feed: Feed,
     opening: crate::replay::Opening,
     tx: mpsc::Sender<Bytes>,
     state: Arc<AppState>,
     user_id: String,
 ) {
     let _open = OpenConnection::new(state.clone());
+    tracing::info!(%user_id, replayed = opening.replay.len(), "SSE connection opened");
+    let ending = stream_loop(feed, opening, &tx, &state).await;
+    tracing::info!(%user_id, ending, "SSE connection closed");
+}
+
+/// Sends the opening frames, then live ones, until the client goes or cannot keep up.
+async fn stream_loop(
+    mut feed: Feed,
+    opening: crate::replay::Opening,
+    tx: &mpsc::Sender<Bytes>,
+    state: &AppState,
+) -> &'static str {
     let timeout = Duration::from_secs(state.sockets.send_timeout_secs);
     let send = |chunk: Bytes| {
         let tx = tx.clone();
@@ -317,12 +483,11 @@ async fn stream_events(
             )
         }
     };
-    tracing::info!(%user_id, replayed = opening.replay.len(), "event stream connected");
     let mut first = vec![opening.hello];
     first.extend(opening.replay);
     for frame in &first {
         if !send(sse_frame(frame)).await {
-            return;
+            return "client gone";
         }
     }
     let mut shutdown = state.shutdown.clone();
@@ -331,24 +496,24 @@ async fn stream_events(
     ping.tick().await;
     loop {
         tokio::select! {
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => return "shutdown",
             _ = too_slow.notified() => {
                 metrics::counter!("notifier_slow_consumer_closes_total").increment(1);
-                return;
+                return "too slow";
             }
-            _ = tx.closed() => return,
+            _ = tx.closed() => return "client gone",
             _ = ping.tick() => {
                 if !send(Bytes::from_static(b": ping\n\n")).await {
-                    return;
+                    return "client gone";
                 }
             }
             push = feed.recv() => {
-                let Some(push) = push else { return };
-                let Ok(frames) = feed.accept(push).await else { return };
+                let Some(push) = push else { return "feed ended" };
+                let Ok(frames) = feed.accept(push).await else { return "event log unavailable" };
                 for frame in &frames {
                     if !send(sse_frame(frame)).await {
                         metrics::counter!("notifier_slow_consumer_closes_total").increment(1);
-                        return;
+                        return "too slow";
                     }
                 }
             }

@@ -38,18 +38,23 @@ struct UserEntry {
     bound: Arc<tokio::sync::Mutex<bool>>,
 }
 
-/// The instance's queue and its consumer, rebuilt after a reconnect.
+/// The instance's queue and its consumer, and a channel in confirm mode for the events
+/// the jobs API makes; rebuilt after a reconnect.
 pub struct EventsLink {
     channel: Channel,
     queue: String,
     consumer: Consumer,
+    publish: Channel,
 }
 
 impl Link for EventsLink {
     fn is_healthy(&self) -> bool {
-        self.channel.status().connected()
+        self.channel.status().connected() && self.publish.status().connected()
     }
 }
+
+/// Longest wait for the broker to confirm an event the jobs API publishes.
+const PUBLISH_CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub struct Sessions {
     users: Mutex<HashMap<String, UserEntry>>,
@@ -134,11 +139,32 @@ impl Sessions {
                 FieldTable::default(),
             )
             .await?;
+        let publish = connection.create_channel().await?;
+        publish
+            .confirm_select(lapin::options::ConfirmSelectOptions::default())
+            .await?;
         Ok(EventsLink {
             channel,
             queue,
             consumer,
+            publish,
         })
+    }
+
+    /// Publishes an event to `jobs.events` (every notifier and other consumer gets it),
+    /// waiting for the broker's confirm.
+    pub async fn publish(&self, event: &Event) -> Result<(), shared::amqp::PublishError> {
+        let link = self
+            .link()
+            .current()
+            .ok_or(shared::amqp::PublishError::BrokerUnavailable)?;
+        shared::amqp::publish_event(
+            &link.publish,
+            &self.topology,
+            event,
+            PUBLISH_CONFIRM_TIMEOUT,
+        )
+        .await
     }
 
     fn link(&self) -> &Reconnecting<EventsLink> {

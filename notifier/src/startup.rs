@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use crate::auth::Auth;
 use crate::config::NotifierConfig;
 use crate::http::{AppState, route};
+use crate::jobs::JobsApi;
 use crate::sessions::Sessions;
 
 /// How long a shutdown waits for sockets to close after telling them to.
@@ -57,8 +58,22 @@ impl Notifier {
             media_root,
             shutdown: shutdown_rx,
             open_connections: AtomicUsize::new(0),
+            jobs: JobsApi::new(&config.jobs),
+            ingest_health_url: format!("{}/api/health", config.ingest_url.trim_end_matches('/')),
+            http: shared::http::client_builder()
+                .build()
+                .context("building the HTTP client")?,
         });
-        tracing::info!(addr = %config.addr, port, broker = %config.amqp.url, database = %config.database.url, "notifier listening");
+        tracing::info!(
+            addr = %config.addr,
+            port,
+            broker = %config.amqp.url,
+            database = %config.database.url,
+            replicate = %config.jobs.replicate_api_url,
+            job_creation = config.jobs.replicate_api_token.is_some(),
+            webhook_url = %config.jobs.public_webhook_url,
+            "notifier listening"
+        );
         Ok(Self {
             listener,
             port,

@@ -220,6 +220,36 @@ pub async fn publish_confirmed(
     }
 }
 
+/// Publishes a result event to `jobs.events` with routing key `user.<id>`, persistent,
+/// `message_id` `<user id>:<seq>` for numbered events; waits for the confirm.
+pub async fn publish_event(
+    channel: &Channel,
+    topology: &Topology,
+    event: &crate::events::Event,
+    timeout: Duration,
+) -> Result<(), PublishError> {
+    let body = serde_json::to_vec(event).expect("events serialise");
+    let mut properties = BasicProperties::default()
+        .with_delivery_mode(PERSISTENT)
+        .with_content_type("application/json".into());
+    if let Some(seq) = event.seq() {
+        properties = properties.with_message_id(format!("{}:{seq}", event.user_id()).into());
+    }
+    publish_confirmed(
+        channel,
+        Outgoing {
+            exchange: &topology.events_exchange(),
+            routing_key: &event.routing_key(),
+            body: &body,
+            properties,
+            // Nobody may be listening for this user right now; the event log keeps it.
+            mandatory: false,
+        },
+        timeout,
+    )
+    .await
+}
+
 /// Something built on top of a connection (channels, consumers) that can tell whether it
 /// still works. When it stops working the connection is rebuilt.
 pub trait Link: Send + Sync + 'static {

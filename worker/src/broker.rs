@@ -8,7 +8,7 @@ use std::time::Duration;
 use lapin::message::Delivery;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, Consumer};
+use lapin::{Channel, Connection, Consumer};
 use shared::amqp::{
     Link, Outgoing, PERSISTENT, PublishError, Reconnecting, Topology, publish_confirmed,
 };
@@ -118,23 +118,10 @@ impl Broker {
 
     /// Publishes a result event to `jobs.events` with routing key `user.<id>`.
     pub async fn publish_event(&self, event: &Event) -> Result<(), PublishError> {
-        let body = serde_json::to_vec(event).expect("events serialise");
-        let mut properties = BasicProperties::default()
-            .with_delivery_mode(PERSISTENT)
-            .with_content_type("application/json".into());
-        if let Some(seq) = event.seq() {
-            properties = properties.with_message_id(format!("{}:{seq}", event.user_id()).into());
-        }
-        publish_confirmed(
+        shared::amqp::publish_event(
             &self.channel()?,
-            Outgoing {
-                exchange: &self.topology.events_exchange(),
-                routing_key: &event.routing_key(),
-                body: &body,
-                properties,
-                // Nobody may be listening for this user right now; the event log keeps it.
-                mandatory: false,
-            },
+            &self.topology,
+            event,
             self.confirm_timeout,
         )
         .await

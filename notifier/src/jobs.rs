@@ -1,0 +1,684 @@
+//! The jobs API behind the gallery: list a user's jobs (the state as of a `seq`, so the page
+//! can subscribe from there), and create generations, upscales and trainings.
+//!
+//! Creating a job debits its cost, inserts its row and stores a `PENDING` event in one
+//! transaction; then the job is created on Replicate with the pipeline's webhook URL and
+//! Replicate's id is stored. When Replicate refuses or cannot be reached, the job goes to
+//! `FAILED` through the same ledger call as a failed webhook ([`shared::jobs::apply`]),
+//! which refunds it exactly once.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, RunQueryDsl};
+use serde_json::{Value, json};
+use shared::db::schema::{ai_models, credit_transactions, generations, users};
+use shared::db::{self, Connection, DbError, Pool};
+use shared::events::{Event, JobKind, JobState};
+use shared::jobs::apply::{self, ApplyOutcome, Change};
+use shared::jobs::event_log::{self, StoredEvent};
+use shared::jobs::{GenerationRow, Job, TrainingRow, UPSCALE_MARKER};
+use shared::replicate::Status;
+
+use crate::config::{JobsConfig, ModelRef};
+use crate::replicate::{CreateError, ReplicateApi};
+use crate::sessions::Sessions;
+
+pub const MAX_PROMPT_CHARS: usize = 2000;
+pub const MAX_NAME_CHARS: usize = 100;
+const DEFAULT_PAGE: i64 = 30;
+const MAX_PAGE: i64 = 100;
+/// The `kind` of the debit in `credit_transactions`.
+pub const DEBIT: &str = "DEBIT";
+
+/// Why a call of the jobs API did not do what it was asked; each maps to one status.
+#[derive(Debug, thiserror::Error)]
+pub enum JobsError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    InsufficientCredits(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    /// Replicate refused the job or did not answer; it is `FAILED` and refunded.
+    #[error("{message}")]
+    Replicate {
+        message: String,
+        job: Box<JobState>,
+        credits: i32,
+    },
+    #[error("{0}")]
+    NotConfigured(String),
+    #[error("the database is unavailable: {0}")]
+    Database(#[from] DbError),
+}
+
+impl From<diesel::result::Error> for JobsError {
+    fn from(err: diesel::result::Error) -> Self {
+        Self::Database(err.into())
+    }
+}
+
+impl JobsError {
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::Invalid(_) => 400,
+            Self::InsufficientCredits(_) => 402,
+            Self::NotFound(_) => 404,
+            Self::Conflict(_) => 409,
+            Self::Replicate { .. } => 502,
+            Self::NotConfigured(_) | Self::Database(_) => 503,
+        }
+    }
+
+    /// The JSON answer: `{"error": …}`, plus the failed job and the balance after its
+    /// refund when Replicate refused it.
+    pub fn body(&self) -> Value {
+        match self {
+            Self::Replicate {
+                message,
+                job,
+                credits,
+            } => json!({"error": message, "job": job, "credits": credits}),
+            other => json!({"error": other.to_string()}),
+        }
+    }
+}
+
+/// A job made by the API: its state and the user's balance after the debit.
+#[derive(Debug, Clone)]
+pub struct Created {
+    pub job: JobState,
+    pub credits: i32,
+}
+
+/// What the gallery needs to know to show its forms.
+pub fn features(config: &JobsConfig, enabled: bool) -> Value {
+    json!({
+        "enabled": enabled,
+        "training": enabled && config.training_destination.is_some(),
+        "costs": {
+            "generation": config.generation_cost,
+            "upscale": config.upscale_cost,
+            "training": config.training_cost,
+        },
+    })
+}
+
+pub struct JobsApi {
+    config: JobsConfig,
+    /// `None` without `REPLICATE_API_TOKEN`: creation answers 503.
+    replicate: Option<ReplicateApi>,
+}
+
+/// One job to create.
+struct NewJob {
+    kind: JobKind,
+    /// The prompt of a generation or upscale, the name of a training.
+    text: String,
+    cost: i32,
+}
+
+impl JobsApi {
+    pub fn new(config: &JobsConfig) -> Self {
+        let replicate = config.replicate_api_token.clone().map(|token| {
+            ReplicateApi::new(
+                &config.replicate_api_url,
+                token,
+                &config.public_webhook_url,
+            )
+        });
+        Self {
+            config: config.clone(),
+            replicate,
+        }
+    }
+
+    pub fn features(&self) -> Value {
+        features(&self.config, self.replicate.is_some())
+    }
+
+    fn replicate(&self) -> Result<&ReplicateApi, JobsError> {
+        self.replicate.as_ref().ok_or_else(|| {
+            JobsError::NotConfigured(
+                "job creation is not configured: the notifier has no REPLICATE_API_TOKEN".into(),
+            )
+        })
+    }
+
+    /// `POST /api/generations {"prompt": …}`
+    pub async fn create_generation(
+        &self,
+        pool: &Pool,
+        sessions: &Sessions,
+        user_id: &str,
+        prompt: &str,
+    ) -> Result<Created, JobsError> {
+        let replicate = self.replicate()?;
+        let prompt = prompt.trim();
+        if prompt.is_empty() {
+            return Err(JobsError::Invalid("the prompt is empty".into()));
+        }
+        let length = prompt.chars().count();
+        if length > MAX_PROMPT_CHARS {
+            return Err(JobsError::Invalid(format!(
+                "the prompt has {length} characters; at most {MAX_PROMPT_CHARS} are allowed"
+            )));
+        }
+        let new = NewJob {
+            kind: JobKind::Generation,
+            text: prompt.to_owned(),
+            cost: self.config.generation_cost.into(),
+        };
+        let model = &self.config.generation_model;
+        let input = json!({"prompt": prompt});
+        self.create(pool, sessions, user_id, new, |id| async move {
+            tracing::debug!(%id, %model, "creating the prediction");
+            replicate.create_prediction(model, input).await
+        })
+        .await
+    }
+
+    /// `POST /api/generations/{id}/upscale`: the source's first image, upscaled.
+    pub async fn create_upscale(
+        &self,
+        pool: &Pool,
+        sessions: &Sessions,
+        user_id: &str,
+        source_id: &str,
+    ) -> Result<Created, JobsError> {
+        let replicate = self.replicate()?;
+        let mut conn = db::connection(pool).await?;
+        let source: Option<GenerationRow> = generations::table
+            .find(source_id)
+            .filter(generations::user_id.eq(user_id))
+            .select(GenerationRow::as_select())
+            .first(&mut conn)
+            .await
+            .optional()?;
+        drop(conn);
+        let Some(source) = source else {
+            return Err(JobsError::NotFound(format!(
+                "you have no generation {source_id:?}"
+            )));
+        };
+        let Some(image) = source
+            .image_urls
+            .as_slice()
+            .first()
+            .filter(|_| source.status == "COMPLETED")
+        else {
+            return Err(JobsError::Conflict(format!(
+                "generation {source_id:?} is {} without an image; only a COMPLETED image can be upscaled",
+                source.status
+            )));
+        };
+        let new = NewJob {
+            kind: JobKind::Upscale,
+            text: format!("{UPSCALE_MARKER} {}", source.prompt),
+            cost: self.config.upscale_cost.into(),
+        };
+        let model = &self.config.upscale_model;
+        let input = json!({"image": image});
+        self.create(pool, sessions, user_id, new, |_| async move {
+            replicate.create_prediction(model, input).await
+        })
+        .await
+    }
+
+    /// `POST /api/models {"name": …, "input_images": <https URL of a zip>}`
+    pub async fn create_training(
+        &self,
+        pool: &Pool,
+        sessions: &Sessions,
+        user_id: &str,
+        name: &str,
+        input_images: &str,
+    ) -> Result<Created, JobsError> {
+        let replicate = self.replicate()?;
+        let Some(destination) = self.config.training_destination.as_deref() else {
+            return Err(JobsError::NotConfigured(
+                "model training is not configured: the notifier has no TRAINING_DESTINATION"
+                    .into(),
+            ));
+        };
+        let name = name.trim();
+        let length = name.chars().count();
+        if name.is_empty() || length > MAX_NAME_CHARS || name.chars().any(char::is_control) {
+            return Err(JobsError::Invalid(format!(
+                "the model name must be 1 to {MAX_NAME_CHARS} characters without control characters"
+            )));
+        }
+        check_zip_url(input_images)?;
+        let new = NewJob {
+            kind: JobKind::Training,
+            text: name.to_owned(),
+            cost: self.config.training_cost.into(),
+        };
+        let model: &ModelRef = &self.config.training_model;
+        let input = json!({"input_images": input_images});
+        self.create(pool, sessions, user_id, new, |_| async move {
+            replicate.create_training(model, destination, input).await
+        })
+        .await
+    }
+
+    /// Debit and row first (committed), then Replicate, then its id; a refusal fails the
+    /// job and refunds it.
+    async fn create<F, Fut>(
+        &self,
+        pool: &Pool,
+        sessions: &Sessions,
+        user_id: &str,
+        new: NewJob,
+        create_on_replicate: F,
+    ) -> Result<Created, JobsError>
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: Future<Output = Result<String, CreateError>>,
+    {
+        let started = std::time::Instant::now();
+        let mut conn = db::connection(pool).await?;
+        let (job, stored) = record_pending(&mut conn, user_id, &new).await?;
+        publish(sessions, &mut conn, &stored).await;
+        let kind = new.kind;
+        match create_on_replicate(job.id.clone()).await {
+            Ok(replicate_id) => {
+                let state = attach_replicate_id(&mut conn, &job, &replicate_id).await?;
+                let credits = credits_of(&mut conn, user_id).await?;
+                metrics::counter!("notifier_jobs_created_total", "kind" => kind.as_str())
+                    .increment(1);
+                tracing::info!(%user_id, id = %job.id, job_id = %replicate_id, %kind, cost = new.cost, elapsed_ms = started.elapsed().as_millis() as u64, "job created on Replicate");
+                Ok(Created {
+                    job: state,
+                    credits,
+                })
+            }
+            Err(err) => {
+                let message = match &err {
+                    CreateError::Unreachable(_) => format!(
+                        "{err}; the job is marked failed and its {} credits are refunded (if Replicate did start it, its results are not kept)",
+                        new.cost
+                    ),
+                    _ => format!(
+                        "{err}; the job is marked failed and its {} credits are refunded",
+                        new.cost
+                    ),
+                };
+                metrics::counter!("notifier_jobs_refused_total", "kind" => kind.as_str())
+                    .increment(1);
+                tracing::warn!(%user_id, id = %job.id, %kind, error = %err, elapsed_ms = started.elapsed().as_millis() as u64, "Replicate did not create the job; refunded");
+                let change = Change::Failed {
+                    error: err.to_string(),
+                };
+                let (state, credits) = match apply::apply(&mut conn, &job, &Status::Failed, change)
+                    .await?
+                {
+                    ApplyOutcome::Applied(applied) => {
+                        publish(sessions, &mut conn, &applied.event).await;
+                        let state = applied.event.event.job().expect("a status event");
+                        (state, credits_of(&mut conn, user_id).await?)
+                    }
+                    // Nothing else knows the job (it has no Replicate id), so this does not
+                    // happen; answer with the job as it stands.
+                    ApplyOutcome::Ignored(_) => (
+                        job_state(&mut conn, &job).await?,
+                        credits_of(&mut conn, user_id).await?,
+                    ),
+                };
+                Err(JobsError::Replicate {
+                    message,
+                    job: Box::new(state),
+                    credits,
+                })
+            }
+        }
+    }
+}
+
+fn check_zip_url(text: &str) -> Result<(), JobsError> {
+    let invalid = |why: &str| {
+        JobsError::Invalid(format!(
+            "input_images must be the https URL of a zip file of your photos: {why}"
+        ))
+    };
+    let url = reqwest::Url::parse(text.trim()).map_err(|err| invalid(&err.to_string()))?;
+    if url.scheme() != "https" {
+        return Err(invalid(&format!("{} is not https", url.scheme())));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid("no host"));
+    }
+    Ok(())
+}
+
+/// A new row id: a prefix and 20 random lowercase letters and digits.
+fn new_row_id(kind: JobKind) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let prefix = match kind {
+        JobKind::Training => "mdl",
+        JobKind::Generation | JobKind::Upscale => "gen",
+    };
+    let random: String = (0..20)
+        .map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char)
+        .collect();
+    format!("{prefix}_{random}")
+}
+
+/// The debit, the job's row and its `PENDING` event, in one transaction.
+async fn record_pending(
+    conn: &mut Connection,
+    user_id: &str,
+    new: &NewJob,
+) -> Result<(Job, StoredEvent), JobsError> {
+    conn.transaction(async |conn| {
+        // Debit only a balance that covers the cost; the user's row stays locked until
+        // commit, which also orders this event's `seq`.
+        let debited: Option<(i64, i32)> =
+            diesel::update(users::table.find(user_id).filter(users::credits.ge(new.cost)))
+                .set((
+                    users::event_seq.eq(users::event_seq + 1),
+                    users::credits.eq(users::credits - new.cost),
+                ))
+                .returning((users::event_seq, users::credits))
+                .get_result(conn)
+                .await
+                .optional()?;
+        let Some((seq, credits)) = debited else {
+            let balance = credits_of(conn, user_id).await?;
+            return Err(JobsError::InsufficientCredits(format!(
+                "a {} costs {} credits and your balance is {balance}",
+                new.kind, new.cost
+            )));
+        };
+        let id = new_row_id(new.kind);
+        let state: JobState = match new.kind {
+            JobKind::Training => diesel::insert_into(ai_models::table)
+                .values((
+                    ai_models::id.eq(&id),
+                    ai_models::user_id.eq(user_id),
+                    ai_models::name.eq(&new.text),
+                    ai_models::credits_used.eq(new.cost),
+                ))
+                .returning(TrainingRow::as_returning())
+                .get_result(conn)
+                .await?
+                .into(),
+            JobKind::Generation | JobKind::Upscale => diesel::insert_into(generations::table)
+                .values((
+                    generations::id.eq(&id),
+                    generations::user_id.eq(user_id),
+                    generations::prompt.eq(&new.text),
+                    generations::credits_used.eq(new.cost),
+                ))
+                .returning(GenerationRow::as_returning())
+                .get_result(conn)
+                .await?
+                .into(),
+        };
+        diesel::insert_into(credit_transactions::table)
+            .values((
+                credit_transactions::user_id.eq(user_id),
+                credit_transactions::amount.eq(-new.cost),
+                credit_transactions::kind.eq(DEBIT),
+                // The row's id until Replicate gives the job its own.
+                credit_transactions::job_id.eq(&id),
+            ))
+            .execute(conn)
+            .await?;
+        let event = Event::status_changed(seq, user_id, credits, 0, state);
+        let stored = event_log::append(conn, &event).await?;
+        let job = Job {
+            kind: new.kind,
+            // Until Replicate names the job, its credit transactions carry the row's id.
+            job_id: id.clone(),
+            id,
+            user_id: user_id.to_owned(),
+            status: "PENDING".into(),
+        };
+        Ok((job, stored))
+    })
+    .await
+}
+
+/// Stores Replicate's id on the row and on its debit, so every credit movement of the job
+/// carries the id its webhooks (and refunds) use.
+async fn attach_replicate_id(
+    conn: &mut Connection,
+    job: &Job,
+    replicate_id: &str,
+) -> Result<JobState, JobsError> {
+    conn.transaction(async |conn| {
+        diesel::update(
+            credit_transactions::table
+                .filter(credit_transactions::job_id.eq(&job.id))
+                .filter(credit_transactions::kind.eq(DEBIT)),
+        )
+        .set(credit_transactions::job_id.eq(replicate_id))
+        .execute(conn)
+        .await?;
+        let state: JobState = if job.is_training() {
+            diesel::update(ai_models::table.find(&job.id))
+                .set(ai_models::job_id.eq(replicate_id))
+                .returning(TrainingRow::as_returning())
+                .get_result(conn)
+                .await?
+                .into()
+        } else {
+            diesel::update(generations::table.find(&job.id))
+                .set(generations::job_id.eq(replicate_id))
+                .returning(GenerationRow::as_returning())
+                .get_result(conn)
+                .await?
+                .into()
+        };
+        Ok(state)
+    })
+    .await
+}
+
+async fn job_state(conn: &mut Connection, job: &Job) -> Result<JobState, JobsError> {
+    Ok(if job.is_training() {
+        ai_models::table
+            .find(&job.id)
+            .select(TrainingRow::as_select())
+            .first(conn)
+            .await?
+            .into()
+    } else {
+        generations::table
+            .find(&job.id)
+            .select(GenerationRow::as_select())
+            .first(conn)
+            .await?
+            .into()
+    })
+}
+
+async fn credits_of(conn: &mut Connection, user_id: &str) -> Result<i32, diesel::result::Error> {
+    Ok(users::table
+        .find(user_id)
+        .select(users::credits)
+        .first(conn)
+        .await
+        .optional()?
+        .unwrap_or(0))
+}
+
+/// Publishes a stored event to every notifier; when the broker cannot take it now, the
+/// worker's outbox sweep publishes it shortly.
+async fn publish(sessions: &Sessions, conn: &mut Connection, stored: &StoredEvent) {
+    match sessions.publish(&stored.event).await {
+        Ok(()) => {
+            if let Err(err) = event_log::mark_published(conn, &stored.user_id, stored.seq).await {
+                tracing::warn!(user_id = %stored.user_id, seq = stored.seq, error = %err, "event published but not marked; the sweep publishes it again");
+            }
+        }
+        Err(err) => {
+            tracing::warn!(user_id = %stored.user_id, seq = stored.seq, error = %err, "event not published yet; the worker's outbox sweep will");
+        }
+    }
+}
+
+/// A page of jobs, newest first: where the next page starts (`before`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    created_at: DateTime<Utc>,
+    id: String,
+}
+
+impl Cursor {
+    fn encode(&self) -> String {
+        format!("{}_{}", self.created_at.timestamp_micros(), self.id)
+    }
+
+    fn parse(text: &str) -> Result<Self, JobsError> {
+        let invalid = || JobsError::Invalid(format!("before={text:?} is not a cursor from `next`"));
+        let (micros, id) = text.split_once('_').ok_or_else(invalid)?;
+        let created_at = micros
+            .parse::<i64>()
+            .ok()
+            .and_then(DateTime::from_timestamp_micros)
+            .ok_or_else(invalid)?;
+        Ok(Self {
+            created_at,
+            id: id.to_owned(),
+        })
+    }
+}
+
+/// `GET /api/jobs?limit=N&before=<cursor>`: the user's jobs, newest first, read in one
+/// snapshot with the user's latest `seq` and balance.
+pub async fn list(
+    pool: &Pool,
+    user_id: &str,
+    limit: Option<&str>,
+    before: Option<&str>,
+) -> Result<Value, JobsError> {
+    let limit = match limit {
+        None | Some("") => DEFAULT_PAGE,
+        Some(text) => text
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=MAX_PAGE).contains(n))
+            .ok_or_else(|| {
+                JobsError::Invalid(format!("limit must be a number from 1 to {MAX_PAGE}"))
+            })?,
+    };
+    let before = before.filter(|b| !b.is_empty()).map(Cursor::parse).transpose()?;
+    let mut conn = db::connection(pool).await?;
+    let (seq, credits, generation_rows, training_rows) = conn
+        .build_transaction()
+        .read_only()
+        .repeatable_read()
+        .run(async |conn| {
+            let account: Option<(i64, i32)> = users::table
+                .find(user_id)
+                .select((users::event_seq, users::credits))
+                .first(conn)
+                .await
+                .optional()?;
+            let mut generation_query = generations::table
+                .filter(generations::user_id.eq(user_id))
+                .order((generations::created_at.desc(), generations::id.desc()))
+                .limit(limit + 1)
+                .select(GenerationRow::as_select())
+                .into_boxed();
+            let mut training_query = ai_models::table
+                .filter(ai_models::user_id.eq(user_id))
+                .order((ai_models::created_at.desc(), ai_models::id.desc()))
+                .limit(limit + 1)
+                .select(TrainingRow::as_select())
+                .into_boxed();
+            if let Some(cursor) = &before {
+                generation_query = generation_query.filter(
+                    generations::created_at.lt(cursor.created_at).or(generations::created_at
+                        .eq(cursor.created_at)
+                        .and(generations::id.lt(&cursor.id))),
+                );
+                training_query = training_query.filter(
+                    ai_models::created_at.lt(cursor.created_at).or(ai_models::created_at
+                        .eq(cursor.created_at)
+                        .and(ai_models::id.lt(&cursor.id))),
+                );
+            }
+            let generation_rows = generation_query.load(conn).await?;
+            let training_rows = training_query.load(conn).await?;
+            let (seq, credits) = account.unwrap_or((0, 0));
+            Ok::<_, diesel::result::Error>((seq, credits, generation_rows, training_rows))
+        })
+        .await?;
+
+    let mut page: Vec<(Cursor, JobState)> = generation_rows
+        .into_iter()
+        .map(|row| {
+            (
+                Cursor {
+                    created_at: row.created_at,
+                    id: row.id.clone(),
+                },
+                row.into(),
+            )
+        })
+        .chain(training_rows.into_iter().map(|row| {
+            (
+                Cursor {
+                    created_at: row.created_at,
+                    id: row.id.clone(),
+                },
+                row.into(),
+            )
+        }))
+        .collect();
+    page.sort_by(|a, b| {
+        (b.0.created_at, &b.0.id).cmp(&(a.0.created_at, &a.0.id))
+    });
+    let more = page.len() as i64 > limit;
+    page.truncate(limit as usize);
+    let next = more
+        .then(|| page.last().map(|(cursor, _)| cursor.encode()))
+        .flatten();
+    let jobs: Vec<JobState> = page.into_iter().map(|(_, job)| job).collect();
+    Ok(json!({"seq": seq, "credits": credits, "jobs": jobs, "next": next}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_reject_garbage() {
+        let cursor = Cursor {
+            created_at: DateTime::from_timestamp_micros(1_764_400_000_123_456).unwrap(),
+            id: "gen_a_b".into(),
+        };
+        assert_eq!(Cursor::parse(&cursor.encode()).unwrap(), cursor);
+        for bad in ["", "abc", "12", "x_gen"] {
+            assert!(Cursor::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn training_zips_must_be_https() {
+        assert!(check_zip_url("https://example.com/photos.zip").is_ok());
+        for bad in ["http://example.com/a.zip", "photos.zip", "", "file:///etc/passwd"] {
+            assert!(check_zip_url(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn errors_map_to_the_contracts_statuses() {
+        assert_eq!(JobsError::Invalid("x".into()).status(), 400);
+        assert_eq!(JobsError::InsufficientCredits("x".into()).status(), 402);
+        assert_eq!(JobsError::NotFound("x".into()).status(), 404);
+        assert_eq!(JobsError::Conflict("x".into()).status(), 409);
+        assert_eq!(JobsError::NotConfigured("x".into()).status(), 503);
+        assert_eq!(
+            JobsError::Invalid("empty".into()).body(),
+            json!({"error": "empty"})
+        );
+        assert!(new_row_id(JobKind::Upscale).starts_with("gen_"));
+        assert_eq!(new_row_id(JobKind::Training).len(), 24);
+    }
+}

@@ -1,0 +1,156 @@
+//! Creating jobs on Replicate: predictions (official models by name, others by version) and
+//! trainings, each with the pipeline's webhook URL and every webhook event, so the gallery
+//! sees the job start, progress and end.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use shared::config::SecretString;
+
+use crate::config::ModelRef;
+
+/// Every event a job's webhook is subscribed to.
+pub const WEBHOOK_EVENTS: [&str; 4] = ["start", "output", "logs", "completed"];
+
+/// Longest wait for Replicate to answer a creation.
+const CREATE_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    /// Replicate answered with an error status; `detail` is its explanation.
+    #[error("Replicate refused the job ({status}): {detail}")]
+    Refused { status: u16, detail: String },
+    /// No answer: the job may or may not exist on Replicate.
+    #[error("Replicate could not be reached: {0}")]
+    Unreachable(#[source] reqwest::Error),
+    #[error("Replicate's answer has no job id: {0}")]
+    NoId(String),
+}
+
+/// Replicate's API, as the jobs API uses it.
+pub struct ReplicateApi {
+    http: reqwest::Client,
+    base_url: String,
+    token: SecretString,
+    webhook_url: String,
+}
+
+impl ReplicateApi {
+    pub fn new(base_url: &str, token: SecretString, webhook_url: &str) -> Self {
+        Self {
+            http: shared::http::client_builder()
+                .timeout(CREATE_TIMEOUT)
+                .build()
+                .expect("an HTTP client with default settings builds"),
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            token,
+            webhook_url: webhook_url.to_owned(),
+        }
+    }
+
+    /// Creates a prediction of `model` with `input`; returns Replicate's id.
+    pub async fn create_prediction(
+        &self,
+        model: &ModelRef,
+        input: Value,
+    ) -> Result<String, CreateError> {
+        let mut body = json!({
+            "input": input,
+            "webhook": self.webhook_url,
+            "webhook_events_filter": WEBHOOK_EVENTS,
+        });
+        let url = match &model.version {
+            Some(version) => {
+                body["version"] = json!(version);
+                format!("{}/predictions", self.base_url)
+            }
+            None => format!(
+                "{}/models/{}/{}/predictions",
+                self.base_url, model.owner, model.name
+            ),
+        };
+        self.post(&url, &body).await
+    }
+
+    /// Creates a training of `model` (which needs a version) into `destination`.
+    pub async fn create_training(
+        &self,
+        model: &ModelRef,
+        destination: &str,
+        input: Value,
+    ) -> Result<String, CreateError> {
+        let version = model.version.as_deref().unwrap_or("latest");
+        let url = format!(
+            "{}/models/{}/{}/versions/{version}/trainings",
+            self.base_url, model.owner, model.name
+        );
+        let body = json!({
+            "destination": destination,
+            "input": input,
+            "webhook": self.webhook_url,
+            "webhook_events_filter": WEBHOOK_EVENTS,
+        });
+        self.post(&url, &body).await
+    }
+
+    async fn post(&self, url: &str, body: &Value) -> Result<String, CreateError> {
+        let response = self
+            .http
+            .post(url)
+            .bearer_auth(self.token.expose())
+            .json(body)
+            .send()
+            .await
+            .map_err(CreateError::Unreachable)?;
+        let status = response.status();
+        let text = response.text().await.map_err(CreateError::Unreachable)?;
+        let answer: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if !status.is_success() {
+            return Err(CreateError::Refused {
+                status: status.as_u16(),
+                detail: detail_of(&answer, &text),
+            });
+        }
+        answer["id"]
+            .as_str()
+            .filter(|id| !id.is_empty())
+            .map(str::to_owned)
+            .ok_or_else(|| CreateError::NoId(shorten(&text)))
+    }
+}
+
+/// Replicate explains errors in `detail` (sometimes `title`); otherwise the raw text.
+fn detail_of(answer: &Value, text: &str) -> String {
+    answer["detail"]
+        .as_str()
+        .or_else(|| answer["title"].as_str())
+        .map(str::to_owned)
+        .unwrap_or_else(|| shorten(text))
+}
+
+fn shorten(text: &str) -> String {
+    const MAX: usize = 200;
+    match text.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None if text.is_empty() => "empty answer".into(),
+        None => text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_carry_replicates_explanation() {
+        let answer = json!({"title": "Invalid version", "detail": "The specified version does not exist", "status": 422});
+        assert_eq!(
+            detail_of(&answer, ""),
+            "The specified version does not exist"
+        );
+        assert_eq!(detail_of(&Value::Null, "bad gateway"), "bad gateway");
+        assert_eq!(detail_of(&Value::Null, ""), "empty answer");
+        let long = "é".repeat(300);
+        assert_eq!(shorten(&long).chars().count(), 201);
+    }
+}
