@@ -37,6 +37,10 @@ pub fn server(
                 "/v1/models/{owner}/{name}/versions/{version}/trainings",
                 web::post().to(create_model_training),
             )
+            .route(
+                "/v1/models/{owner}/{name}/predictions",
+                web::post().to(create_model_prediction),
+            )
             .route("/v1/{kind}", web::post().to(create))
             .route("/v1/{kind}/{id}", web::get().to(get))
             .route("/v1/{kind}/{id}/cancel", web::post().to(cancel))
@@ -108,6 +112,26 @@ async fn create_model_training(
         request,
         web::Path::from("trainings".to_owned()),
         body,
+        state,
+    )
+    .await
+}
+
+/// Replicate's `POST /v1/models/{owner}/{name}/predictions`: an official model, run
+/// without naming a version.
+async fn create_model_prediction(
+    request: HttpRequest,
+    path: web::Path<(String, String)>,
+    body: web::Json<CreateRequest>,
+    state: web::Data<ApiState>,
+) -> HttpResponse {
+    let (owner, name) = path.into_inner();
+    let mut body = body.into_inner();
+    body.model = Some(format!("{owner}/{name}"));
+    create(
+        request,
+        web::Path::from("predictions".to_owned()),
+        web::Json(body),
         state,
     )
     .await

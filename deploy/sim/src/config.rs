@@ -8,8 +8,8 @@ use shared::webhook::WebhookSecrets;
 
 use crate::faults::Faults;
 
-/// Stands in for Replicate (and for the web app that creates jobs) in demos, tests and
-/// benchmarks.
+/// Stands in for Replicate in demos, tests and benchmarks, and drives the pipeline as the
+/// web app's users would.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "replicate-sim", version)]
 pub struct Cli {
@@ -24,7 +24,7 @@ pub struct Cli {
 pub enum Command {
     /// Serve Replicate's API and the outputs; run each job and send its signed webhooks.
     Serve(ServeArgs),
-    /// Act as the web app: a demo user, a new job every few seconds, the gallery URL.
+    /// Act as the web app: a demo user with credits and the gallery URL to open.
     Demo(DemoArgs),
     /// POST one correctly signed webhook (or print the equivalent curl command).
     Send(SendArgs),
@@ -64,21 +64,15 @@ pub struct ServeArgs {
     pub faults: Faults,
 }
 
+/// Where the web app's side talks to the pipeline: the notifier's jobs API (with browser
+/// tokens) and the database (accounts).
 #[derive(Debug, Clone, Args)]
-pub struct WebAppArgs {
-    /// Replicate's API (the simulator).
-    #[arg(long, default_value = "http://127.0.0.1:8090")]
-    pub api_url: String,
-    #[arg(
-        long,
-        env = "REPLICATE_API_TOKEN",
-        default_value = "sim-token",
-        hide_env_values = true
-    )]
-    pub api_token: String,
-    /// The pipeline's webhook endpoint, set on every job.
-    #[arg(long, default_value = "http://127.0.0.1:8080/api/webhooks/replicate")]
-    pub webhook_url: String,
+pub struct AppArgs {
+    /// The notifier's base URL: the gallery, its jobs API and WebSockets.
+    #[arg(long, default_value = "http://localhost:8081")]
+    pub notifier_url: String,
+    #[arg(long, env = "NOTIFIER_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: SecretString,
     #[command(flatten)]
     pub database: DatabaseConfig,
 }
@@ -86,18 +80,15 @@ pub struct WebAppArgs {
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
     #[command(flatten)]
-    pub app: WebAppArgs,
-    /// Where the notifier serves the gallery.
-    #[arg(long, default_value = "http://localhost:8081")]
-    pub gallery_url: String,
-    #[arg(long, env = "NOTIFIER_JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: SecretString,
+    pub app: AppArgs,
     #[arg(long, default_value = "demo")]
     pub user: String,
+    /// Credits the demo user starts with (and is topped up with when they run out).
     #[arg(long, default_value_t = 1000)]
     pub credits: i32,
-    /// Seconds between two jobs.
-    #[arg(long, default_value_t = 4.0)]
+    /// Seconds between two jobs the demo creates by itself; 0 (the default) leaves the
+    /// creating to you, in the gallery.
+    #[arg(long, default_value_t = 0.0)]
     pub every_secs: f64,
 }
 
@@ -123,8 +114,9 @@ pub struct SendArgs {
 #[derive(Debug, Clone, Args)]
 pub struct LoadArgs {
     #[command(flatten)]
-    pub app: WebAppArgs,
-    /// Jobs to run.
+    pub app: AppArgs,
+    /// Jobs to run (generations and some trainings; a share of the completed generations
+    /// is upscaled on top).
     #[arg(long, default_value_t = 500)]
     pub jobs: usize,
     /// Jobs started per second.
@@ -133,13 +125,8 @@ pub struct LoadArgs {
     /// Users the jobs are spread over (one WebSocket each).
     #[arg(long, default_value_t = 20)]
     pub users: usize,
-    /// The notifier's base URL (WebSockets).
-    #[arg(long, default_value = "http://127.0.0.1:8081")]
-    pub notifier_url: String,
-    #[arg(long, env = "NOTIFIER_JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: SecretString,
-    /// Address of the simulator this command runs for its jobs (its outputs are
-    /// downloaded from here, so the workers must allow it).
+    /// Address of the simulator this command runs for its jobs: the notifier's
+    /// REPLICATE_API_URL must point here, and the workers must allow its outputs.
     #[arg(long, default_value = "127.0.0.1:8090")]
     pub sim_addr: SocketAddr,
     /// Milliseconds between two progress steps of a job.

@@ -14,6 +14,11 @@ use shared::webhook::WebhookSecret;
 use crate::faults::{Faults, chance};
 use crate::prediction::{CreateRequest, Kind, SimJob};
 
+/// A prompt containing this makes its job fail.
+pub const ASK_FAILURE: &str = "sim:fail";
+/// A prompt containing this makes its job be cancelled while running.
+pub const ASK_CANCEL: &str = "sim:cancel";
+
 /// Replicate sends `logs`/`output` webhooks at most this often.
 const THROTTLE: Duration = Duration::from_millis(500);
 /// Backoff of the terminal webhook: 1 + 2 + 4 + 8 + 16 + 32 s ≈ one minute.
@@ -183,9 +188,17 @@ impl Simulator {
 
     async fn run(self: Arc<Self>, job: Arc<Mutex<SimJob>>) {
         let steps = fastrand::u32(10..30);
-        let planned_cancel = chance(self.faults.cancel_rate).then(|| fastrand::u32(1..steps));
-        let planned_failure = (planned_cancel.is_none() && chance(self.faults.fail_rate))
+        // A prompt can ask for an ending (`sim:fail`, `sim:cancel`), so demos and tests can
+        // show a refund on purpose.
+        let asked = {
+            let job = job.lock().expect("not poisoned");
+            job.input["prompt"].as_str().unwrap_or_default().to_owned()
+        };
+        let planned_cancel = (asked.contains(ASK_CANCEL) || chance(self.faults.cancel_rate))
             .then(|| fastrand::u32(1..steps));
+        let planned_failure = (planned_cancel.is_none()
+            && (asked.contains(ASK_FAILURE) || chance(self.faults.fail_rate)))
+        .then(|| fastrand::u32(1..steps));
         let mut sender = Sender::new(self.clone());
 
         {

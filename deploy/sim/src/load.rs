@@ -1,6 +1,8 @@
-//! `replicate-sim load`: many jobs at a given rate through the real pipeline, with the same
-//! signing, payloads and lifecycle as `serve`; one WebSocket per user; at the end webhooks/s
-//! accepted, webhook → WebSocket latency, and whether every expected event arrived.
+//! `replicate-sim load`: many jobs at a given rate through the real pipeline, created through
+//! the notifier's jobs API, run by a simulator with the same signing, payloads and lifecycle
+//! as `serve`; one WebSocket per user; a share of the completed generations upscaled; at the
+//! end webhooks/s accepted, webhook → WebSocket latency, and whether every expected event
+//! arrived.
 
 use std::collections::HashMap;
 use std::net::TcpListener;
@@ -9,12 +11,18 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
-use notifier::auth::Auth;
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::accounts;
 use crate::config::LoadArgs;
+use crate::jobs_client::{JobsClient, Submitted, random_prompt};
 use crate::lifecycle::Simulator;
-use crate::webapp::{WebApp, random_kind};
+
+/// Share of the jobs that are trainings; the rest are generations.
+const TRAINING_SHARE: f64 = 0.1;
+/// Share of completed generations that get upscaled.
+const UPSCALE_SHARE: f64 = 0.3;
 
 /// What a load run measured.
 #[derive(Debug, Clone)]
@@ -72,6 +80,12 @@ struct Received {
     out_of_order: usize,
 }
 
+/// A generation that completed with an image: a candidate for an upscale.
+struct Completed {
+    user_id: String,
+    id: String,
+}
+
 pub async fn run(args: LoadArgs) -> anyhow::Result<LoadReport> {
     let pool = shared::db::prepare(&args.app.database).await?;
     let sim_url = format!("http://{}", args.sim_addr);
@@ -84,8 +98,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<LoadReport> {
     let server = crate::api::server(TcpListener::bind(args.sim_addr)?, simulator.clone(), None)?;
     let server_handle = server.handle();
     tokio::spawn(server);
-    let app = WebApp::new(pool, &sim_url, &args.app.api_token, &args.app.webhook_url);
-    let auth = Auth::new(args.jwt_secret.expose());
+    let client = JobsClient::new(&args.app.notifier_url, args.app.jwt_secret.expose());
     let run_id = crate::prediction::new_id();
     let users: Vec<String> = (0..args.users.max(1))
         .map(|i| format!("load-{}-{i}", &run_id[..6]))
@@ -96,16 +109,19 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<LoadReport> {
         ProgressStyle::with_template("{bar:40} {pos}/{len} jobs finished ({elapsed})")
             .expect("valid template"),
     );
-    let ws_base = args.notifier_url.replacen("http", "ws", 1);
+    let (completed_tx, mut completed_rx) = mpsc::unbounded_channel::<Completed>();
+    let ws_base = args.app.notifier_url.replacen("http", "ws", 1);
     for user in &users {
-        app.ensure_user(user, (args.jobs as i32 + 1) * 40).await?;
+        accounts::ensure_user(&pool, user, (args.jobs as i32 + 1) * 40).await?;
         let url = format!(
             "{ws_base}/ws?token={}",
-            auth.mint(user, Duration::from_secs(3600))
+            client.token(user, Duration::from_secs(3600))
         );
         let (mut socket, _) = tokio_tungstenite::connect_async(url).await?;
         let received = received.clone();
         let progress = progress.clone();
+        let completed_tx = completed_tx.clone();
+        let user = user.clone();
         tokio::spawn(async move {
             let mut last_seq = 0;
             while let Some(Ok(message)) = socket.next().await {
@@ -123,31 +139,60 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<LoadReport> {
                     received.out_of_order += 1;
                 }
                 last_seq = seq;
-                let status = event["job"]["status"].as_str().unwrap_or_default();
+                let job = &event["job"];
+                let status = job["status"].as_str().unwrap_or_default();
                 if matches!(status, "COMPLETED" | "FAILED" | "CANCELLED")
-                    && let Some(job_id) = event["job"]["job_id"].as_str()
+                    && let Some(job_id) = job["job_id"].as_str()
                     && received
                         .finals
                         .insert(job_id.to_owned(), Instant::now())
                         .is_none()
                 {
                     progress.inc(1);
+                    if status == "COMPLETED"
+                        && job["kind"] == "generation"
+                        && let Some(id) = job["id"].as_str()
+                    {
+                        let _ = completed_tx.send(Completed {
+                            user_id: user.clone(),
+                            id: id.to_owned(),
+                        });
+                    }
                 }
             }
         });
     }
+    drop(completed_tx);
 
     let started = Instant::now();
     let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate.max(0.001)));
-    let mut submitted = Vec::with_capacity(args.jobs);
+    let mut submitted: Vec<Submitted> = Vec::with_capacity(args.jobs);
+    let mut refused = 0;
+    let mut submit = async |result: Result<Submitted, crate::jobs_client::ClientError>| match result
+    {
+        Ok(job) => submitted.push(job),
+        Err(err) => {
+            refused += 1;
+            tracing::warn!(error = %err, "job not submitted");
+        }
+    };
     for i in 0..args.jobs {
         ticks.tick().await;
         let user = &users[i % users.len()];
-        match app.submit(user, random_kind()).await {
-            Ok(job) => submitted.push(job),
-            Err(err) => tracing::warn!(error = %err, "job not submitted"),
+        if fastrand::f64() < TRAINING_SHARE {
+            submit(client.train(user, "load portraits").await).await;
+        } else {
+            submit(client.generate(user, random_prompt()).await).await;
+        }
+        // Upscale some of what has completed so far, as users do.
+        while let Ok(done) = completed_rx.try_recv() {
+            if fastrand::f64() < UPSCALE_SHARE {
+                progress.inc_length(1);
+                submit(client.upscale(&done.user_id, &done.id).await).await;
+            }
         }
     }
+    drop(submit);
 
     let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
     loop {
@@ -172,7 +217,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<LoadReport> {
     server_handle.stop(true).await;
     let received = received.lock().expect("not poisoned");
     let mut latencies = Vec::new();
-    let mut missing = args.jobs - submitted.len();
+    let mut missing = refused;
     for job in &submitted {
         match (
             received.finals.get(&job.job_id),
@@ -184,7 +229,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<LoadReport> {
         }
     }
     Ok(LoadReport {
-        jobs: args.jobs,
+        jobs: submitted.len() + refused,
         elapsed,
         webhooks_accepted: simulator
             .accepted

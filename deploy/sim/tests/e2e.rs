@@ -1,6 +1,7 @@
 //! End to end: every program as its own process on free ports against the real PostgreSQL
-//! and RabbitMQ, a few hundred jobs of every kind with duplicated, reordered and delayed
-//! webhooks, failures, cancellations and missing outputs switched on in the simulator.
+//! and RabbitMQ, a few hundred jobs of every kind created through the jobs API, with
+//! duplicated, reordered and delayed webhooks, failures, cancellations and missing outputs
+//! switched on in the simulator.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -13,9 +14,8 @@ use diesel_async::RunQueryDsl;
 use futures_util::StreamExt;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
-use notifier::auth::Auth;
-use replicate_sim::images;
-use replicate_sim::webapp::{Submitted, WebApp, random_kind};
+use replicate_sim::jobs_client::{JobsClient, Submitted, random_prompt};
+use replicate_sim::{accounts, images};
 use serde_json::Value;
 use shared::config::DatabaseConfig;
 use shared::db::schema::{ai_models, credit_transactions, generations, users};
@@ -219,7 +219,10 @@ async fn a_few_hundred_jobs_with_faults_end_exactly_as_the_simulator_decided() {
             "--missing-output-rate",
             "0.05",
         ],
-        &with(&[("SIM_ADDR", sim.clone())]),
+        &with(&[
+            ("SIM_ADDR", sim.clone()),
+            ("REPLICATE_API_TOKEN", "e2e-token".to_owned()),
+        ]),
     );
     processes.spawn(
         "ingest",
@@ -240,7 +243,17 @@ async fn a_few_hundred_jobs_with_faults_end_exactly_as_the_simulator_decided() {
         "notifier",
         "notifier",
         &[],
-        &with(&[("NOTIFIER_ADDR", notifier.clone())]),
+        &with(&[
+            ("NOTIFIER_ADDR", notifier.clone()),
+            ("REPLICATE_API_URL", format!("http://{sim}/v1")),
+            ("REPLICATE_API_TOKEN", "e2e-token".to_owned()),
+            (
+                "PUBLIC_WEBHOOK_URL",
+                format!("http://127.0.0.1:{ingest_port}/api/webhooks/replicate"),
+            ),
+            ("TRAINING_DESTINATION", "e2e/portraits".to_owned()),
+            ("INGEST_URL", format!("http://127.0.0.1:{ingest_port}")),
+        ]),
     );
 
     let http = shared::http::client_builder().build().unwrap();
@@ -260,43 +273,74 @@ async fn a_few_hundred_jobs_with_faults_end_exactly_as_the_simulator_decided() {
     }
     wait_healthy(&http, "notifier", &format!("http://{notifier}/api/health")).await;
 
-    let app = WebApp::new(
-        pool.clone(),
-        &format!("http://{sim}"),
-        "e2e-token",
-        &format!("http://127.0.0.1:{ingest_port}/api/webhooks/replicate"),
-    );
-    let auth = Auth::new(JWT_SECRET);
+    let health: Value = http
+        .get(format!("http://{notifier}/api/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["webhook"], "configured", "{health}");
+    assert_eq!(health["database"], "connected", "{health}");
+
+    let client = JobsClient::new(&format!("http://{notifier}"), JWT_SECRET);
     let users: Vec<String> = (0..USERS).map(|i| format!("user-{i}")).collect();
     let mut inboxes = HashMap::new();
     let mut watchers = Vec::new();
     for (i, user) in users.iter().enumerate() {
-        app.ensure_user(user, START_CREDITS).await.unwrap();
+        accounts::ensure_user(&pool, user, START_CREDITS).await.unwrap();
         let inbox = Arc::new(Mutex::new(Inbox::default()));
         inboxes.insert(user.clone(), inbox.clone());
         // The first user's browser drops its connection after 5 events and resumes.
         let disconnect_after = (i == 0).then_some(5);
         watchers.push(tokio::spawn(watch_user(
             notifier.clone(),
-            auth.mint(user, Duration::from_secs(3600)),
+            client.token(user, Duration::from_secs(3600)),
             inbox,
             disconnect_after,
         )));
     }
 
+    // Generations and trainings through the jobs API; now and then an upscale of a
+    // generation that has completed meanwhile, as a user would.
     let mut submitted: Vec<Submitted> = Vec::new();
-    let mut kinds_seen = BTreeMap::new();
+    let mut upscaled = std::collections::HashSet::new();
     for i in 0..JOBS {
-        let kind = match i {
-            0 => JobKind::Generation,
-            1 => JobKind::Upscale,
-            2 => JobKind::Training,
-            _ => random_kind(),
+        let user = &users[i % USERS];
+        let job = if i % 10 == 2 {
+            client.train(user, "my portraits").await.unwrap()
+        } else {
+            client.generate(user, random_prompt()).await.unwrap()
         };
-        *kinds_seen.entry(kind.as_str()).or_insert(0) += 1;
-        submitted.push(app.submit(&users[i % USERS], kind).await.unwrap());
+        submitted.push(job);
+        if i % 5 == 4 {
+            let mut conn = shared::db::connection(&pool).await.unwrap();
+            let done: Vec<(String, String)> = generations::table
+                .filter(generations::status.eq("COMPLETED"))
+                .filter(generations::prompt.not_like("[UPSCALED]%"))
+                .select((generations::id, generations::user_id))
+                .load(&mut conn)
+                .await
+                .unwrap();
+            if let Some((id, owner)) = done.into_iter().find(|(id, _)| !upscaled.contains(id)) {
+                upscaled.insert(id.clone());
+                submitted.push(client.upscale(&owner, &id).await.unwrap());
+            }
+        }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    let mut kinds_seen = BTreeMap::new();
+    for job in &submitted {
+        *kinds_seen.entry(job.kind.as_str()).or_insert(0) += 1;
+    }
+    for kind in [JobKind::Generation, JobKind::Upscale, JobKind::Training] {
+        assert!(
+            kinds_seen.contains_key(kind.as_str()),
+            "no {kind} among {kinds_seen:?}"
+        );
+    }
+    let total = submitted.len();
 
     // Wait until the simulator delivered every terminal webhook and every row is final.
     let deadline = Instant::now() + Duration::from_secs(180);
@@ -326,12 +370,12 @@ async fn a_few_hundred_jobs_with_faults_end_exactly_as_the_simulator_decided() {
             .get_result(&mut conn)
             .await
             .unwrap();
-        if delivered == JOBS && open_generations + open_trainings == 0 {
+        if delivered == total && open_generations + open_trainings == 0 {
             break report;
         }
         assert!(
             Instant::now() < deadline,
-            "not settled: {delivered}/{JOBS} terminal webhooks delivered, {open_generations} generations and {open_trainings} trainings open; logs in {}",
+            "not settled: {delivered}/{total} terminal webhooks delivered, {open_generations} generations and {open_trainings} trainings open; logs in {}",
             logs.display()
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -361,6 +405,14 @@ async fn a_few_hundred_jobs_with_faults_end_exactly_as_the_simulator_decided() {
             .load(&mut conn)
             .await
             .unwrap();
+        let debits: Vec<i32> = credit_transactions::table
+            .filter(credit_transactions::job_id.eq(&job.job_id))
+            .filter(credit_transactions::kind.eq("DEBIT"))
+            .select(credit_transactions::amount)
+            .load(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(debits, vec![-job.cost], "{} debited once", job.job_id);
         if job.kind == JobKind::Training {
             let (status, version): (String, Option<String>) = ai_models::table
                 .find(&job.id)
@@ -474,13 +526,13 @@ async fn a_few_hundred_jobs_with_faults_end_exactly_as_the_simulator_decided() {
         let mut last_status = HashMap::new();
         for event in &inbox.events {
             last_status.insert(
-                event["job"]["job_id"].as_str().unwrap().to_owned(),
+                event["job"]["id"].as_str().unwrap().to_owned(),
                 event["job"]["status"].as_str().unwrap().to_owned(),
             );
         }
         for job in submitted.iter().filter(|job| &job.user_id == user) {
             assert_eq!(
-                last_status.get(&job.job_id).map(String::as_str),
+                last_status.get(&job.id).map(String::as_str),
                 Some(expected_final[&job.job_id]),
                 "{user} {}",
                 job.job_id
@@ -535,7 +587,7 @@ async fn a_few_hundred_jobs_with_faults_end_exactly_as_the_simulator_decided() {
         *outcomes.entry(*status).or_insert(0) += 1;
     }
     println!(
-        "e2e: {JOBS} jobs {kinds_seen:?} ended {outcomes:?}; {} webhooks sent by the simulator",
+        "e2e: {total} jobs {kinds_seen:?} ended {outcomes:?}; {} webhooks sent by the simulator",
         decided
             .values()
             .map(|j| j["webhooks_sent"].as_u64().unwrap())

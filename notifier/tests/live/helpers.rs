@@ -9,7 +9,7 @@ use diesel_async::{AsyncConnection, RunQueryDsl};
 use futures_util::StreamExt;
 use lapin::BasicProperties;
 use notifier::auth::Auth;
-use notifier::config::{NotifierConfig, SocketConfig};
+use notifier::config::{JobsConfig, NotifierConfig, SocketConfig};
 use notifier::http::AppState;
 use notifier::startup::Notifier;
 use shared::amqp::{Outgoing, PERSISTENT, publish_confirmed};
@@ -24,6 +24,22 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub const JWT_SECRET: &str = "test-jwt-secret";
+
+/// The jobs API with its defaults and no Replicate token (creation answers 503).
+pub fn jobs_without_replicate() -> JobsConfig {
+    JobsConfig {
+        replicate_api_url: "http://127.0.0.1:9/v1".into(),
+        replicate_api_token: None,
+        public_webhook_url: "http://127.0.0.1:9/api/webhooks/replicate".into(),
+        generation_model: "black-forest-labs/flux-schnell".parse().unwrap(),
+        upscale_model: "nightmareai/real-esrgan:f121d640".parse().unwrap(),
+        training_model: "replicate/fast-flux-trainer:56cb4a64".parse().unwrap(),
+        training_destination: None,
+        generation_cost: 4,
+        upscale_cost: 2,
+        training_cost: 40,
+    }
+}
 
 pub struct TestEnv {
     pub config: NotifierConfig,
@@ -78,6 +94,9 @@ impl TestEnv {
             amqp: services.amqp.clone(),
             storage: services.storage(),
             sockets,
+            jobs: jobs_without_replicate(),
+            // Nothing listens there: health says the webhook side is unreachable.
+            ingest_url: "http://127.0.0.1:9".into(),
             telemetry: TelemetryConfig {
                 log_format: LogFormat::Pretty,
             },
