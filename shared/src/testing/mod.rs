@@ -151,3 +151,22 @@ impl Drop for Isolated {
         .join();
     }
 }
+
+/// Polls `check` every 50 ms until it holds; `Err` with the time waited if it never did
+/// within `timeout`. The one way tests wait for something to happen.
+pub async fn eventually<F, Fut>(timeout: std::time::Duration, mut check: F) -> Result<(), String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(format!("still not true after {timeout:?}"));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,613 @@
+//! The notifier's jobs API against the real PostgreSQL and RabbitMQ, with the simulator as
+//! Replicate: every status code, the debit and the refund in the database, a Replicate
+//! outage during creation (refunded once), and a user who cannot upscale another user's
+//! image.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use futures_util::StreamExt;
+use notifier::auth::Auth;
+use notifier::config::{JobsConfig, NotifierConfig, SocketConfig};
+use notifier::startup::Notifier;
+use replicate_sim::accounts;
+use replicate_sim::faults::Faults;
+use replicate_sim::lifecycle::Simulator;
+use serde_json::{Value, json};
+use shared::config::{LogFormat, TelemetryConfig};
+use shared::db::schema::{credit_transactions, generations, job_events, users};
+use shared::testing::Isolated;
+use shared::webhook::WebhookSecret;
+
+const JWT_SECRET: &str = "jobs-api-test-secret-of-32-bytes!";
+const SIM_TOKEN: &str = "sim-token-1";
+
+/// A notifier (port 0) whose jobs API talks to a simulator (port 0).
+struct Api {
+    base: String,
+    http: reqwest::Client,
+    auth: Auth,
+    simulator: String,
+    services: Isolated,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// How the test wants Replicate to be.
+enum Replicate {
+    /// The simulator, with the right token.
+    Simulator,
+    /// The simulator, but the notifier holds a token it refuses.
+    WrongToken,
+    /// Nothing listens.
+    Down,
+    /// No `REPLICATE_API_TOKEN`: creation is not configured.
+    NotConfigured,
+}
+
+fn simulator() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let simulator = Simulator::new(
+        WebhookSecret::from_bytes(vec![7u8; 32]),
+        Faults::default(),
+        base.clone(),
+        // Slow enough that jobs stay running during a test.
+        Duration::from_secs(30),
+    );
+    tokio::spawn(replicate_sim::api::server(listener, simulator, Some(SIM_TOKEN.into())).unwrap());
+    base
+}
+
+fn closed_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Api {
+    async fn start(replicate: Replicate) -> Self {
+        let services = Isolated::new("jobs").await;
+        let simulator = simulator();
+        let (api_url, token) = match replicate {
+            Replicate::Simulator => (format!("{simulator}/v1"), Some(SIM_TOKEN)),
+            Replicate::WrongToken => (format!("{simulator}/v1"), Some("not-the-token")),
+            Replicate::Down => (
+                format!("http://127.0.0.1:{}/v1", closed_port()),
+                Some(SIM_TOKEN),
+            ),
+            Replicate::NotConfigured => (format!("{simulator}/v1"), None),
+        };
+        let config = NotifierConfig {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            jwt_secret: JWT_SECRET.parse().unwrap(),
+            database: services.database.clone(),
+            amqp: services.amqp.clone(),
+            storage: services.storage(),
+            sockets: SocketConfig {
+                ping_secs: 20,
+                idle_timeout_secs: 60,
+                send_queue: 64,
+                send_timeout_secs: 10,
+            },
+            jobs: JobsConfig {
+                replicate_api_url: api_url,
+                replicate_api_token: token.map(|t| t.parse().unwrap()),
+                public_webhook_url: "http://127.0.0.1:9/api/webhooks/replicate".into(),
+                generation_model: "black-forest-labs/flux-schnell".parse().unwrap(),
+                upscale_model: "nightmareai/real-esrgan:f121d640".parse().unwrap(),
+                training_model: "replicate/fast-flux-trainer:56cb4a64".parse().unwrap(),
+                training_destination: Some("acme/portraits".into()),
+                generation_cost: 4,
+                upscale_cost: 2,
+                training_cost: 40,
+            },
+            ingest_url: format!("http://127.0.0.1:{}", closed_port()),
+            telemetry: TelemetryConfig {
+                log_format: LogFormat::Pretty,
+            },
+        };
+        let notifier = Notifier::build(&config).await.unwrap();
+        let base = format!("http://127.0.0.1:{}", notifier.port());
+        let state = notifier.state();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(notifier.run_until_stopped(async {
+            let _ = stopped.await;
+        }));
+        shared::testing::eventually(Duration::from_secs(10), || {
+            let state = state.clone();
+            async move { state.sessions.broker_connected() }
+        })
+        .await
+        .expect("the notifier connects to RabbitMQ");
+        Self {
+            base,
+            http: shared::http::client_builder().build().unwrap(),
+            auth: Auth::new(JWT_SECRET),
+            simulator,
+            services,
+            stop: Some(stop),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        user: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(user) = user {
+            request = request.bearer_auth(self.auth.mint(user, Duration::from_secs(60)));
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn post(&self, path: &str, user: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, Some(user), Some(body))
+            .await
+    }
+
+    async fn get(&self, path: &str, user: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, Some(user), None).await
+    }
+
+    async fn credits(&self, user: &str) -> i32 {
+        let mut conn = shared::db::connection(&self.services.pool).await.unwrap();
+        users::table
+            .find(user)
+            .select(users::credits)
+            .first(&mut conn)
+            .await
+            .unwrap()
+    }
+
+    /// `(kind, amount, job_id)` of a user's credit movements, oldest first.
+    async fn movements(&self, user: &str) -> Vec<(String, i32, String)> {
+        let mut conn = shared::db::connection(&self.services.pool).await.unwrap();
+        credit_transactions::table
+            .filter(credit_transactions::user_id.eq(user))
+            .order(credit_transactions::id)
+            .select((
+                credit_transactions::kind,
+                credit_transactions::amount,
+                credit_transactions::job_id,
+            ))
+            .load(&mut conn)
+            .await
+            .unwrap()
+    }
+
+    /// The job as Replicate (the simulator) has it.
+    async fn on_replicate(&self, kind: &str, id: &str) -> Value {
+        self.http
+            .get(format!("{}/v1/{kind}/{id}", self.simulator))
+            .bearer_auth(SIM_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        self.services.cleanup().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generation_is_debited_once_created_on_replicate_and_pushed_live() {
+    let api = Api::start(Replicate::Simulator).await;
+    accounts::ensure_user(&api.services.pool, "u1", 10)
+        .await
+        .unwrap();
+    let ws = format!(
+        "{}/ws?token={}",
+        api.base.replacen("http", "ws", 1),
+        api.auth.mint("u1", Duration::from_secs(60))
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(ws).await.unwrap();
+    let hello = socket.next().await.unwrap().unwrap();
+    assert!(hello.to_text().unwrap().contains(r#""type":"hello""#));
+
+    let (status, answer) = api
+        .post("/api/generations", "u1", json!({"prompt": "  a corgi  "}))
+        .await;
+    assert_eq!(status, 201, "{answer}");
+    assert_eq!(answer["credits"], 6);
+    let job = &answer["job"];
+    assert_eq!(job["kind"], "generation");
+    assert_eq!(job["status"], "PENDING");
+    assert_eq!(job["prompt"], "a corgi");
+    assert_eq!(job["credits_used"], 4);
+    let replicate_id = job["job_id"].as_str().expect("Replicate's id").to_owned();
+    let id = job["id"].as_str().unwrap().to_owned();
+
+    // On Replicate: the official model's route, our webhook URL and every event.
+    let created = api.on_replicate("predictions", &replicate_id).await;
+    assert_eq!(created["model"], "black-forest-labs/flux-schnell");
+    assert_eq!(created["input"]["prompt"], "a corgi");
+    assert_eq!(
+        created["webhook"],
+        "http://127.0.0.1:9/api/webhooks/replicate"
+    );
+    assert_eq!(
+        created["webhook_events_filter"],
+        json!(["start", "output", "logs", "completed"])
+    );
+
+    // In the database: the balance, one debit under Replicate's id, the row.
+    assert_eq!(api.credits("u1").await, 6);
+    assert_eq!(
+        api.movements("u1").await,
+        vec![("DEBIT".to_owned(), -4, replicate_id.clone())]
+    );
+    let mut conn = shared::db::connection(&api.services.pool).await.unwrap();
+    let row: (String, Option<String>, i32) = generations::table
+        .find(&id)
+        .select((
+            generations::status,
+            generations::job_id,
+            generations::credits_used,
+        ))
+        .first(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        row,
+        ("PENDING".to_owned(), Some(replicate_id.clone()), 4)
+    );
+
+    // Live: the new job and the balance reach the user's browser.
+    let pushed = tokio::time::timeout(Duration::from_secs(10), socket.next())
+        .await
+        .expect("the creation is pushed")
+        .unwrap()
+        .unwrap();
+    let pushed: Value = serde_json::from_str(pushed.to_text().unwrap()).unwrap();
+    assert_eq!(pushed["type"], "generation_status_changed");
+    assert_eq!(pushed["seq"], 1);
+    assert_eq!(pushed["credits"], 6);
+    assert_eq!(pushed["refunded"], 0);
+    assert_eq!(pushed["job"]["id"], id.as_str());
+    assert_eq!(pushed["job"]["status"], "PENDING");
+
+    // The list shows the state as of its seq.
+    let (status, page) = api.get("/api/jobs", "u1").await;
+    assert_eq!(status, 200);
+    assert_eq!(page["seq"], 1);
+    assert_eq!(page["credits"], 6);
+    assert_eq!(page["next"], Value::Null);
+    assert_eq!(page["jobs"].as_array().unwrap().len(), 1);
+    assert_eq!(page["jobs"][0]["job_id"], replicate_id.as_str());
+    assert_eq!(page["jobs_api"]["enabled"], true);
+    assert_eq!(page["jobs_api"]["costs"]["generation"], 4);
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_requests_change_nothing() {
+    let api = Api::start(Replicate::Simulator).await;
+    accounts::ensure_user(&api.services.pool, "u1", 10)
+        .await
+        .unwrap();
+
+    let no_token = api
+        .call(
+            reqwest::Method::POST,
+            "/api/generations",
+            None,
+            Some(json!({"prompt": "x"})),
+        )
+        .await;
+    assert_eq!(no_token.0, 401, "{}", no_token.1);
+    let forged = Auth::new("another-secret-of-at-least-32-bytes")
+        .mint("u1", Duration::from_secs(60));
+    let forged = api
+        .http
+        .get(format!("{}/api/jobs", api.base))
+        .bearer_auth(forged)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 401);
+
+    for (body, why) in [
+        (json!({"prompt": ""}), "empty"),
+        (json!({"prompt": "   "}), "blank"),
+        (json!({"prompt": "é".repeat(2001)}), "over 2,000 characters"),
+        (json!({"text": "a corgi"}), "no prompt"),
+    ] {
+        let (status, answer) = api.post("/api/generations", "u1", body).await;
+        assert_eq!(status, 400, "{why}: {answer}");
+        assert!(answer["error"].as_str().is_some(), "{why}: {answer}");
+    }
+    let not_json = api
+        .http
+        .post(format!("{}/api/generations", api.base))
+        .bearer_auth(api.auth.mint("u1", Duration::from_secs(60)))
+        .body("prompt=a corgi")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_json.status(), 400);
+    let (status, _) = api
+        .post("/api/generations", "u1", json!({"prompt": "é".repeat(2000)}))
+        .await;
+    assert_eq!(status, 201, "2,000 characters are allowed");
+
+    for (body, why) in [
+        (
+            json!({"name": "", "input_images": "https://example.com/a.zip"}),
+            "no name",
+        ),
+        (
+            json!({"name": "me", "input_images": "http://example.com/a.zip"}),
+            "not https",
+        ),
+        (json!({"name": "me", "input_images": "a.zip"}), "not a URL"),
+    ] {
+        let (status, answer) = api.post("/api/models", "u1", body).await;
+        assert_eq!(status, 400, "{why}: {answer}");
+    }
+
+    // 6 credits left: one more generation (4), then the balance (2) is below the cost.
+    let (status, _) = api
+        .post("/api/generations", "u1", json!({"prompt": "a corgi"}))
+        .await;
+    assert_eq!(status, 201);
+    let before = api.movements("u1").await;
+    let (status, answer) = api
+        .post("/api/generations", "u1", json!({"prompt": "a corgi"}))
+        .await;
+    assert_eq!(status, 402, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("balance is 2"),
+        "{answer}"
+    );
+    assert_eq!(api.credits("u1").await, 2);
+    assert_eq!(api.movements("u1").await, before, "nothing changed");
+    let (_, page) = api.get("/api/jobs", "u1").await;
+    assert_eq!(page["jobs"].as_array().unwrap().len(), 2);
+    assert_eq!(page["seq"], 2, "no event for a refused request");
+
+    // A user the app never created has no credits.
+    let (status, _) = api
+        .post("/api/generations", "ghost", json!({"prompt": "a corgi"}))
+        .await;
+    assert_eq!(status, 402);
+
+    let (status, _) = api.get("/api/generations", "u1").await;
+    assert_eq!(status, 405);
+    let (status, _) = api.get("/api/nothing-here", "u1").await;
+    assert_eq!(status, 404);
+    for query in ["limit=0", "limit=101", "limit=x", "before=garbage"] {
+        let (status, answer) = api.get(&format!("/api/jobs?{query}"), "u1").await;
+        assert_eq!(status, 400, "{query}: {answer}");
+    }
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_ones_own_completed_image_can_be_upscaled() {
+    let api = Api::start(Replicate::Simulator).await;
+    accounts::ensure_user(&api.services.pool, "u1", 100)
+        .await
+        .unwrap();
+    accounts::ensure_user(&api.services.pool, "u2", 100)
+        .await
+        .unwrap();
+    let (_, created) = api
+        .post("/api/generations", "u1", json!({"prompt": "a corgi"}))
+        .await;
+    let source = created["job"]["id"].as_str().unwrap().to_owned();
+    let upscale = format!("/api/generations/{source}/upscale");
+
+    let (status, answer) = api.post(&upscale, "u1", json!({})).await;
+    assert_eq!(status, 409, "still PENDING: {answer}");
+
+    // The worker completes it (as a webhook would).
+    let mut conn = shared::db::connection(&api.services.pool).await.unwrap();
+    diesel::update(generations::table.find(&source))
+        .set((
+            generations::status.eq("COMPLETED"),
+            generations::image_urls.eq(vec![
+                "http://localhost:8081/media/generations/x/0.png".to_owned(),
+            ]),
+        ))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+
+    let (status, answer) = api.post(&upscale, "u2", json!({})).await;
+    assert_eq!(status, 404, "another user's image: {answer}");
+    assert_eq!(api.credits("u2").await, 100);
+    let (status, _) = api
+        .post("/api/generations/gen_nope/upscale", "u1", json!({}))
+        .await;
+    assert_eq!(status, 404);
+
+    let (status, answer) = api.post(&upscale, "u1", json!({})).await;
+    assert_eq!(status, 201, "{answer}");
+    assert_eq!(answer["job"]["kind"], "upscale");
+    assert_eq!(answer["job"]["prompt"], "[UPSCALED] a corgi");
+    assert_eq!(answer["credits"], 100 - 4 - 2);
+    let on_replicate = api
+        .on_replicate("predictions", answer["job"]["job_id"].as_str().unwrap())
+        .await;
+    assert_eq!(
+        on_replicate["input"]["image"],
+        "http://localhost:8081/media/generations/x/0.png"
+    );
+    assert_eq!(
+        on_replicate["version"], "f121d640",
+        "a pinned version is sent as such"
+    );
+
+    // A training: the trainer's version route and the destination.
+    let (status, answer) = api
+        .post(
+            "/api/models",
+            "u2",
+            json!({"name": "my portraits", "input_images": "https://example.com/me.zip"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{answer}");
+    assert_eq!(answer["job"]["kind"], "training");
+    assert_eq!(answer["job"]["name"], "my portraits");
+    assert_eq!(answer["credits"], 60);
+    let training = api
+        .on_replicate("trainings", answer["job"]["job_id"].as_str().unwrap())
+        .await;
+    assert_eq!(
+        training["input"]["input_images"],
+        "https://example.com/me.zip"
+    );
+    api.stop().await;
+}
+
+async fn assert_failed_and_refunded_once(api: &Api, answer: &Value, reason: &str) {
+    assert!(
+        answer["error"].as_str().unwrap().contains(reason),
+        "{answer}"
+    );
+    assert_eq!(answer["job"]["status"], "FAILED", "{answer}");
+    assert_eq!(answer["job"]["job_id"], Value::Null);
+    assert_eq!(answer["credits"], 10);
+    assert_eq!(api.credits("u1").await, 10);
+    let id = answer["job"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        api.movements("u1").await,
+        vec![
+            ("DEBIT".to_owned(), -4, id.clone()),
+            ("REFUND".to_owned(), 4, id.clone())
+        ]
+    );
+    // Two events: the creation, then the failure with its refund.
+    let mut conn = shared::db::connection(&api.services.pool).await.unwrap();
+    let events: Vec<Value> = job_events::table
+        .filter(job_events::user_id.eq("u1"))
+        .order(job_events::seq)
+        .select(job_events::payload)
+        .load(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 2);
+    assert_eq!(
+        (events[1]["job"]["status"].clone(), events[1]["refunded"].clone(), events[1]["credits"].clone()),
+        (json!("FAILED"), json!(4), json!(10))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicate_unreachable_fails_the_job_and_refunds_it_once() {
+    let api = Api::start(Replicate::Down).await;
+    accounts::ensure_user(&api.services.pool, "u1", 10)
+        .await
+        .unwrap();
+    let (status, answer) = api
+        .post("/api/generations", "u1", json!({"prompt": "a corgi"}))
+        .await;
+    assert_eq!(status, 502, "{answer}");
+    assert_failed_and_refunded_once(&api, &answer, "could not be reached").await;
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicate_refusing_the_job_fails_it_with_replicates_reason() {
+    let api = Api::start(Replicate::WrongToken).await;
+    accounts::ensure_user(&api.services.pool, "u1", 10)
+        .await
+        .unwrap();
+    let (status, answer) = api
+        .post("/api/generations", "u1", json!({"prompt": "a corgi"}))
+        .await;
+    assert_eq!(status, 502, "{answer}");
+    assert_failed_and_refunded_once(&api, &answer, "valid authentication token").await;
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_replicate_token_creation_is_unavailable_and_listing_works() {
+    let api = Api::start(Replicate::NotConfigured).await;
+    accounts::ensure_user(&api.services.pool, "u1", 10)
+        .await
+        .unwrap();
+    let (status, answer) = api
+        .post("/api/generations", "u1", json!({"prompt": "a corgi"}))
+        .await;
+    assert_eq!(status, 503, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("REPLICATE_API_TOKEN")
+    );
+    assert_eq!(api.credits("u1").await, 10);
+    let (status, page) = api.get("/api/jobs", "u1").await;
+    assert_eq!(status, 200);
+    assert_eq!(page["jobs_api"]["enabled"], false);
+    assert_eq!(page["credits"], 10);
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_cover_every_job_once_newest_first() {
+    let api = Arc::new(Api::start(Replicate::Simulator).await);
+    accounts::ensure_user(&api.services.pool, "u1", 1000)
+        .await
+        .unwrap();
+    let mut created = Vec::new();
+    for i in 0..5 {
+        let (status, answer) = if i == 2 {
+            api.post(
+                "/api/models",
+                "u1",
+                json!({"name": "me", "input_images": "https://example.com/me.zip"}),
+            )
+            .await
+        } else {
+            api.post("/api/generations", "u1", json!({"prompt": format!("p{i}")}))
+                .await
+        };
+        assert_eq!(status, 201, "{answer}");
+        created.push(answer["job"]["id"].as_str().unwrap().to_owned());
+    }
+    let mut seen = Vec::new();
+    let mut path = "/api/jobs?limit=2".to_owned();
+    loop {
+        let (status, page) = api.get(&path, "u1").await;
+        assert_eq!(status, 200, "{page}");
+        let jobs = page["jobs"].as_array().unwrap();
+        assert!(jobs.len() <= 2);
+        seen.extend(jobs.iter().map(|j| j["id"].as_str().unwrap().to_owned()));
+        match page["next"].as_str() {
+            Some(next) => {
+                path = format!(
+                    "/api/jobs?limit=2&before={}",
+                    form_urlencoded::byte_serialize(next.as_bytes()).collect::<String>()
+                )
+            }
+            None => break,
+        }
+    }
+    created.reverse();
+    assert_eq!(seen, created, "every job once, newest first");
+    let api = Arc::into_inner(api).unwrap();
+    api.stop().await;
+}
