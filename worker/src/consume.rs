@@ -165,7 +165,8 @@ impl Consumer {
                     seq,
                     refunded,
                     elapsed = ?elapsed,
-                    "webhook processed"
+                    "Webhook processed in {}ms",
+                    elapsed.as_millis()
                 );
                 Disposition::Ack
             }

@@ -97,7 +97,7 @@ impl Processor {
                 .await?
                 .ok_or_else(|| ProcessError::UnknownJob(prediction.id.clone()))?
         };
-        tracing::info!(%webhook_id, kind = %job.kind, job_id = %job.job_id, "job type detected");
+        tracing::info!(%webhook_id, kind = %job.kind, job_id = %job.job_id, "Detected job type: {} for job {}", job.kind, job.job_id);
         let current = classify::stored_status(&job).map_err(ProcessError::Invalid)?;
 
         let effect = match decide(current, &prediction.status) {

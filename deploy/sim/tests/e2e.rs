@@ -4,8 +4,6 @@
 //! switched on in the simulator.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,97 +15,17 @@ use lapin::types::FieldTable;
 use replicate_sim::jobs_client::{JobsClient, Submitted, random_prompt};
 use replicate_sim::{accounts, images};
 use serde_json::Value;
-use shared::config::DatabaseConfig;
 use shared::db::schema::{ai_models, credit_transactions, generations, users};
 use shared::events::JobKind;
-use shared::webhook::WebhookSecret;
-use tokio::process::{Child, Command};
 use tokio_tungstenite::tungstenite::Message;
+
+mod common;
+
+use common::{JWT_SECRET, Pipeline};
 
 const JOBS: usize = 300;
 const USERS: usize = 10;
 const START_CREDITS: i32 = 10_000;
-const JWT_SECRET: &str = "e2e-jwt-secret";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn binary(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_BIN_EXE_replicate-sim"))
-        .parent()
-        .unwrap();
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --workspace --bins` first (deploy/test does)",
-        path.display()
-    );
-    path
-}
-
-struct Processes {
-    children: Vec<(String, Child)>,
-    logs: PathBuf,
-}
-
-impl Processes {
-    fn spawn(&mut self, name: &str, program: &str, args: &[&str], env: &[(&str, String)]) {
-        let log = std::fs::File::create(self.logs.join(format!("{name}.log"))).unwrap();
-        let mut command = Command::new(binary(program));
-        command
-            .args(args)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true);
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        self.children
-            .push((name.to_owned(), command.spawn().unwrap()));
-    }
-
-    /// SIGTERM to everyone; each must exit 0 (graceful shutdown).
-    async fn stop(mut self) {
-        for (_, child) in &self.children {
-            let pid = child.id().unwrap().to_string();
-            std::process::Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap();
-        }
-        for (name, child) in &mut self.children {
-            let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
-                .await
-                .unwrap()
-                .unwrap();
-            assert!(
-                status.success(),
-                "{name} exited with {status}; see {}",
-                self.logs.display()
-            );
-        }
-    }
-}
-
-async fn wait_healthy(client: &reqwest::Client, name: &str, url: &str) {
-    for _ in 0..200 {
-        if let Ok(response) = client.get(url).send().await
-            && response.status() == 200
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{name} never became healthy at {url}");
-}
 
 /// Everything one user's browser received, across reconnects.
 #[derive(Default)]
@@ -162,48 +80,8 @@ async fn watch_user(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_few_hundred_jobs_with_faults_end_exactly_as_the_simulator_decided() {
-    shared::telemetry::init(shared::config::LogFormat::Pretty);
-    let name = shared::testing::unique_name("e2e");
-    let logs = Path::new(env!("CARGO_TARGET_TMPDIR")).join(&name);
-    std::fs::create_dir_all(&logs).unwrap();
-    let media = std::env::temp_dir().join(&name);
-    let database = DatabaseConfig {
-        url: shared::testing::database_url(&name),
-        pool_size: 8,
-    };
-    let pool = shared::db::prepare(&database).await.unwrap();
-    let amqp_url = shared::testing::amqp_url();
-    let prefix = format!("{name}.");
-    let secret = WebhookSecret::from_bytes(b"e2e-webhook-secret-of-32-bytes!!".to_vec()).to_whsec();
-    let (sim_port, ingest_port, notifier_port) = (free_port(), free_port(), free_port());
-    let sim = format!("127.0.0.1:{sim_port}");
-    let notifier = format!("127.0.0.1:{notifier_port}");
-
-    let common = vec![
-        ("DATABASE_URL", database.url.as_str().to_owned()),
-        ("AMQP_URL", amqp_url.clone()),
-        ("AMQP_NAME_PREFIX", prefix.clone()),
-        ("REPLICATE_WEBHOOK_SECRET", secret.clone()),
-        ("NOTIFIER_JWT_SECRET", JWT_SECRET.to_owned()),
-        ("STORAGE_URL", format!("file://{}", media.display())),
-        ("MEDIA_BASE_URL", format!("http://{notifier}/media")),
-        ("DOWNLOAD_ALLOWED_HOSTS", sim.clone()),
-        ("DOWNLOAD_ALLOW_HTTP", "true".to_owned()),
-    ];
-    let with = |extra: &[(&'static str, String)]| {
-        let mut env = common.clone();
-        env.extend_from_slice(extra);
-        env
-    };
-    let mut processes = Processes {
-        children: Vec::new(),
-        logs: logs.clone(),
-    };
-    processes.spawn(
-        "replicate-sim",
-        "replicate-sim",
+    let pipeline = Pipeline::start(
         &[
-            "serve",
             "--step-ms",
             "40",
             "--duplicate-rate",
@@ -219,60 +97,16 @@ async fn a_few_hundred_jobs_with_faults_end_exactly_as_the_simulator_decided() {
             "--missing-output-rate",
             "0.05",
         ],
-        &with(&[
-            ("SIM_ADDR", sim.clone()),
-            ("REPLICATE_API_TOKEN", "e2e-token".to_owned()),
-        ]),
-    );
-    processes.spawn(
-        "ingest",
-        "ingest",
-        &[],
-        &with(&[("INGEST_ADDR", format!("127.0.0.1:{ingest_port}"))]),
-    );
-    let worker_ports = [free_port(), free_port()];
-    for (i, port) in worker_ports.iter().enumerate() {
-        processes.spawn(
-            &format!("worker-{i}"),
-            "worker",
-            &[],
-            &with(&[("WORKER_METRICS_ADDR", format!("127.0.0.1:{port}"))]),
-        );
-    }
-    processes.spawn(
-        "notifier",
-        "notifier",
-        &[],
-        &with(&[
-            ("NOTIFIER_ADDR", notifier.clone()),
-            ("REPLICATE_API_URL", format!("http://{sim}/v1")),
-            ("REPLICATE_API_TOKEN", "e2e-token".to_owned()),
-            (
-                "PUBLIC_WEBHOOK_URL",
-                format!("http://127.0.0.1:{ingest_port}/api/webhooks/replicate"),
-            ),
-            ("TRAINING_DESTINATION", "e2e/portraits".to_owned()),
-            ("INGEST_URL", format!("http://127.0.0.1:{ingest_port}")),
-        ]),
-    );
-
-    let http = shared::http::client_builder().build().unwrap();
-    wait_healthy(
-        &http,
-        "ingest",
-        &format!("http://127.0.0.1:{ingest_port}/api/health"),
+        2,
     )
     .await;
-    for port in worker_ports {
-        wait_healthy(
-            &http,
-            "worker",
-            &format!("http://127.0.0.1:{port}/api/health"),
-        )
-        .await;
-    }
-    wait_healthy(&http, "notifier", &format!("http://{notifier}/api/health")).await;
-
+    let (http, pool, notifier, sim) = (
+        pipeline.http.clone(),
+        pipeline.pool.clone(),
+        pipeline.notifier.clone(),
+        pipeline.sim.clone(),
+    );
+    let (logs, media) = (&pipeline.logs, &pipeline.media);
     let health: Value = http
         .get(format!("http://{notifier}/api/health"))
         .send()
@@ -541,11 +375,11 @@ async fn a_few_hundred_jobs_with_faults_end_exactly_as_the_simulator_decided() {
     }
 
     // Nothing left behind in the queues; nothing dead-lettered.
-    let connection = lapin::Connection::connect(&amqp_url, lapin::ConnectionProperties::default())
+    let connection = lapin::Connection::connect(&pipeline.amqp_url, lapin::ConnectionProperties::default())
         .await
         .unwrap();
     let channel = connection.create_channel().await.unwrap();
-    let topology = shared::amqp::Topology::new(&prefix);
+    let topology = shared::amqp::Topology::new(&pipeline.prefix);
     let depth = |queue: String| {
         let channel = channel.clone();
         async move {
@@ -597,9 +431,5 @@ async fn a_few_hundred_jobs_with_faults_end_exactly_as_the_simulator_decided() {
     for watcher in watchers {
         watcher.abort();
     }
-    processes.stop().await;
-    topology.delete(&channel).await.unwrap();
-    pool.close();
-    shared::db::drop_database(&database.url).await.unwrap();
-    let _ = std::fs::remove_dir_all(&media);
+    pipeline.stop().await;
 }

@@ -82,6 +82,8 @@ pub async fn receive(
     let webhook_id = header(&request, shared::webhook::HEADER_ID)
         .unwrap_or("-")
         .to_owned();
+    // The line operators grep for when a webhook arrives; the outcome line follows.
+    tracing::info!(%webhook_id, "Unified Replicate webhook received");
     let result = process(&request, payload, &state).await;
     let elapsed = started.elapsed();
 

@@ -1,7 +1,6 @@
 //! Integration tests of the notifier against the real PostgreSQL and RabbitMQ (and, for the
 //! gallery, a real headless Chromium).
 
-mod browser;
 mod helpers;
 mod media;
 mod memory;

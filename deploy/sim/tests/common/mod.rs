@@ -1,0 +1,283 @@
+//! The whole pipeline for a test: every program as its own process on free ports, against
+//! the real PostgreSQL and RabbitMQ, isolated by a database and queue prefix of its own.
+//! Dropping it stops the processes and removes the database, the queues and the media.
+
+#![allow(dead_code)] // each test binary uses its own part
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use shared::config::DatabaseConfig;
+use shared::db::Pool;
+use shared::webhook::WebhookSecret;
+use tokio::process::{Child, Command};
+
+pub const JWT_SECRET: &str = "pipeline-test-jwt-secret-32-bytes!";
+/// The token the simulator expects and the notifier sends.
+pub const REPLICATE_TOKEN: &str = "pipeline-test-token";
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn binary(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_BIN_EXE_replicate-sim"))
+        .parent()
+        .unwrap();
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (deploy/test does)",
+        path.display()
+    );
+    path
+}
+
+pub struct Pipeline {
+    pub name: String,
+    /// Every process's log, `<name>.log`.
+    pub logs: PathBuf,
+    pub media: PathBuf,
+    pub database: DatabaseConfig,
+    pub pool: Pool,
+    pub amqp_url: String,
+    /// Queue and exchange name prefix of this pipeline.
+    pub prefix: String,
+    /// `host:port` of each program.
+    pub sim: String,
+    pub ingest: String,
+    pub notifier: String,
+    pub worker_ports: Vec<u16>,
+    pub http: reqwest::Client,
+    children: Vec<(String, Child)>,
+    stopped: bool,
+}
+
+impl Pipeline {
+    /// Starts the simulator (with `sim_args` after `serve`), ingest, `workers` workers and
+    /// the notifier (its jobs API pointed at the simulator), and waits until all are healthy.
+    pub async fn start(sim_args: &[&str], workers: usize) -> Self {
+        shared::telemetry::init(shared::config::LogFormat::Pretty);
+        let name = shared::testing::unique_name("e2e");
+        let logs = Path::new(env!("CARGO_TARGET_TMPDIR")).join(&name);
+        std::fs::create_dir_all(&logs).unwrap();
+        let media = std::env::temp_dir().join(&name);
+        let database = DatabaseConfig {
+            url: shared::testing::database_url(&name),
+            pool_size: 8,
+        };
+        let pool = shared::db::prepare(&database).await.unwrap();
+        let amqp_url = shared::testing::amqp_url();
+        let prefix = format!("{name}.");
+        let secret =
+            WebhookSecret::from_bytes(b"e2e-webhook-secret-of-32-bytes!!".to_vec()).to_whsec();
+        let sim = format!("127.0.0.1:{}", free_port());
+        let ingest = format!("127.0.0.1:{}", free_port());
+        let notifier = format!("127.0.0.1:{}", free_port());
+        let mut pipeline = Self {
+            name,
+            logs,
+            media,
+            database,
+            pool,
+            amqp_url,
+            prefix,
+            sim,
+            ingest,
+            notifier,
+            worker_ports: (0..workers).map(|_| free_port()).collect(),
+            http: shared::http::client_builder().build().unwrap(),
+            children: Vec::new(),
+            stopped: false,
+        };
+        let common = vec![
+            ("DATABASE_URL", pipeline.database.url.as_str().to_owned()),
+            ("AMQP_URL", pipeline.amqp_url.clone()),
+            ("AMQP_NAME_PREFIX", pipeline.prefix.clone()),
+            ("REPLICATE_WEBHOOK_SECRET", secret),
+            ("REPLICATE_API_TOKEN", REPLICATE_TOKEN.to_owned()),
+            ("NOTIFIER_JWT_SECRET", JWT_SECRET.to_owned()),
+            (
+                "STORAGE_URL",
+                format!("file://{}", pipeline.media.display()),
+            ),
+            (
+                "MEDIA_BASE_URL",
+                format!("http://{}/media", pipeline.notifier),
+            ),
+            ("DOWNLOAD_ALLOWED_HOSTS", pipeline.sim.clone()),
+            ("DOWNLOAD_ALLOW_HTTP", "true".to_owned()),
+        ];
+        let with = |extra: &[(&'static str, String)]| {
+            let mut env = common.clone();
+            env.extend_from_slice(extra);
+            env
+        };
+        let mut sim_command = vec!["serve"];
+        sim_command.extend_from_slice(sim_args);
+        pipeline.spawn(
+            "replicate-sim",
+            "replicate-sim",
+            &sim_command,
+            &with(&[("SIM_ADDR", pipeline.sim.clone())]),
+        );
+        pipeline.spawn(
+            "ingest",
+            "ingest",
+            &[],
+            &with(&[("INGEST_ADDR", pipeline.ingest.clone())]),
+        );
+        for (i, port) in pipeline.worker_ports.clone().into_iter().enumerate() {
+            pipeline.spawn(
+                &format!("worker-{i}"),
+                "worker",
+                &[],
+                &with(&[("WORKER_METRICS_ADDR", format!("127.0.0.1:{port}"))]),
+            );
+        }
+        pipeline.spawn(
+            "notifier",
+            "notifier",
+            &[],
+            &with(&[
+                ("NOTIFIER_ADDR", pipeline.notifier.clone()),
+                ("REPLICATE_API_URL", format!("http://{}/v1", pipeline.sim)),
+                (
+                    "PUBLIC_WEBHOOK_URL",
+                    format!("http://{}/api/webhooks/replicate", pipeline.ingest),
+                ),
+                ("TRAINING_DESTINATION", "e2e/portraits".to_owned()),
+                ("INGEST_URL", format!("http://{}", pipeline.ingest)),
+            ]),
+        );
+        pipeline
+            .wait_healthy("ingest", &format!("http://{}/api/health", pipeline.ingest))
+            .await;
+        for port in pipeline.worker_ports.clone() {
+            pipeline
+                .wait_healthy("worker", &format!("http://127.0.0.1:{port}/api/health"))
+                .await;
+        }
+        pipeline
+            .wait_healthy(
+                "notifier",
+                &format!("http://{}/api/health", pipeline.notifier),
+            )
+            .await;
+        pipeline
+    }
+
+    fn spawn(&mut self, name: &str, program: &str, args: &[&str], env: &[(&str, String)]) {
+        let log = std::fs::File::create(self.logs.join(format!("{name}.log"))).unwrap();
+        let mut command = Command::new(binary(program));
+        command
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        self.children
+            .push((name.to_owned(), command.spawn().unwrap()));
+    }
+
+    async fn wait_healthy(&self, name: &str, url: &str) {
+        let healthy = shared::testing::eventually(Duration::from_secs(20), || async {
+            matches!(self.http.get(url).send().await, Ok(response) if response.status() == 200)
+        })
+        .await;
+        assert!(
+            healthy.is_ok(),
+            "{name} never became healthy at {url}; logs in {}",
+            self.logs.display()
+        );
+    }
+
+    /// The log of one program, for assertions on what operators see.
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.logs.join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// SIGTERM to every program; each must exit 0 (graceful shutdown). Then the database,
+    /// queues and media are removed.
+    pub async fn stop(mut self) {
+        for (_, child) in &self.children {
+            let pid = child.id().unwrap().to_string();
+            std::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap();
+        }
+        for (name, child) in &mut self.children {
+            let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(
+                status.success(),
+                "{name} exited with {status}; see {}",
+                self.logs.display()
+            );
+        }
+        self.stopped = true;
+        self.remove_resources().await;
+    }
+
+    async fn remove_resources(&self) {
+        self.pool.close();
+        let _ = shared::db::drop_database(&self.database.url).await;
+        if let Ok(connection) =
+            lapin::Connection::connect(&self.amqp_url, lapin::ConnectionProperties::default())
+                .await
+            && let Ok(channel) = connection.create_channel().await
+        {
+            let _ = shared::amqp::Topology::new(&self.prefix)
+                .delete(&channel)
+                .await;
+        }
+        let _ = std::fs::remove_dir_all(&self.media);
+    }
+}
+
+impl Drop for Pipeline {
+    /// A test that failed midway leaves nothing behind: processes are killed (kill on
+    /// drop), then the database, queues and media are removed from a thread of its own.
+    fn drop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        self.children.clear();
+        self.pool.close();
+        let database = self.database.url.clone();
+        let amqp_url = self.amqp_url.clone();
+        let prefix = self.prefix.clone();
+        let media = self.media.clone();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for the cleanup");
+            runtime.block_on(async {
+                let _ = shared::db::drop_database(&database).await;
+                if let Ok(connection) =
+                    lapin::Connection::connect(&amqp_url, lapin::ConnectionProperties::default())
+                        .await
+                    && let Ok(channel) = connection.create_channel().await
+                {
+                    let _ = shared::amqp::Topology::new(&prefix).delete(&channel).await;
+                }
+            });
+            let _ = std::fs::remove_dir_all(media);
+        })
+        .join();
+    }
+}

@@ -1,0 +1,409 @@
+//! The gallery as a person uses it, in a real headless Chromium (Debian's `chromium` and
+//! `chromium-driver`), through the real pipeline with the simulator as Replicate: type a
+//! prompt, Generate, watch the card progress and complete with its image, Upscale it, see a
+//! failed job's refund; the same over Server-Sent Events; the page without a token.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{JWT_SECRET, Pipeline};
+use fantoccini::{Client, ClientBuilder, Locator};
+use hyper_util::client::legacy::connect::HttpConnector;
+use notifier::auth::Auth;
+use replicate_sim::accounts;
+use serde_json::Value;
+use tokio::process::{Child, Command};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A headless Chromium driven over WebDriver; closed and removed on drop.
+struct Browser {
+    client: Client,
+    _driver: Child,
+    profile: std::path::PathBuf,
+}
+
+impl Browser {
+    async fn start() -> Self {
+        assert!(
+            std::path::Path::new(CHROMIUM).exists() && std::path::Path::new(CHROMEDRIVER).exists(),
+            "this test needs Debian's chromium and chromium-driver (deploy/test installs them)"
+        );
+        let port = common::free_port();
+        let driver = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("chromedriver starts");
+        let profile = std::env::temp_dir().join(format!(
+            "gallery-profile-{}",
+            shared::testing::unique_name("browser")
+        ));
+        let mut capabilities = serde_json::Map::new();
+        capabilities.insert(
+            "goog:chromeOptions".into(),
+            serde_json::json!({
+                "binary": CHROMIUM,
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                         "--disable-quic", "--no-first-run", "--disable-background-networking",
+                         "--disable-component-update", "--disable-sync", "--window-size=1280,900",
+                         format!("--user-data-dir={}", profile.display())]
+            }),
+        );
+        let mut client = None;
+        for _ in 0..100 {
+            match ClientBuilder::new(HttpConnector::new())
+                .capabilities(capabilities.clone())
+                .connect(&format!("http://127.0.0.1:{port}"))
+                .await
+            {
+                Ok(connected) => {
+                    client = Some(connected);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+        Self {
+            client: client.expect("a chromedriver session"),
+            _driver: driver,
+            profile,
+        }
+    }
+
+    async fn wait_for(&self, css: &str, what: &str) -> fantoccini::elements::Element {
+        self.client
+            .wait()
+            .at_most(WAIT)
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|err| panic!("{what}: no {css} ({err})"))
+    }
+
+    async fn script(&self, script: &str) -> Value {
+        self.client.execute(script, vec![]).await.unwrap()
+    }
+
+    /// Waits until `script` returns true.
+    async fn until(&self, script: &str, what: &str) {
+        let held = shared::testing::eventually(WAIT, || async {
+            self.script(script).await == Value::Bool(true)
+        })
+        .await;
+        assert!(held.is_ok(), "{what}: `{script}` never held");
+    }
+
+    async fn text(&self, css: &str) -> String {
+        self.client
+            .find(Locator::Css(css))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// What the page told the console (`window.galleryLog`).
+    async fn console(&self) -> Vec<String> {
+        serde_json::from_value(self.script("return window.galleryLog || []").await).unwrap()
+    }
+
+    async fn generate(&self, prompt: &str) {
+        let field = self.wait_for("#prompt", "the prompt box").await;
+        field.send_keys(prompt).await.unwrap();
+        self.client
+            .find(Locator::Id("generate-button"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+    }
+
+    async fn screenshot(&self, name: &str) -> std::path::PathBuf {
+        let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+        std::fs::write(&path, self.client.screenshot().await.unwrap()).unwrap();
+        path
+    }
+
+    async fn close(self) {
+        let _ = self.client.close().await;
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+/// Records every status and progress width each card shows, from the moment it is called.
+const WATCH_CARDS: &str = r#"
+  window.cardHistory = {};
+  const note = (card) => {
+    const seen = (window.cardHistory[card.dataset.id] ||= []);
+    const entry = card.dataset.status + " " + (card.querySelector('.progress > div')?.style.width || "");
+    if (seen[seen.length - 1] !== entry) seen.push(entry);
+  };
+  new MutationObserver((changes) => {
+    for (const change of changes) {
+      const card = change.target.closest ? change.target.closest('.card') : null;
+      if (card) note(card);
+      for (const added of change.addedNodes) if (added.classList?.contains('card')) note(added);
+    }
+  }).observe(document.getElementById('jobs'), {subtree: true, childList: true, attributes: true, attributeFilter: ['data-status', 'style']});
+"#;
+
+/// The `src` of every image of the card, once they have decoded.
+async fn decoded_images(browser: &Browser, card: &str) -> usize {
+    let script = format!(
+        "const imgs = [...document.querySelectorAll('{card} img')]; return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0)"
+    );
+    browser.until(&script, "the images decode").await;
+    browser
+        .script(&format!(
+            "return document.querySelectorAll('{card} img').length"
+        ))
+        .await
+        .as_u64()
+        .unwrap() as usize
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_generates_watches_upscales_and_sees_a_refund() {
+    let pipeline = Pipeline::start(&["--step-ms", "120"], 1).await;
+    accounts::ensure_user(&pipeline.pool, "ada", 100)
+        .await
+        .unwrap();
+    let token = Auth::new(JWT_SECRET).mint("ada", Duration::from_secs(600));
+    let gallery = format!("http://{}/?token={token}", pipeline.notifier);
+    let browser = Browser::start().await;
+
+    // The page without a token says how to get one instead of reconnecting forever.
+    browser
+        .client
+        .goto(&format!("http://{}/", pipeline.notifier))
+        .await
+        .unwrap();
+    let notice = browser
+        .wait_for("#notice:not([hidden])", "the no-token notice")
+        .await;
+    assert!(
+        notice
+            .text()
+            .await
+            .unwrap()
+            .contains("notifier token --user"),
+        "the notice explains how to get a token"
+    );
+
+    browser.client.goto(&gallery).await.unwrap();
+    browser
+        .wait_for("#connection.online", "the page connects")
+        .await;
+    assert_eq!(browser.text("#credits").await, "100");
+    assert!(
+        browser.text("#generate-button").await.contains("4 credits"),
+        "the button says what it costs"
+    );
+    browser.script(WATCH_CARDS).await;
+
+    // Generate: the card appears, progresses and completes with its image from /media.
+    browser.generate("a corgi on a skateboard").await;
+    let done = r#".card[data-kind="generation"][data-status="COMPLETED"]"#;
+    browser.wait_for(done, "the generation completes").await;
+    assert_eq!(decoded_images(&browser, done).await, 1);
+    let src = browser
+        .script(&format!(
+            "return document.querySelector('{done} img').src"
+        ))
+        .await;
+    assert!(
+        src.as_str()
+            .unwrap()
+            .starts_with(&format!("http://{}/media/", pipeline.notifier)),
+        "{src}"
+    );
+    assert_eq!(
+        browser.text(&format!("{done} .title")).await,
+        "a corgi on a skateboard"
+    );
+    let history = browser.script("return window.cardHistory").await;
+    let steps: Vec<String> = history
+        .as_object()
+        .unwrap()
+        .values()
+        .next()
+        .map(|steps| serde_json::from_value(steps.clone()).unwrap())
+        .unwrap_or_default();
+    assert!(
+        steps.iter().any(|s| s.starts_with("PROCESSING ") && s.len() > "PROCESSING ".len() && !s.ends_with(" 0%")),
+        "the card showed progress before completing: {steps:?}"
+    );
+    assert_eq!(steps.last().map(|s| s.starts_with("COMPLETED")), Some(true));
+    assert_eq!(browser.text("#credits").await, "96");
+    browser
+        .wait_for(".toast.completed", "a toast for the completed job")
+        .await;
+
+    // The image opens full size, and Escape closes it.
+    browser
+        .client
+        .find(Locator::Css(&format!("{done} button.thumb")))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser
+        .until(
+            &format!("return document.getElementById('viewer').open && document.querySelector('#viewer img').src === {src}"),
+            "the viewer shows the image",
+        )
+        .await;
+    browser
+        .client
+        .find(Locator::Id("viewer-close"))
+        .await
+        .unwrap()
+        .send_keys("\u{e00c}")
+        .await
+        .unwrap();
+    browser
+        .until(
+            "return !document.getElementById('viewer').open",
+            "Escape closes the viewer",
+        )
+        .await;
+
+    // Upscale it: the upscale completes with its own image.
+    browser
+        .client
+        .find(Locator::Css(&format!("{done} button.upscale")))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let upscaled = r#".card[data-kind="upscale"][data-status="COMPLETED"]"#;
+    browser.wait_for(upscaled, "the upscale completes").await;
+    assert_eq!(decoded_images(&browser, upscaled).await, 1);
+    assert_eq!(browser.text("#credits").await, "94");
+    assert_eq!(
+        browser
+            .script(&format!("return document.querySelectorAll('{upscaled} button.upscale').length"))
+            .await,
+        0,
+        "an upscale is not offered again for upscaling"
+    );
+    assert_eq!(
+        browser.script("return document.getElementById('more').offsetParent === null").await,
+        Value::Bool(true),
+        "no 'load more' when everything is shown"
+    );
+
+    // A job that fails: a toast with the reason and the refund, the balance back up.
+    browser.generate("sim:fail a corgi in the rain").await;
+    browser
+        .wait_for(
+            r#".card[data-kind="generation"][data-status="FAILED"]"#,
+            "the failing job fails",
+        )
+        .await;
+    let toast = browser
+        .wait_for(".toast.failed", "a toast for the failed job")
+        .await;
+    let toast = toast.text().await.unwrap();
+    assert!(toast.contains("4 credits refunded"), "{toast}");
+    assert!(toast.contains("CUDA out of memory"), "{toast}");
+    browser
+        .until(
+            "return document.getElementById('credits').textContent === '94'",
+            "the refund shows in the balance",
+        )
+        .await;
+
+    let console = browser.console().await;
+    for expected in [
+        "✅ WebSocket connected - event-driven system active",
+        r#"📡 Server info: {"pollingDisabled":true,"webhookEnabled":true}"#,
+        "📥 event received: generation_status_changed",
+    ] {
+        assert!(
+            console.iter().any(|line| line.starts_with(expected)),
+            "console lacks {expected:?}: {console:?}"
+        );
+    }
+    let laptop = browser.screenshot("gallery.png").await;
+
+    // A phone: one column, nothing wider than the screen.
+    browser.client.set_window_size(390, 844).await.unwrap();
+    assert_eq!(
+        browser
+            .script("return document.documentElement.scrollWidth > window.innerWidth")
+            .await,
+        Value::Bool(false),
+        "no horizontal scrolling on a phone"
+    );
+    let phone = browser.screenshot("gallery-phone.png").await;
+    browser.client.set_window_size(1280, 900).await.unwrap();
+
+    // The same over Server-Sent Events; the first paint shows the jobs made so far.
+    browser
+        .client
+        .goto(&format!("{gallery}&transport=sse"))
+        .await
+        .unwrap();
+    browser
+        .wait_for("#connection.online", "the page connects over SSE")
+        .await;
+    assert_eq!(
+        browser
+            .client
+            .find_all(Locator::Css(".card"))
+            .await
+            .unwrap()
+            .len(),
+        3,
+        "the first paint lists every job"
+    );
+    browser.generate("a lighthouse at dusk").await;
+    browser
+        .until(
+            r#"return document.querySelectorAll('.card[data-kind="generation"][data-status="COMPLETED"]').length === 2"#,
+            "the generation completes over SSE",
+        )
+        .await;
+    let console = browser.console().await;
+    assert!(
+        console
+            .iter()
+            .any(|line| line == "✅ SSE connection opened - event-driven system active"),
+        "{console:?}"
+    );
+    assert!(
+        console
+            .iter()
+            .any(|line| line.starts_with("📥 event received: generation_status_changed")),
+        "{console:?}"
+    );
+    assert_eq!(browser.text("#credits").await, "90");
+
+    // What operators grep for.
+    assert!(pipeline.log("ingest").contains("Unified Replicate webhook received"));
+    let worker = pipeline.log("worker-0");
+    assert!(worker.contains("Detected job type: generation for job"), "worker log");
+    assert!(worker.contains("Detected job type: upscale for job"), "worker log");
+    assert!(worker.contains("Webhook processed in "), "worker log");
+    let notifier = pipeline.log("notifier");
+    assert!(notifier.contains("SSE connection opened"), "notifier log");
+
+    println!(
+        "screenshots: {} and {}",
+        laptop.display(),
+        phone.display()
+    );
+    browser.close().await;
+    pipeline.stop().await;
+}
