@@ -21,6 +21,13 @@ pipeline_env() {
   notifier_url="http://localhost:$(port_of "$NOTIFIER_ADDR")"
   sim_url="http://127.0.0.1:$(port_of "$SIM_ADDR")"
   export MEDIA_BASE_URL=${MEDIA_BASE_URL:-$notifier_url/media}
+  # The jobs API creates jobs on the simulator (set REPLICATE_API_URL and a real token in
+  # .env to use Replicate itself; its webhooks then need a public PUBLIC_WEBHOOK_URL).
+  export REPLICATE_API_URL=${REPLICATE_API_URL:-$sim_url/v1}
+  export REPLICATE_API_TOKEN=${REPLICATE_API_TOKEN:-sim-token-$RANDOM$RANDOM}
+  export PUBLIC_WEBHOOK_URL=${PUBLIC_WEBHOOK_URL:-$ingest_url/api/webhooks/replicate}
+  export TRAINING_DESTINATION=${TRAINING_DESTINATION:-demo/portraits}
+  export INGEST_URL=${INGEST_URL:-$ingest_url}
   # The simulator serves its outputs over plain HTTP on this machine.
   export DOWNLOAD_ALLOWED_HOSTS=${DOWNLOAD_ALLOWED_HOSTS:-replicate.delivery,*.replicate.delivery,127.0.0.1:$(port_of "$SIM_ADDR")}
   export DOWNLOAD_ALLOW_HTTP=${DOWNLOAD_ALLOW_HTTP:-true}

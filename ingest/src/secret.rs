@@ -17,11 +17,11 @@ pub struct SecretCli {
 pub enum SecretCommand {
     /// Print the signing secret of the account behind REPLICATE_API_TOKEN.
     Fetch {
-        /// Replicate's API.
+        /// Replicate's API (the same setting as the notifier's jobs API).
         #[arg(
             long,
             env = "REPLICATE_API_URL",
-            default_value = "https://api.replicate.com"
+            default_value = "https://api.replicate.com/v1"
         )]
         api_url: String,
         #[arg(long, env = "REPLICATE_API_TOKEN", hide_env_values = true)]
@@ -43,12 +43,9 @@ pub enum FetchError {
     BadAnswer { url: String, reason: String },
 }
 
-/// `GET /v1/webhooks/default/secret` with the API token; returns the `whsec_…` key.
+/// `GET {api_url}/webhooks/default/secret` with the API token; returns the `whsec_…` key.
 pub async fn fetch(api_url: &str, api_token: &str) -> Result<String, FetchError> {
-    let url = format!(
-        "{}/v1/webhooks/default/secret",
-        api_url.trim_end_matches('/')
-    );
+    let url = format!("{}/webhooks/default/secret", api_url.trim_end_matches('/'));
     let client =
         shared::http::client_builder()
             .build()

@@ -245,11 +245,23 @@ mod tests {
     fn models_are_owner_name_and_an_optional_version() {
         let model: ModelRef = "owner/name:abc123".parse().unwrap();
         assert_eq!(
-            (model.owner.as_str(), model.name.as_str(), model.version.as_deref()),
+            (
+                model.owner.as_str(),
+                model.name.as_str(),
+                model.version.as_deref()
+            ),
             ("owner", "name", Some("abc123"))
         );
         assert_eq!(model.to_string(), "owner/name:abc123");
-        for bad in ["", "name", "owner/", "/name", "a/b/c", "owner/name:", "own er/name"] {
+        for bad in [
+            "",
+            "name",
+            "owner/",
+            "/name",
+            "a/b/c",
+            "owner/name:",
+            "own er/name",
+        ] {
             assert!(bad.parse::<ModelRef>().is_err(), "{bad:?} accepted");
         }
     }

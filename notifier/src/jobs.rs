@@ -123,11 +123,7 @@ struct NewJob {
 impl JobsApi {
     pub fn new(config: &JobsConfig) -> Self {
         let replicate = config.replicate_api_token.clone().map(|token| {
-            ReplicateApi::new(
-                &config.replicate_api_url,
-                token,
-                &config.public_webhook_url,
-            )
+            ReplicateApi::new(&config.replicate_api_url, token, &config.public_webhook_url)
         });
         Self {
             config: config.clone(),
@@ -239,8 +235,7 @@ impl JobsApi {
         let replicate = self.replicate()?;
         let Some(destination) = self.config.training_destination.as_deref() else {
             return Err(JobsError::NotConfigured(
-                "model training is not configured: the notifier has no TRAINING_DESTINATION"
-                    .into(),
+                "model training is not configured: the notifier has no TRAINING_DESTINATION".into(),
             ));
         };
         let name = name.trim();
@@ -312,21 +307,20 @@ impl JobsApi {
                 let change = Change::Failed {
                     error: err.to_string(),
                 };
-                let (state, credits) = match apply::apply(&mut conn, &job, &Status::Failed, change)
-                    .await?
-                {
-                    ApplyOutcome::Applied(applied) => {
-                        publish(sessions, &mut conn, &applied.event).await;
-                        let state = applied.event.event.job().expect("a status event");
-                        (state, credits_of(&mut conn, user_id).await?)
-                    }
-                    // Nothing else knows the job (it has no Replicate id), so this does not
-                    // happen; answer with the job as it stands.
-                    ApplyOutcome::Ignored(_) => (
-                        job_state(&mut conn, &job).await?,
-                        credits_of(&mut conn, user_id).await?,
-                    ),
-                };
+                let (state, credits) =
+                    match apply::apply(&mut conn, &job, &Status::Failed, change).await? {
+                        ApplyOutcome::Applied(applied) => {
+                            publish(sessions, &mut conn, &applied.event).await;
+                            let state = applied.event.event.job().expect("a status event");
+                            (state, credits_of(&mut conn, user_id).await?)
+                        }
+                        // Nothing else knows the job (it has no Replicate id), so this does not
+                        // happen; answer with the job as it stands.
+                        ApplyOutcome::Ignored(_) => (
+                            job_state(&mut conn, &job).await?,
+                            credits_of(&mut conn, user_id).await?,
+                        ),
+                    };
                 Err(JobsError::Replicate {
                     message,
                     job: Box::new(state),
@@ -375,16 +369,19 @@ async fn record_pending(
     conn.transaction(async |conn| {
         // Debit only a balance that covers the cost; the user's row stays locked until
         // commit, which also orders this event's `seq`.
-        let debited: Option<(i64, i32)> =
-            diesel::update(users::table.find(user_id).filter(users::credits.ge(new.cost)))
-                .set((
-                    users::event_seq.eq(users::event_seq + 1),
-                    users::credits.eq(users::credits - new.cost),
-                ))
-                .returning((users::event_seq, users::credits))
-                .get_result(conn)
-                .await
-                .optional()?;
+        let debited: Option<(i64, i32)> = diesel::update(
+            users::table
+                .find(user_id)
+                .filter(users::credits.ge(new.cost)),
+        )
+        .set((
+            users::event_seq.eq(users::event_seq + 1),
+            users::credits.eq(users::credits - new.cost),
+        ))
+        .returning((users::event_seq, users::credits))
+        .get_result(conn)
+        .await
+        .optional()?;
         let Some((seq, credits)) = debited else {
             let balance = credits_of(conn, user_id).await?;
             return Err(JobsError::InsufficientCredits(format!(
@@ -566,7 +563,10 @@ pub async fn list(
                 JobsError::Invalid(format!("limit must be a number from 1 to {MAX_PAGE}"))
             })?,
     };
-    let before = before.filter(|b| !b.is_empty()).map(Cursor::parse).transpose()?;
+    let before = before
+        .filter(|b| !b.is_empty())
+        .map(Cursor::parse)
+        .transpose()?;
     let mut conn = db::connection(pool).await?;
     let (seq, credits, generation_rows, training_rows) = conn
         .build_transaction()
@@ -593,14 +593,18 @@ pub async fn list(
                 .into_boxed();
             if let Some(cursor) = &before {
                 generation_query = generation_query.filter(
-                    generations::created_at.lt(cursor.created_at).or(generations::created_at
-                        .eq(cursor.created_at)
-                        .and(generations::id.lt(&cursor.id))),
+                    generations::created_at
+                        .lt(cursor.created_at)
+                        .or(generations::created_at
+                            .eq(cursor.created_at)
+                            .and(generations::id.lt(&cursor.id))),
                 );
                 training_query = training_query.filter(
-                    ai_models::created_at.lt(cursor.created_at).or(ai_models::created_at
-                        .eq(cursor.created_at)
-                        .and(ai_models::id.lt(&cursor.id))),
+                    ai_models::created_at
+                        .lt(cursor.created_at)
+                        .or(ai_models::created_at
+                            .eq(cursor.created_at)
+                            .and(ai_models::id.lt(&cursor.id))),
                 );
             }
             let generation_rows = generation_query.load(conn).await?;
@@ -631,9 +635,7 @@ pub async fn list(
             )
         }))
         .collect();
-    page.sort_by(|a, b| {
-        (b.0.created_at, &b.0.id).cmp(&(a.0.created_at, &a.0.id))
-    });
+    page.sort_by(|a, b| (b.0.created_at, &b.0.id).cmp(&(a.0.created_at, &a.0.id)));
     let more = page.len() as i64 > limit;
     page.truncate(limit as usize);
     let next = more
@@ -662,7 +664,12 @@ mod tests {
     #[test]
     fn training_zips_must_be_https() {
         assert!(check_zip_url("https://example.com/photos.zip").is_ok());
-        for bad in ["http://example.com/a.zip", "photos.zip", "", "file:///etc/passwd"] {
+        for bad in [
+            "http://example.com/a.zip",
+            "photos.zip",
+            "",
+            "file:///etc/passwd",
+        ] {
             assert!(check_zip_url(bad).is_err(), "{bad:?}");
         }
     }

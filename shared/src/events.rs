@@ -250,7 +250,10 @@ mod tests {
         // Events stored before `refunded` and the job's details existed still read.
         let old: Event = serde_json::from_value(json!({"type":"generation_status_changed","seq":1,"user_id":"u1","credits":3,
             "job":{"kind":"upscale","id":"g1","job_id":"r1","status":"FAILED","image_urls":[],"error":"boom"}})).unwrap();
-        assert!(matches!(old, Event::GenerationStatusChanged { refunded: 0, .. }));
+        assert!(matches!(
+            old,
+            Event::GenerationStatusChanged { refunded: 0, .. }
+        ));
         assert_eq!(event.seq(), Some(7));
         assert_eq!(event.routing_key(), "user.u1");
     }

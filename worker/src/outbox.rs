@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use shared::db::{self, DbError};
 
-use shared::jobs::event_log;
 use crate::process::Processor;
+use shared::jobs::event_log;
 
 /// Events younger than this are left to the worker that stored them.
 pub const GRACE: Duration = Duration::from_secs(5);

@@ -9,14 +9,14 @@ use shared::db::{self, DbError, Pool};
 use shared::events::{Event, JobKind, JobProgress};
 use shared::replicate::{Prediction, Status};
 
-use shared::jobs::apply::{self, ApplyOutcome, Change};
 use crate::broker::Broker;
 use crate::classify;
-use shared::jobs::Job;
 use crate::download::{DownloadError, Downloader};
-use shared::jobs::event_log::{self, StoredEvent};
 use crate::progress::{self, ProgressTracker};
 use crate::store::MediaStore;
+use shared::jobs::Job;
+use shared::jobs::apply::{self, ApplyOutcome, Change};
+use shared::jobs::event_log::{self, StoredEvent};
 use shared::jobs::transition::{Decision, Ignored, JobStatus, decide, target_of};
 
 /// Why a webhook could not be processed now.

@@ -80,7 +80,10 @@ impl JobsClient {
         if !(200..300).contains(&status) {
             return Err(ClientError::Refused {
                 status,
-                error: body["error"].as_str().unwrap_or("no explanation").to_owned(),
+                error: body["error"]
+                    .as_str()
+                    .unwrap_or("no explanation")
+                    .to_owned(),
             });
         }
         Ok(body)

@@ -80,6 +80,21 @@ struct Received {
     out_of_order: usize,
 }
 
+/// Keeps a created job, or counts a refusal (it will be missing from the results).
+fn record(
+    created: Result<Submitted, crate::jobs_client::ClientError>,
+    submitted: &mut Vec<Submitted>,
+    refused: &mut usize,
+) {
+    match created {
+        Ok(job) => submitted.push(job),
+        Err(err) => {
+            *refused += 1;
+            tracing::warn!(error = %err, "job not submitted");
+        }
+    }
+}
+
 /// A generation that completed with an image: a candidate for an upscale.
 struct Completed {
     user_id: String,
@@ -168,31 +183,27 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<LoadReport> {
     let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate.max(0.001)));
     let mut submitted: Vec<Submitted> = Vec::with_capacity(args.jobs);
     let mut refused = 0;
-    let mut submit = async |result: Result<Submitted, crate::jobs_client::ClientError>| match result
-    {
-        Ok(job) => submitted.push(job),
-        Err(err) => {
-            refused += 1;
-            tracing::warn!(error = %err, "job not submitted");
-        }
-    };
     for i in 0..args.jobs {
         ticks.tick().await;
         let user = &users[i % users.len()];
-        if fastrand::f64() < TRAINING_SHARE {
-            submit(client.train(user, "load portraits").await).await;
+        let created = if fastrand::f64() < TRAINING_SHARE {
+            client.train(user, "load portraits").await
         } else {
-            submit(client.generate(user, random_prompt()).await).await;
-        }
+            client.generate(user, random_prompt()).await
+        };
+        record(created, &mut submitted, &mut refused);
         // Upscale some of what has completed so far, as users do.
         while let Ok(done) = completed_rx.try_recv() {
             if fastrand::f64() < UPSCALE_SHARE {
                 progress.inc_length(1);
-                submit(client.upscale(&done.user_id, &done.id).await).await;
+                record(
+                    client.upscale(&done.user_id, &done.id).await,
+                    &mut submitted,
+                    &mut refused,
+                );
             }
         }
     }
-    drop(submit);
 
     let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
     loop {

@@ -123,7 +123,9 @@ async fn a_few_hundred_jobs_with_faults_end_exactly_as_the_simulator_decided() {
     let mut inboxes = HashMap::new();
     let mut watchers = Vec::new();
     for (i, user) in users.iter().enumerate() {
-        accounts::ensure_user(&pool, user, START_CREDITS).await.unwrap();
+        accounts::ensure_user(&pool, user, START_CREDITS)
+            .await
+            .unwrap();
         let inbox = Arc::new(Mutex::new(Inbox::default()));
         inboxes.insert(user.clone(), inbox.clone());
         // The first user's browser drops its connection after 5 events and resumes.
@@ -375,9 +377,10 @@ async fn a_few_hundred_jobs_with_faults_end_exactly_as_the_simulator_decided() {
     }
 
     // Nothing left behind in the queues; nothing dead-lettered.
-    let connection = lapin::Connection::connect(&pipeline.amqp_url, lapin::ConnectionProperties::default())
-        .await
-        .unwrap();
+    let connection =
+        lapin::Connection::connect(&pipeline.amqp_url, lapin::ConnectionProperties::default())
+            .await
+            .unwrap();
     let channel = connection.create_channel().await.unwrap();
     let topology = shared::amqp::Topology::new(&pipeline.prefix);
     let depth = |queue: String| {

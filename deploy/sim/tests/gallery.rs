@@ -215,9 +215,7 @@ async fn a_person_generates_watches_upscales_and_sees_a_refund() {
     browser.wait_for(done, "the generation completes").await;
     assert_eq!(decoded_images(&browser, done).await, 1);
     let src = browser
-        .script(&format!(
-            "return document.querySelector('{done} img').src"
-        ))
+        .script(&format!("return document.querySelector('{done} img').src"))
         .await;
     assert!(
         src.as_str()
@@ -238,7 +236,9 @@ async fn a_person_generates_watches_upscales_and_sees_a_refund() {
         .map(|steps| serde_json::from_value(steps.clone()).unwrap())
         .unwrap_or_default();
     assert!(
-        steps.iter().any(|s| s.starts_with("PROCESSING ") && s.len() > "PROCESSING ".len() && !s.ends_with(" 0%")),
+        steps.iter().any(|s| s.starts_with("PROCESSING ")
+            && s.len() > "PROCESSING ".len()
+            && !s.ends_with(" 0%")),
         "the card showed progress before completing: {steps:?}"
     );
     assert_eq!(steps.last().map(|s| s.starts_with("COMPLETED")), Some(true));
@@ -292,13 +292,17 @@ async fn a_person_generates_watches_upscales_and_sees_a_refund() {
     assert_eq!(browser.text("#credits").await, "94");
     assert_eq!(
         browser
-            .script(&format!("return document.querySelectorAll('{upscaled} button.upscale').length"))
+            .script(&format!(
+                "return document.querySelectorAll('{upscaled} button.upscale').length"
+            ))
             .await,
         0,
         "an upscale is not offered again for upscaling"
     );
     assert_eq!(
-        browser.script("return document.getElementById('more').offsetParent === null").await,
+        browser
+            .script("return document.getElementById('more').offsetParent === null")
+            .await,
         Value::Bool(true),
         "no 'load more' when everything is shown"
     );
@@ -391,19 +395,25 @@ async fn a_person_generates_watches_upscales_and_sees_a_refund() {
     assert_eq!(browser.text("#credits").await, "90");
 
     // What operators grep for.
-    assert!(pipeline.log("ingest").contains("Unified Replicate webhook received"));
+    assert!(
+        pipeline
+            .log("ingest")
+            .contains("Unified Replicate webhook received")
+    );
     let worker = pipeline.log("worker-0");
-    assert!(worker.contains("Detected job type: generation for job"), "worker log");
-    assert!(worker.contains("Detected job type: upscale for job"), "worker log");
+    assert!(
+        worker.contains("Detected job type: generation for job"),
+        "worker log"
+    );
+    assert!(
+        worker.contains("Detected job type: upscale for job"),
+        "worker log"
+    );
     assert!(worker.contains("Webhook processed in "), "worker log");
     let notifier = pipeline.log("notifier");
     assert!(notifier.contains("SSE connection opened"), "notifier log");
 
-    println!(
-        "screenshots: {} and {}",
-        laptop.display(),
-        phone.display()
-    );
+    println!("screenshots: {} and {}", laptop.display(), phone.display());
     browser.close().await;
     pipeline.stop().await;
 }

@@ -159,7 +159,8 @@ impl Api {
     }
 
     async fn get(&self, path: &str, user: &str) -> (u16, Value) {
-        self.call(reqwest::Method::GET, path, Some(user), None).await
+        self.call(reqwest::Method::GET, path, Some(user), None)
+            .await
     }
 
     async fn credits(&self, user: &str) -> i32 {
@@ -268,10 +269,7 @@ async fn a_generation_is_debited_once_created_on_replicate_and_pushed_live() {
         .first(&mut conn)
         .await
         .unwrap();
-    assert_eq!(
-        row,
-        ("PENDING".to_owned(), Some(replicate_id.clone()), 4)
-    );
+    assert_eq!(row, ("PENDING".to_owned(), Some(replicate_id.clone()), 4));
 
     // Live: the new job and the balance reach the user's browser.
     let pushed = tokio::time::timeout(Duration::from_secs(10), socket.next())
@@ -316,8 +314,8 @@ async fn refused_requests_change_nothing() {
         )
         .await;
     assert_eq!(no_token.0, 401, "{}", no_token.1);
-    let forged = Auth::new("another-secret-of-at-least-32-bytes")
-        .mint("u1", Duration::from_secs(60));
+    let forged =
+        Auth::new("another-secret-of-at-least-32-bytes").mint("u1", Duration::from_secs(60));
     let forged = api
         .http
         .get(format!("{}/api/jobs", api.base))
@@ -347,7 +345,11 @@ async fn refused_requests_change_nothing() {
         .unwrap();
     assert_eq!(not_json.status(), 400);
     let (status, _) = api
-        .post("/api/generations", "u1", json!({"prompt": "é".repeat(2000)}))
+        .post(
+            "/api/generations",
+            "u1",
+            json!({"prompt": "é".repeat(2000)}),
+        )
         .await;
     assert_eq!(status, 201, "2,000 characters are allowed");
 
@@ -509,7 +511,11 @@ async fn assert_failed_and_refunded_once(api: &Api, answer: &Value, reason: &str
         .unwrap();
     assert_eq!(events.len(), 2);
     assert_eq!(
-        (events[1]["job"]["status"].clone(), events[1]["refunded"].clone(), events[1]["credits"].clone()),
+        (
+            events[1]["job"]["status"].clone(),
+            events[1]["refunded"].clone(),
+            events[1]["credits"].clone()
+        ),
         (json!("FAILED"), json!(4), json!(10))
     );
 }

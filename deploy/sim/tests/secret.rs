@@ -12,11 +12,12 @@ use shared::webhook::WebhookSecret;
 async fn secret_fetch_prints_the_accounts_signing_secret() {
     let secret = WebhookSecret::from_bytes(b"the-accounts-signing-secret-32b!".to_vec());
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let api_url = format!("http://{}", listener.local_addr().unwrap());
+    let base_url = format!("http://{}", listener.local_addr().unwrap());
+    let api_url = format!("{base_url}/v1");
     let simulator = Simulator::new(
         secret.clone(),
         Faults::default(),
-        api_url.clone(),
+        base_url.clone(),
         Duration::from_millis(50),
     );
     tokio::spawn(api::server(listener, simulator, Some("r8_token".into())).unwrap());

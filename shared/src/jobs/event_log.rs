@@ -6,12 +6,12 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
-use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
 use crate::db::schema::{job_events, users};
 use crate::db::{Connection, DbError};
 use crate::events::Event;
+use chrono::Utc;
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
 
 /// An event as stored in the log.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,10 +1,10 @@
 //! Giving credits back when a job fails or is cancelled: exactly once per job, in the
 //! transaction that changes its status.
 
-use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
 use crate::db::schema::credit_transactions;
 use crate::db::{Connection, DbError};
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
 
 pub const REFUND: &str = "REFUND";
 

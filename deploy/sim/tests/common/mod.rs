@@ -236,8 +236,7 @@ impl Pipeline {
         self.pool.close();
         let _ = shared::db::drop_database(&self.database.url).await;
         if let Ok(connection) =
-            lapin::Connection::connect(&self.amqp_url, lapin::ConnectionProperties::default())
-                .await
+            lapin::Connection::connect(&self.amqp_url, lapin::ConnectionProperties::default()).await
             && let Ok(channel) = connection.create_channel().await
         {
             let _ = shared::amqp::Topology::new(&self.prefix)
