@@ -374,9 +374,6 @@ async fn dispatch(sessions: std::sync::Weak<Sessions>) {
             let Some(sessions) = sessions.upgrade() else {
                 return;
             };
-            let Some(user_id) = delivery.routing_key.as_str().strip_prefix("user.") else {
-                continue;
-            };
             let event: Event = match serde_json::from_slice(&delivery.data) {
                 Ok(event) => event,
                 Err(err) => {
@@ -384,6 +381,9 @@ async fn dispatch(sessions: std::sync::Weak<Sessions>) {
                     continue;
                 }
             };
+            // The event names its user; the routing key may be a digest of the id.
+            let user_id = event.user_id().to_owned();
+            let user_id = user_id.as_str();
             let Ok(json) = String::from_utf8(delivery.data) else {
                 continue;
             };

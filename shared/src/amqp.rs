@@ -233,7 +233,8 @@ pub async fn publish_event(
         .with_delivery_mode(PERSISTENT)
         .with_content_type("application/json".into());
     if let Some(seq) = event.seq() {
-        properties = properties.with_message_id(format!("{}:{seq}", event.user_id()).into());
+        let message_id = crate::events::short_string(&format!("{}:{seq}", event.user_id()));
+        properties = properties.with_message_id(message_id.into());
     }
     publish_confirmed(
         channel,

@@ -211,9 +211,38 @@ impl Event {
     }
 }
 
-/// `user.<id>`: the routing key of one user's events.
+/// The longest AMQP short string (routing keys, message ids): 255 bytes.
+pub const MAX_SHORT_STRING: usize = 255;
+
+/// `user.<id>`: the routing key of one user's events. An id that would not make a plain
+/// routing key — too long for AMQP, or with `.`, `*` or `#`, which topic bindings read as
+/// words and wildcards — is replaced by its SHA-256 (`user.sha256-<hex>`); publishers and
+/// the notifier's bindings both use this function, so they always agree.
 pub fn routing_key(user_id: &str) -> String {
-    format!("user.{user_id}")
+    let plain = format!("user.{user_id}");
+    if plain.len() <= MAX_SHORT_STRING && !user_id.is_empty() && !user_id.contains(['.', '*', '#'])
+    {
+        plain
+    } else {
+        format!("user.sha256-{}", sha256_hex(user_id))
+    }
+}
+
+/// `text` itself when it fits an AMQP short string, else a digest of it that does.
+pub fn short_string(text: &str) -> String {
+    if text.len() <= MAX_SHORT_STRING {
+        text.to_owned()
+    } else {
+        format!("sha256-{}", sha256_hex(text))
+    }
+}
+
+fn sha256_hex(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
 }
 
 #[cfg(test)]
@@ -256,6 +285,21 @@ mod tests {
         ));
         assert_eq!(event.seq(), Some(7));
         assert_eq!(event.routing_key(), "user.u1");
+    }
+
+    #[test]
+    fn any_user_id_makes_a_valid_routing_key() {
+        let long = "u".repeat(300);
+        for id in [long.as_str(), "a.b", "*", "#", "", "é".repeat(200).as_str()] {
+            let key = routing_key(id);
+            assert!(key.len() <= MAX_SHORT_STRING, "{id}");
+            assert!(key.starts_with("user.sha256-"), "{id}: {key}");
+            assert_eq!(key.matches('.').count(), 1, "one word after user.");
+        }
+        assert_ne!(routing_key("a.b"), routing_key("a*b"));
+        assert_eq!(routing_key("u-1_x"), "user.u-1_x");
+        assert_eq!(short_string("abc"), "abc");
+        assert!(short_string(&long).len() <= MAX_SHORT_STRING);
     }
 
     #[test]

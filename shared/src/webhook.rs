@@ -29,6 +29,10 @@ const BASE64_ANY_PADDING: GeneralPurpose = GeneralPurpose::new(
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
 
+/// The longest `webhook-id` accepted (it is carried as the AMQP message id, at most 255
+/// bytes; Replicate's ids are about 30).
+pub const MAX_ID_BYTES: usize = 255;
+
 /// Why a webhook was not accepted. Each variant names the check that failed, so the
 /// response and the log line can say exactly that.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -37,6 +41,8 @@ pub enum VerifyError {
     MissingHeader(&'static str),
     #[error("webhook-timestamp is not an integer number of seconds")]
     InvalidTimestamp,
+    #[error("webhook-id is {0} bytes long; at most 255 are accepted")]
+    IdTooLong(usize),
     #[error("webhook-timestamp is {0} s older than allowed")]
     TimestampTooOld(u64),
     #[error("webhook-timestamp is {0} s in the future, beyond the allowed tolerance")]
@@ -50,7 +56,10 @@ pub enum VerifyError {
 impl VerifyError {
     /// True when the request is malformed (HTTP 400) rather than unauthenticated (401).
     pub fn is_malformed(&self) -> bool {
-        matches!(self, Self::MissingHeader(_) | Self::InvalidTimestamp)
+        matches!(
+            self,
+            Self::MissingHeader(_) | Self::InvalidTimestamp | Self::IdTooLong(_)
+        )
     }
 }
 
@@ -179,8 +188,13 @@ impl<'a> SignedHeaders<'a> {
         lookup: impl Fn(&'static str) -> Option<&'a str>,
     ) -> Result<Self, VerifyError> {
         let get = |name| lookup(name).ok_or(VerifyError::MissingHeader(name));
+        let id = get(HEADER_ID)?;
+        // The id becomes the AMQP message id, a short string: refused up front, cheaply.
+        if id.len() > MAX_ID_BYTES {
+            return Err(VerifyError::IdTooLong(id.len()));
+        }
         Ok(Self {
-            id: get(HEADER_ID)?,
+            id,
             timestamp: get(HEADER_TIMESTAMP)?,
             signature: get(HEADER_SIGNATURE)?,
         })

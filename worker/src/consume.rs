@@ -6,7 +6,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use futures_util::StreamExt;
+use std::panic::AssertUnwindSafe;
+
+use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
@@ -50,6 +52,13 @@ pub fn dispose(
         ProcessError::Invalid(reason) => {
             return Disposition::DeadLetter {
                 reason: reason.clone(),
+            };
+        }
+        // Parked with the reason (and replayable once fixed) instead of holding a prefetch
+        // slot or panicking again on every redelivery.
+        ProcessError::Panicked(_) => {
+            return Disposition::DeadLetter {
+                reason: error.to_string(),
             };
         }
         ProcessError::UnknownJob(_) => (policy.unknown_job, "job not found"),
@@ -143,7 +152,19 @@ impl Consumer {
             .unwrap_or_else(|| "-".into());
         let attempt = header_int(&delivery, HEADER_ATTEMPT).unwrap_or(0).max(0) as u32;
         let first_seen = header_int(&delivery, HEADER_FIRST_SEEN).unwrap_or_else(now_ms);
-        let result = self.processor.process(&webhook_id, &delivery.data).await;
+        let result = AssertUnwindSafe(self.processor.process(&webhook_id, &delivery.data))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "no message".into());
+                metrics::counter!("worker_panics_total").increment(1);
+                tracing::error!(%webhook_id, panic = %message, "processing panicked; the webhook goes to the dead letters");
+                Err(ProcessError::Panicked(message))
+            });
         let elapsed = started.elapsed();
 
         let disposition = match &result {
@@ -244,6 +265,7 @@ fn reason_label(error: Option<&ProcessError>) -> &'static str {
         Some(ProcessError::UnknownJob(_)) => "unknown_job",
         Some(ProcessError::Transient(_)) => "transient",
         Some(ProcessError::Invalid(_)) => "invalid",
+        Some(ProcessError::Panicked(_)) => "panicked",
         None => "none",
     }
 }
@@ -308,6 +330,20 @@ mod tests {
             Disposition::DeadLetter { reason } => {
                 assert!(
                     reason.contains("job not found after 7 attempts"),
+                    "{reason}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_panic_goes_straight_to_the_dead_letters_with_its_message() {
+        let panicked = ProcessError::Panicked("index out of bounds".into());
+        match dispose(&panicked, 0, Duration::ZERO, POLICY) {
+            Disposition::DeadLetter { reason } => {
+                assert!(
+                    reason.contains("panicked") && reason.contains("index out of bounds"),
                     "{reason}"
                 );
             }

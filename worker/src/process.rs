@@ -31,6 +31,9 @@ pub enum ProcessError {
     /// The webhook can never be processed (not a prediction, a corrupt row).
     #[error("{0}")]
     Invalid(String),
+    /// Processing panicked: a bug, which would panic again on every retry.
+    #[error("the worker panicked processing this webhook: {0}")]
+    Panicked(String),
 }
 
 impl From<DbError> for ProcessError {

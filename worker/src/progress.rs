@@ -10,9 +10,11 @@ use std::sync::Mutex;
 /// exact `n/total` counter is preferred; the percentage is the fallback.
 pub fn parse(logs: &str) -> Option<f64> {
     let bar = logs.rfind("%|")?;
+    // The digits right before `%|`; whatever precedes them may be any text (models echo
+    // the prompt), so the cut is made on a character boundary.
     let percent_start = logs[..bar]
-        .rfind(|c: char| !c.is_ascii_digit())
-        .map_or(0, |i| i + 1);
+        .trim_end_matches(|c: char| c.is_ascii_digit())
+        .len();
     let percent: f64 = logs[percent_start..bar].parse().ok()?;
     let after_bar = &logs[bar + 2..];
     let counter = after_bar
@@ -94,6 +96,18 @@ mod tests {
         assert_eq!(parse("Using seed: 42069\nLoading pipeline..."), None);
         assert_eq!(parse(""), None);
         assert_eq!(parse("100% done | 5/0"), None);
+    }
+
+    #[test]
+    fn any_text_before_the_bar_is_safe() {
+        // Multi-byte characters right before `%|` (prompts echoed in the logs) once
+        // panicked: a byte index inside a character.
+        assert_eq!(parse("Prompt: café 50%|█████"), Some(0.5));
+        assert_eq!(parse("é%|"), None);
+        assert_eq!(parse("日本%| 1/2"), None);
+        assert_eq!(parse("🦊42%|████▏ | 21/50"), Some(0.42));
+        assert_eq!(parse("%|"), None);
+        assert_eq!(parse("é%|é|é/é"), None);
     }
 
     #[test]

@@ -117,6 +117,29 @@ async fn non_integer_timestamp_is_400() {
 }
 
 #[tokio::test]
+async fn an_over_long_webhook_id_is_400_and_ingest_keeps_serving() {
+    let mut app = spawn_connected().await;
+    // Correctly signed, but too long for the AMQP message id it becomes.
+    let long_id = "m".repeat(300);
+    let response = app.post_signed(&long_id, SUCCEEDED).await;
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().await.unwrap();
+    assert!(
+        error["error"].as_str().unwrap().contains("webhook-id"),
+        "{error}"
+    );
+    let fits = "m".repeat(255);
+    assert_eq!(app.post_signed(&fits, SUCCEEDED).await.status(), 200);
+    let queued = app.drain_queue().await;
+    assert_eq!(queued.len(), 1);
+    assert_eq!(
+        queued[0].properties.message_id().as_ref().unwrap().as_str(),
+        fits
+    );
+    app.cleanup().await;
+}
+
+#[tokio::test]
 async fn wrong_signature_is_401() {
     let mut app = spawn_connected().await;
     let mut headers = app.signed_headers("msg_sig", now_secs(), SUCCEEDED);

@@ -283,3 +283,45 @@ async fn a_silent_client_is_closed_and_shutdown_says_going_away() {
     stopping.await.unwrap();
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_user_id_gets_its_events_and_only_its_own() {
+    let env = TestEnv::new().await;
+    let running = env.start().await;
+    // Too long for a routing key, or with the topic wildcards and separators.
+    let ids = [
+        "u".repeat(300),
+        "a.b".into(),
+        "#".into(),
+        "*".into(),
+        "a*b".into(),
+    ];
+    let mut sockets = Vec::new();
+    for id in &ids {
+        env.insert_user(id, 1).await;
+        let mut socket = connect(&running.address, &format!("token={}", env.token(id)))
+            .await
+            .unwrap();
+        let hello = next_json(&mut socket, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(hello["user_id"], id.as_str());
+        sockets.push(socket);
+    }
+    for id in &ids {
+        env.emit(id, &format!("r-{}", id.len()), "PROCESSING").await;
+    }
+    for (id, socket) in ids.iter().zip(sockets.iter_mut()) {
+        let event = next_json(socket, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(event["user_id"], id.as_str(), "each gets its own event");
+        assert!(
+            next_json(socket, Duration::from_millis(500))
+                .await
+                .is_none(),
+            "{id} received someone else's event"
+        );
+    }
+    assert!(running.state.sessions.broker_connected(), "still serving");
+    running.stop().await;
+    env.cleanup().await;
+}

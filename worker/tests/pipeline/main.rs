@@ -6,6 +6,7 @@ mod dead_letters;
 mod downloads;
 mod events;
 mod helpers;
+mod hostile;
 mod images;
 mod outages;
 mod refunds;
