@@ -520,9 +520,10 @@ async fn assert_failed_and_refunded_once(api: &Api, answer: &Value, reason: &str
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replicate_unreachable_fails_the_job_and_refunds_it_once() {
-    let api = Api::start(Replicate::Down).await;
+/// Replicate as `replicate` is, a generation asked for: `502` with `reason`, the job
+/// failed and refunded once.
+async fn creation_fails_and_refunds(replicate: Replicate, reason: &str) {
+    let api = Api::start(replicate).await;
     accounts::ensure_user(&api.services.pool, "u1", 10)
         .await
         .unwrap();
@@ -530,22 +531,18 @@ async fn replicate_unreachable_fails_the_job_and_refunds_it_once() {
         .post("/api/generations", "u1", json!({"prompt": "a corgi"}))
         .await;
     assert_eq!(status, 502, "{answer}");
-    assert_failed_and_refunded_once(&api, &answer, "could not be reached").await;
+    assert_failed_and_refunded_once(&api, &answer, reason).await;
     api.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicate_unreachable_fails_the_job_and_refunds_it_once() {
+    creation_fails_and_refunds(Replicate::Down, "could not be reached").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicate_refusing_the_job_fails_it_with_replicates_reason() {
-    let api = Api::start(Replicate::WrongToken).await;
-    accounts::ensure_user(&api.services.pool, "u1", 10)
-        .await
-        .unwrap();
-    let (status, answer) = api
-        .post("/api/generations", "u1", json!({"prompt": "a corgi"}))
-        .await;
-    assert_eq!(status, 502, "{answer}");
-    assert_failed_and_refunded_once(&api, &answer, "valid authentication token").await;
-    api.stop().await;
+    creation_fails_and_refunds(Replicate::WrongToken, "valid authentication token").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -118,38 +118,47 @@ impl Isolated {
 }
 
 impl Drop for Isolated {
-    /// A test that failed before its cleanup leaves nothing behind either: the database,
-    /// queues and files are removed from a thread of its own (the test's runtime may be
-    /// unwinding).
+    /// A test that failed before its cleanup leaves nothing behind either.
     fn drop(&mut self) {
         if self.cleaned.load(Ordering::Relaxed) {
             return;
         }
-        let database = self.database.url.clone();
-        let amqp = self.amqp.clone();
-        let media_dir = self.media_dir.clone();
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime for the cleanup");
-            runtime.block_on(async {
-                let _ = crate::db::drop_database(&database).await;
-                let connection = lapin::Connection::connect(
-                    amqp.url.as_str(),
-                    lapin::ConnectionProperties::default(),
-                )
-                .await;
-                if let Ok(connection) = connection
-                    && let Ok(channel) = connection.create_channel().await
-                {
-                    let _ = amqp.topology().delete(&channel).await;
-                }
-            });
-            let _ = std::fs::remove_dir_all(media_dir);
-        })
-        .join();
+        remove_from_any_thread(
+            self.database.url.clone(),
+            self.amqp.clone(),
+            self.media_dir.clone(),
+        );
     }
+}
+
+/// Drops the database, deletes the queues and exchange and removes the media directory,
+/// from a thread of its own: callers may be a `Drop` while the test's runtime unwinds.
+pub fn remove_from_any_thread(
+    database: crate::config::DatabaseUrl,
+    amqp: crate::config::AmqpConfig,
+    media_dir: std::path::PathBuf,
+) {
+    let _ = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for the cleanup");
+        runtime.block_on(async {
+            let _ = crate::db::drop_database(&database).await;
+            let connection = lapin::Connection::connect(
+                amqp.url.as_str(),
+                lapin::ConnectionProperties::default(),
+            )
+            .await;
+            if let Ok(connection) = connection
+                && let Ok(channel) = connection.create_channel().await
+            {
+                let _ = amqp.topology().delete(&channel).await;
+            }
+        });
+        let _ = std::fs::remove_dir_all(media_dir);
+    })
+    .join();
 }
 
 /// Polls `check` every 50 ms until it holds; `Err` with the time waited if it never did

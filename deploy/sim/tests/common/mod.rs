@@ -229,54 +229,28 @@ impl Pipeline {
             );
         }
         self.stopped = true;
-        self.remove_resources().await;
+        self.remove_resources();
     }
 
-    async fn remove_resources(&self) {
+    fn remove_resources(&self) {
         self.pool.close();
-        let _ = shared::db::drop_database(&self.database.url).await;
-        if let Ok(connection) =
-            lapin::Connection::connect(&self.amqp_url, lapin::ConnectionProperties::default()).await
-            && let Ok(channel) = connection.create_channel().await
-        {
-            let _ = shared::amqp::Topology::new(&self.prefix)
-                .delete(&channel)
-                .await;
-        }
-        let _ = std::fs::remove_dir_all(&self.media);
+        shared::testing::remove_from_any_thread(
+            self.database.url.clone(),
+            shared::config::AmqpConfig::new(&self.amqp_url, &self.prefix)
+                .expect("the test's AMQP settings are valid"),
+            self.media.clone(),
+        );
     }
 }
 
 impl Drop for Pipeline {
     /// A test that failed midway leaves nothing behind: processes are killed (kill on
-    /// drop), then the database, queues and media are removed from a thread of its own.
+    /// drop), then the database, queues and media are removed.
     fn drop(&mut self) {
         if self.stopped {
             return;
         }
         self.children.clear();
-        self.pool.close();
-        let database = self.database.url.clone();
-        let amqp_url = self.amqp_url.clone();
-        let prefix = self.prefix.clone();
-        let media = self.media.clone();
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime for the cleanup");
-            runtime.block_on(async {
-                let _ = shared::db::drop_database(&database).await;
-                if let Ok(connection) =
-                    lapin::Connection::connect(&amqp_url, lapin::ConnectionProperties::default())
-                        .await
-                    && let Ok(channel) = connection.create_channel().await
-                {
-                    let _ = shared::amqp::Topology::new(&prefix).delete(&channel).await;
-                }
-            });
-            let _ = std::fs::remove_dir_all(media);
-        })
-        .join();
+        self.remove_resources();
     }
 }
