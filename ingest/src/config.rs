@@ -26,6 +26,18 @@ pub struct IngestConfig {
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
     pub shutdown_timeout_secs: u64,
 
+    /// A webhook's body must arrive within this many seconds (else 408).
+    #[arg(long, env = "WEBHOOK_BODY_TIMEOUT_SECS", default_value_t = 10)]
+    pub body_timeout_secs: u64,
+
+    /// Bodies being read at once, each buffering up to 64 KiB (beyond: 503).
+    #[arg(long, env = "WEBHOOK_BODY_SLOTS", default_value_t = 512)]
+    pub body_slots: usize,
+
+    /// Memory shared by the bytes of bodies beyond their first 64 KiB (beyond: 503).
+    #[arg(long, env = "WEBHOOK_BODY_BUDGET_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub body_budget_bytes: usize,
+
     #[command(flatten)]
     pub webhook: WebhookConfig,
 

@@ -9,6 +9,7 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::{App, HttpServer, web};
 use shared::webhook::Verifier;
 
+use crate::body::BodyBudget;
 use crate::config::IngestConfig;
 use crate::publish::Publisher;
 use crate::routes;
@@ -17,6 +18,7 @@ use crate::routes;
 pub struct AppState {
     pub verifier: Verifier,
     pub max_body_bytes: usize,
+    pub bodies: BodyBudget,
     pub publisher: Arc<Publisher>,
 }
 
@@ -39,6 +41,11 @@ impl Application {
         let state = web::Data::new(AppState {
             verifier: config.webhook.verifier(),
             max_body_bytes: config.webhook.max_body_bytes,
+            bodies: BodyBudget::new(
+                config.body_slots.max(1),
+                config.body_budget_bytes,
+                Duration::from_secs(config.body_timeout_secs.max(1)),
+            ),
             publisher: publisher.clone(),
         });
         // Install the recorder before the first request records anything.

@@ -221,6 +221,12 @@ impl Verifier {
         Self { secrets, tolerance }
     }
 
+    /// The checks that need no body (the timestamp within the tolerance), so a request
+    /// that will fail is refused before its body is read.
+    pub fn precheck(&self, headers: &SignedHeaders<'_>) -> Result<(), VerifyError> {
+        self.check_tolerance(headers.timestamp_secs()?, SystemTime::now())
+    }
+
     /// Verifies one webhook against the current time.
     pub fn verify(&self, headers: &SignedHeaders<'_>, body: &[u8]) -> Result<(), VerifyError> {
         self.verify_at(headers, body, SystemTime::now())

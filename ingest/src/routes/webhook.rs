@@ -6,11 +6,11 @@ use std::time::Instant;
 use actix_web::http::StatusCode;
 use actix_web::http::header::CONTENT_LENGTH;
 use actix_web::{HttpRequest, HttpResponse, web};
-use futures_util::StreamExt;
 use shared::replicate::JobRef;
 use shared::webhook::{SignedHeaders, VerifyError};
 
 use super::json_error;
+use crate::body::BodyError;
 use crate::publish::{PublishError, VerifiedWebhook};
 use crate::startup::AppState;
 
@@ -21,10 +21,9 @@ enum Rejection {
     BadHeaders(VerifyError),
     /// 401: no signature matches, or the timestamp is outside the tolerance.
     Unauthorized(VerifyError),
-    /// 413: the body exceeds `WEBHOOK_MAX_BODY_BYTES`.
-    TooLarge { limit: usize },
-    /// 400: the body stopped arriving or was cut off.
-    BodyUnreadable(String),
+    /// 400: the body was cut off; 408: it did not arrive in time; 503: ingest's body
+    /// budget is taken.
+    Body(BodyError),
     /// 400: verified, but not a JSON object with string `id` and `status`.
     InvalidPayload(String),
     /// 503: not durably enqueued.
@@ -34,11 +33,12 @@ enum Rejection {
 impl Rejection {
     fn status(&self) -> StatusCode {
         match self {
-            Self::BadHeaders(_) | Self::BodyUnreadable(_) | Self::InvalidPayload(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::BadHeaders(_) | Self::InvalidPayload(_) => StatusCode::BAD_REQUEST,
+            Self::Body(BodyError::Unreadable(_)) => StatusCode::BAD_REQUEST,
+            Self::Body(BodyError::TimedOut(_)) => StatusCode::REQUEST_TIMEOUT,
+            Self::Body(BodyError::Busy) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Body(BodyError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -47,8 +47,10 @@ impl Rejection {
         match self {
             Self::BadHeaders(_) => "bad_headers",
             Self::Unauthorized(_) => "unauthorized",
-            Self::TooLarge { .. } => "too_large",
-            Self::BodyUnreadable(_) => "body_unreadable",
+            Self::Body(BodyError::TooLarge { .. }) => "too_large",
+            Self::Body(BodyError::Unreadable(_)) => "body_unreadable",
+            Self::Body(BodyError::TimedOut(_)) => "body_timeout",
+            Self::Body(BodyError::Busy) => "busy",
             Self::InvalidPayload(_) => "invalid_payload",
             Self::Unavailable(_) => "unavailable",
         }
@@ -58,8 +60,7 @@ impl Rejection {
         match self {
             Self::BadHeaders(err) => err.to_string(),
             Self::Unauthorized(err) => format!("signature verification failed: {err}"),
-            Self::TooLarge { limit } => format!("body exceeds {limit} bytes"),
-            Self::BodyUnreadable(err) => format!("cannot read body: {err}"),
+            Self::Body(err) => err.to_string(),
             Self::InvalidPayload(err) => err.clone(),
             Self::Unavailable(err) => format!("not enqueued, retry later: {err}"),
         }
@@ -127,9 +128,21 @@ async fn process(
 ) -> Result<Accepted, Rejection> {
     let headers =
         SignedHeaders::from_lookup(|name| header(request, name)).map_err(Rejection::BadHeaders)?;
-    // A malformed timestamp is a 400 whatever the body; check it before reading the body.
-    headers.timestamp_secs().map_err(Rejection::BadHeaders)?;
-    let body = read_body(request, payload, state.max_body_bytes).await?;
+    // What needs no body is checked before the body is read: a malformed timestamp is a
+    // 400 and one outside the tolerance a 401, whatever the body.
+    state
+        .verifier
+        .precheck(&headers)
+        .map_err(|err| match err.is_malformed() {
+            true => Rejection::BadHeaders(err),
+            false => Rejection::Unauthorized(err),
+        })?;
+    let announced = header(request, CONTENT_LENGTH.as_str()).and_then(|v| v.parse::<usize>().ok());
+    let (body, _reservation) = state
+        .bodies
+        .read(payload, announced, state.max_body_bytes)
+        .await
+        .map_err(Rejection::Body)?;
 
     state
         .verifier
@@ -166,26 +179,4 @@ async fn process(
 
 fn header<'a>(request: &'a HttpRequest, name: &str) -> Option<&'a str> {
     request.headers().get(name)?.to_str().ok()
-}
-
-/// Reads the whole body, refusing more than `limit` bytes: at once when `Content-Length`
-/// announces too much, otherwise as soon as the streamed bytes pass the limit.
-async fn read_body(
-    request: &HttpRequest,
-    mut payload: web::Payload,
-    limit: usize,
-) -> Result<web::BytesMut, Rejection> {
-    let announced = header(request, CONTENT_LENGTH.as_str()).and_then(|v| v.parse::<usize>().ok());
-    if announced.is_some_and(|length| length > limit) {
-        return Err(Rejection::TooLarge { limit });
-    }
-    let mut body = web::BytesMut::with_capacity(announced.unwrap_or(8 * 1024));
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|err| Rejection::BodyUnreadable(err.to_string()))?;
-        if body.len() + chunk.len() > limit {
-            return Err(Rejection::TooLarge { limit });
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
 }

@@ -39,6 +39,9 @@ pub fn test_config(amqp_url: &str) -> (IngestConfig, WebhookSecret) {
         addr: "127.0.0.1:0".parse().unwrap(),
         publish_timeout_ms: 1000,
         shutdown_timeout_secs: 5,
+        body_timeout_secs: 10,
+        body_slots: 512,
+        body_budget_bytes: 64 * 1024 * 1024,
         webhook: WebhookConfig {
             secrets: WebhookSecrets::new(vec![secret.clone()]).unwrap(),
             tolerance_secs: 300,

@@ -2,5 +2,6 @@
 //! test with its own queue-name prefix so that tests and a running pipeline never meet.
 
 mod helpers;
+mod hostile;
 mod outage;
 mod webhook;
