@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use clap::Parser;
+use clap::{Args, Parser};
 use shared::config::{AmqpConfig, TelemetryConfig, WebhookConfig};
 
 /// Receives Replicate webhooks, verifies their Standard Webhooks signature and enqueues them
@@ -26,17 +26,8 @@ pub struct IngestConfig {
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
     pub shutdown_timeout_secs: u64,
 
-    /// A webhook's body must arrive within this many seconds (else 408).
-    #[arg(long, env = "WEBHOOK_BODY_TIMEOUT_SECS", default_value_t = 10)]
-    pub body_timeout_secs: u64,
-
-    /// Bodies being read at once, each buffering up to 64 KiB (beyond: 503).
-    #[arg(long, env = "WEBHOOK_BODY_SLOTS", default_value_t = 512)]
-    pub body_slots: usize,
-
-    /// Memory shared by the bytes of bodies beyond their first 64 KiB (beyond: 503).
-    #[arg(long, env = "WEBHOOK_BODY_BUDGET_BYTES", default_value_t = 64 * 1024 * 1024)]
-    pub body_budget_bytes: usize,
+    #[command(flatten)]
+    pub body: BodyConfig,
 
     #[command(flatten)]
     pub webhook: WebhookConfig,
@@ -48,6 +39,40 @@ pub struct IngestConfig {
     pub telemetry: TelemetryConfig,
 }
 
+/// How much memory unauthenticated bodies may take, and for how long.
+#[derive(Debug, Clone, Args)]
+pub struct BodyConfig {
+    /// A webhook's body must arrive within this many seconds (else 408).
+    #[arg(
+        long = "body-timeout-secs",
+        env = "WEBHOOK_BODY_TIMEOUT_SECS",
+        default_value_t = 10
+    )]
+    pub timeout_secs: u64,
+
+    /// Bodies being read at once, each buffering up to 64 KiB (beyond: 503).
+    #[arg(long = "body-slots", env = "WEBHOOK_BODY_SLOTS", default_value_t = 512)]
+    pub slots: usize,
+
+    /// Memory shared by the bytes of bodies beyond their first 64 KiB (beyond: 503).
+    #[arg(
+        long = "body-budget-bytes",
+        env = "WEBHOOK_BODY_BUDGET_BYTES",
+        default_value_t = 64 * 1024 * 1024
+    )]
+    pub budget_bytes: usize,
+}
+
+impl Default for BodyConfig {
+    fn default() -> Self {
+        Self {
+            timeout_secs: 10,
+            slots: 512,
+            budget_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -56,6 +81,25 @@ mod tests {
     #[test]
     fn command_line_is_well_formed() {
         IngestConfig::command().debug_assert();
+    }
+
+    #[test]
+    fn body_defaults_are_the_documented_ones() {
+        let config = IngestConfig::try_parse_from([
+            "ingest",
+            "--webhook-secret",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        ])
+        .unwrap();
+        let defaults = BodyConfig::default();
+        assert_eq!(
+            (
+                config.body.timeout_secs,
+                config.body.slots,
+                config.body.budget_bytes
+            ),
+            (defaults.timeout_secs, defaults.slots, defaults.budget_bytes)
+        );
     }
 
     #[test]

@@ -42,9 +42,9 @@ impl Application {
             verifier: config.webhook.verifier(),
             max_body_bytes: config.webhook.max_body_bytes,
             bodies: BodyBudget::new(
-                config.body_slots.max(1),
-                config.body_budget_bytes,
-                Duration::from_secs(config.body_timeout_secs.max(1)),
+                config.body.slots.max(1),
+                config.body.budget_bytes,
+                Duration::from_secs(config.body.timeout_secs.max(1)),
             ),
             publisher: publisher.clone(),
         });

@@ -19,6 +19,7 @@ async fn send_posts_a_correctly_signed_webhook_and_prints_curl() {
         addr: "127.0.0.1:0".parse().unwrap(),
         publish_timeout_ms: 3000,
         shutdown_timeout_secs: 5,
+        body: ingest::config::BodyConfig::default(),
         webhook: WebhookConfig {
             secrets: WebhookSecrets::new(vec![secret.clone()]).unwrap(),
             tolerance_secs: 300,

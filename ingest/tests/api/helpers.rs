@@ -1,7 +1,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix_web::dev::ServerHandle;
-use ingest::config::IngestConfig;
+use ingest::config::{BodyConfig, IngestConfig};
 use ingest::startup::Application;
 use lapin::message::Delivery;
 use lapin::options::BasicGetOptions;
@@ -39,9 +39,7 @@ pub fn test_config(amqp_url: &str) -> (IngestConfig, WebhookSecret) {
         addr: "127.0.0.1:0".parse().unwrap(),
         publish_timeout_ms: 1000,
         shutdown_timeout_secs: 5,
-        body_timeout_secs: 10,
-        body_slots: 512,
-        body_budget_bytes: 64 * 1024 * 1024,
+        body: BodyConfig::default(),
         webhook: WebhookConfig {
             secrets: WebhookSecrets::new(vec![secret.clone()]).unwrap(),
             tolerance_secs: 300,

@@ -55,8 +55,8 @@ async fn status_of(stream: &mut TcpStream, wait: Duration) -> Option<u16> {
 async fn stalled_and_oversized_uploads_are_cut_off_and_never_block_a_signed_webhook() {
     let (mut config, secret) = test_config(&broker_url());
     config.webhook.max_body_bytes = 10 * 1024 * 1024;
-    config.body_budget_bytes = 4 * 1024 * 1024;
-    config.body_timeout_secs = 2;
+    config.body.budget_bytes = 4 * 1024 * 1024;
+    config.body.timeout_secs = 2;
     let mut app = spawn_app(config, secret, true).await;
 
     // A few dozen attackers: large announced bodies that stall, small ones that stall,
