@@ -22,6 +22,56 @@ pub enum AuthError {
     Invalid(String),
 }
 
+/// The HS256 key of browser tokens: at least 32 bytes and not a known placeholder, since
+/// anyone who guesses it can read every user's events. Never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct JwtKey(String);
+
+/// Shortest key accepted: HS256's own output size.
+pub const MIN_KEY_BYTES: usize = 32;
+
+/// Words of example and template values, not of a key generator.
+const PLACEHOLDERS: [&str; 6] = [
+    "replace_me",
+    "replace-me",
+    "replaceme",
+    "changeme",
+    "change-me",
+    "change_me",
+];
+
+impl JwtKey {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for JwtKey {
+    type Err = String;
+
+    fn from_str(key: &str) -> Result<Self, Self::Err> {
+        let lowered = key.trim().to_ascii_lowercase();
+        if PLACEHOLDERS.iter().any(|p| lowered.contains(p)) {
+            return Err(
+                "is a placeholder from an example; generate a key (openssl rand -base64 32)".into(),
+            );
+        }
+        if key.len() < MIN_KEY_BYTES {
+            return Err(format!(
+                "is {} bytes; at least {MIN_KEY_BYTES} are needed (openssl rand -base64 32)",
+                key.len()
+            ));
+        }
+        Ok(Self(key.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for JwtKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 pub struct Auth {
     encoding: EncodingKey,
     decoding: DecodingKey,
@@ -73,6 +123,24 @@ impl Auth {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn weak_keys_are_refused() {
+        for weak in [
+            "k",
+            "short-key",
+            "REPLACE_ME",
+            "a-very-long-value-that-says-changeme-inside",
+        ] {
+            assert!(weak.parse::<JwtKey>().is_err(), "{weak} accepted");
+        }
+        let good = "q3RkJ0e1cWv0pQm6Tz9yB8xN2aL5sD7f";
+        assert_eq!(good.parse::<JwtKey>().unwrap().expose(), good);
+        assert_eq!(
+            format!("{:?}", good.parse::<JwtKey>().unwrap()),
+            "<redacted>"
+        );
+    }
 
     #[test]
     fn minted_tokens_verify() {

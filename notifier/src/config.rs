@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use clap::{Args, Parser, Subcommand};
 use shared::config::{AmqpConfig, DatabaseConfig, SecretString, StorageConfig, TelemetryConfig};
 
+use crate::auth::JwtKey;
+
 /// Pushes each job change to its user's browsers over WebSocket (and Server-Sent Events),
 /// with replay after reconnect; serves the live gallery page and stored media.
 #[derive(Debug, Clone, Parser)]
@@ -38,14 +40,15 @@ pub struct NotifierConfig {
     #[arg(long, env = "NOTIFIER_ADDR", default_value = "0.0.0.0:8081")]
     pub addr: SocketAddr,
 
-    /// HS256 key browser tokens are signed with (shared with the web app).
+    /// HS256 key browser tokens are signed with (shared with the web app): at least 32
+    /// bytes, not a placeholder.
     #[arg(
         long = "jwt-secret",
         env = "NOTIFIER_JWT_SECRET",
         value_name = "NOTIFIER_JWT_SECRET",
         hide_env_values = true
     )]
-    pub jwt_secret: SecretString,
+    pub jwt_secret: JwtKey,
 
     #[command(flatten)]
     pub database: DatabaseConfig,
@@ -215,15 +218,28 @@ mod tests {
         Cli::command().debug_assert();
     }
 
+    const KEY: &str = "q3RkJ0e1cWv0pQm6Tz9yB8xN2aL5sD7f";
+
+    #[test]
+    fn a_weak_key_stops_the_notifier_with_the_reason() {
+        let err = Cli::try_parse_from(["notifier", "--jwt-secret", "REPLACE_ME"]).unwrap_err();
+        let message = shared::config::describe(&err, &<Cli as clap::CommandFactory>::command());
+        assert!(
+            message.contains("NOTIFIER_JWT_SECRET") && message.contains("placeholder"),
+            "{message}"
+        );
+        assert!(!message.contains("REPLACE_ME"), "{message}");
+    }
+
     #[test]
     fn defaults_match_the_contract() {
-        let cli = Cli::try_parse_from(["notifier", "--jwt-secret", "k"]).unwrap();
+        let cli = Cli::try_parse_from(["notifier", "--jwt-secret", KEY]).unwrap();
         assert_eq!(cli.config.addr.to_string(), "0.0.0.0:8081");
         assert_eq!(cli.config.sockets.ping_secs, 20);
         assert_eq!(cli.config.sockets.idle_timeout_secs, 60);
         let err = Cli::try_parse_from(["notifier"]).unwrap_err();
         assert!(err.to_string().contains("NOTIFIER_JWT_SECRET"), "{err}");
-        let token = Cli::try_parse_from(["notifier", "--jwt-secret", "k", "token", "--user", "u1"])
+        let token = Cli::try_parse_from(["notifier", "--jwt-secret", KEY, "token", "--user", "u1"])
             .unwrap();
         assert!(matches!(
             token.command,

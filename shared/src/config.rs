@@ -36,9 +36,46 @@ where
         Ok(parsed) => parsed,
         Err(err) if !err.use_stderr() => err.exit(),
         Err(err) => {
-            eprintln!("{}", one_line(&err.to_string()));
+            eprintln!("{}", describe(&err, &T::command()));
             std::process::exit(2);
         }
+    }
+}
+
+/// The one-line message for a configuration error. A rejected value is never echoed (it
+/// may be a secret, or a URL with a password): the message names the setting and why.
+pub fn describe(err: &clap::Error, command: &clap::Command) -> String {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    match err.kind() {
+        ErrorKind::ValueValidation | ErrorKind::InvalidValue => {
+            let setting = match err.get(ContextKind::InvalidArg) {
+                Some(ContextValue::String(arg)) => {
+                    // `--database-url <…>` → `DATABASE_URL (--database-url)`.
+                    let long = arg.split_whitespace().next().unwrap_or(arg);
+                    let env = command
+                        .get_arguments()
+                        .find(|a| a.get_long().is_some_and(|l| format!("--{l}") == long))
+                        .and_then(|a| a.get_env())
+                        .map(|env| env.to_string_lossy().into_owned());
+                    match env {
+                        Some(env) => format!("{env} ({long})"),
+                        None => long.to_owned(),
+                    }
+                }
+                _ => "a setting".to_owned(),
+            };
+            let reason = std::error::Error::source(err)
+                .map(|source| source.to_string())
+                .or_else(|| match err.get(ContextKind::ValidValue) {
+                    Some(ContextValue::Strings(valid)) => {
+                        Some(format!("expected one of {}", valid.join(", ")))
+                    }
+                    _ => None,
+                })
+                .unwrap_or_else(|| "not accepted".to_owned());
+            format!("error: invalid value for {setting}: {reason}")
+        }
+        _ => one_line(&err.to_string()),
     }
 }
 
@@ -134,18 +171,39 @@ macro_rules! redacted_url_formatting {
 
 redacted_url_formatting!(AmqpUrl);
 
-/// `scheme://user:secret@host/…` → `scheme://user:<redacted>@host/…`
+/// `scheme://user:secret@host/…?password=secret` → `scheme://user:<redacted>@host/…?password=<redacted>`
 fn redact_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
     };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) if rest[..at].contains(':') => {
-            let user = rest[..at].split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}:<redacted>{}", &rest[at..])
+    let base = match base.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            match rest[..authority_end].rfind('@') {
+                Some(at) if rest[..at].contains(':') => {
+                    let user = rest[..at].split(':').next().unwrap_or_default();
+                    format!("{scheme}://{user}:<redacted>{}", &rest[at..])
+                }
+                _ => base.to_owned(),
+            }
         }
-        _ => url.to_owned(),
+        None => base.to_owned(),
+    };
+    match query {
+        None => base,
+        Some(query) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _)) if key.eq_ignore_ascii_case("password") => {
+                        format!("{key}=<redacted>")
+                    }
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{base}?{}", query.join("&"))
+        }
     }
 }
 
@@ -304,6 +362,71 @@ mod tests {
         assert!(!format!("{url:?}").contains("s3cret"));
         let bare: AmqpUrl = "amqp://rabbit:5672/%2f".parse().unwrap();
         assert_eq!(bare.to_string(), "amqp://rabbit:5672/%2f");
+    }
+
+    #[test]
+    fn passwords_in_query_parameters_are_redacted() {
+        let url: DatabaseUrl = "postgres://app@db:5432/pipeline?sslmode=require&password=hunter2"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            url.to_string(),
+            "postgres://app@db:5432/pipeline?sslmode=require&password=<redacted>"
+        );
+        assert!(!format!("{url:?}").contains("hunter2"));
+    }
+
+    /// Every setting group that carries a secret, as a binary flattens them.
+    #[derive(Debug, Parser)]
+    struct Secrets {
+        #[command(flatten)]
+        webhook: WebhookConfig,
+        #[command(flatten)]
+        database: DatabaseConfig,
+        #[command(flatten)]
+        amqp: AmqpConfig,
+    }
+
+    #[test]
+    fn rejected_settings_are_named_but_never_echoed() {
+        let good = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let cases = [
+            (
+                vec![
+                    "--webhook-secret",
+                    "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw not-base64!!",
+                ],
+                "REPLICATE_WEBHOOK_SECRET",
+                "MfKQ9r8G",
+            ),
+            (
+                vec![
+                    "--webhook-secret",
+                    good,
+                    "--database-url",
+                    "mysql://app:hunter2@db/x",
+                ],
+                "DATABASE_URL",
+                "hunter2",
+            ),
+            (
+                vec![
+                    "--webhook-secret",
+                    good,
+                    "--amqp-url",
+                    "amqp://app:hunter2@rabbit:port/%2f",
+                ],
+                "AMQP_URL",
+                "hunter2",
+            ),
+        ];
+        for (args, setting, secret) in cases {
+            let err = Secrets::try_parse_from(std::iter::once("test").chain(args)).unwrap_err();
+            let message = describe(&err, &<Secrets as clap::CommandFactory>::command());
+            assert!(message.contains(setting), "{message}");
+            assert!(!message.contains(secret), "echoed: {message}");
+            assert!(!message.contains('\n'), "one line: {message}");
+        }
     }
 
     #[test]

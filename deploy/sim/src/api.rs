@@ -167,7 +167,14 @@ async fn cancel(
     }
 }
 
+/// The signing secret goes only to a caller holding the token this simulator was started
+/// with: without one configured it is never handed out (the simulator's port may be
+/// published, as in the compose demo).
 async fn webhook_secret(request: HttpRequest, state: web::Data<ApiState>) -> HttpResponse {
+    if state.api_token.is_none() {
+        return HttpResponse::Forbidden().json(json!({"title": "Forbidden", "status": 403,
+            "detail": "this simulator hands out its signing secret only when started with REPLICATE_API_TOKEN"}));
+    }
     if !authorized(&request, &state) {
         return unauthorized();
     }

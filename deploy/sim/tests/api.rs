@@ -216,3 +216,25 @@ async fn cancel_ends_a_training_canceled_and_the_secret_needs_a_token() {
         .unwrap();
     assert_eq!(key["key"], secret.to_whsec());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_of_its_own_the_simulator_never_hands_out_its_secret() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let simulator = Simulator::new(
+        WebhookSecret::from_bytes(vec![6u8; 32]),
+        Faults::default(),
+        base.clone(),
+        Duration::from_millis(20),
+    );
+    tokio::spawn(api::server(listener, simulator, None).unwrap());
+    let http = shared::http::client_builder().build().unwrap();
+    let answer = http
+        .get(format!("{base}/v1/webhooks/default/secret"))
+        .bearer_auth("anything")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 403);
+    assert!(!answer.text().await.unwrap().contains("whsec_"));
+}

@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-pub const JWT_SECRET: &str = "test-jwt-secret";
+pub const JWT_SECRET: &str = "notifier-test-jwt-secret-32-bytes!";
 
 /// The jobs API with its defaults and no Replicate token (creation answers 503).
 pub fn jobs_without_replicate() -> JobsConfig {
