@@ -545,9 +545,20 @@ async fn serve_media(state: &AppState, key: &str) -> Response<Body> {
     match tokio::fs::read(&path).await {
         Ok(bytes) => {
             let mut response = text(StatusCode::OK, media::content_type(&path), bytes);
-            response.headers_mut().insert(
+            let headers = response.headers_mut();
+            headers.insert(
                 header::CACHE_CONTROL,
                 HeaderValue::from_static("public, max-age=31536000, immutable"),
+            );
+            // Media shares the gallery's origin: never sniffed into something else, and an
+            // SVG opened on its own runs no script and reaches nothing.
+            headers.insert(
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            );
+            headers.insert(
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(media::CONTENT_SECURITY_POLICY),
             );
             response
         }

@@ -220,10 +220,42 @@ impl Downloader {
             }
             body.extend_from_slice(&chunk);
         }
+        check_magic(&content_type, &body).map_err(|found| {
+            DownloadError::Permanent(format!(
+                "{shown} is not the image it claims: declared {content_type:?}, the bytes are {found}"
+            ))
+        })?;
         Ok(Image {
             bytes: body.freeze(),
             content_type,
         })
+    }
+}
+
+/// Whether `bytes` start as an image of `content_type` says they do. Stored files are
+/// served on the gallery's origin, so a file whose bytes are not what it declares (HTML,
+/// script) is refused, and types we cannot check are refused too.
+pub fn check_magic(content_type: &str, bytes: &[u8]) -> Result<(), &'static str> {
+    let is = |prefix: &[u8]| bytes.starts_with(prefix);
+    let declared = content_type.split(';').next().unwrap_or_default().trim();
+    let matches = match declared {
+        "image/png" => is(b"\x89PNG\r\n\x1a\n"),
+        "image/jpeg" | "image/jpg" => is(&[0xFF, 0xD8, 0xFF]),
+        "image/gif" => is(b"GIF87a") || is(b"GIF89a"),
+        "image/webp" => bytes.len() >= 12 && is(b"RIFF") && &bytes[8..12] == b"WEBP",
+        "image/avif" => bytes.len() >= 12 && &bytes[4..8] == b"ftyp" && &bytes[8..12] == b"avif",
+        // SVG is text: it must open as XML or an <svg> element. It is served sandboxed.
+        "image/svg+xml" => {
+            let text = String::from_utf8_lossy(&bytes[..bytes.len().min(512)]);
+            let text = text.trim_start_matches('\u{feff}').trim_start();
+            text.starts_with("<?xml") || text.starts_with("<svg") || text.starts_with("<!--")
+        }
+        _ => return Err("of a type the gallery does not serve"),
+    };
+    if matches {
+        Ok(())
+    } else {
+        Err("something else")
     }
 }
 
@@ -245,6 +277,24 @@ fn classify(url: &str, err: reqwest::Error) -> DownloadError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bytes_must_be_what_they_claim() {
+        assert!(check_magic("image/png", b"\x89PNG\r\n\x1a\nrest").is_ok());
+        assert!(check_magic("image/png", b"<html><script>").is_err());
+        assert!(check_magic("image/jpeg", &[0xFF, 0xD8, 0xFF, 0xE0]).is_ok());
+        assert!(check_magic("image/webp", b"RIFF\0\0\0\0WEBPVP8 ").is_ok());
+        assert!(check_magic("image/gif; charset=x", b"GIF89a..").is_ok());
+        assert!(
+            check_magic(
+                "image/svg+xml",
+                b"  <svg xmlns='http://www.w3.org/2000/svg'/>"
+            )
+            .is_ok()
+        );
+        assert!(check_magic("image/svg+xml", b"<html><script>alert(1)</script>").is_err());
+        assert!(check_magic("image/x-icon", b"\0\0\x01\0").is_err());
+    }
 
     fn policy(hosts: &str, allow_http: bool) -> DownloadPolicy {
         DownloadPolicy {

@@ -66,3 +66,36 @@ async fn media_is_served_without_path_traversal() {
     running.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_svg_is_served_sandboxed_and_never_sniffed() {
+    let env = TestEnv::new().await;
+    let running = env.start().await;
+    std::fs::create_dir_all(env.media_dir.join("generations/g2")).unwrap();
+    std::fs::write(
+        env.media_dir.join("generations/g2/0.svg"),
+        br#"<svg xmlns="http://www.w3.org/2000/svg"><script>alert(document.cookie)</script></svg>"#,
+    )
+    .unwrap();
+    let response = shared::http::client_builder()
+        .build()
+        .unwrap()
+        .get(format!(
+            "http://{}/media/generations/g2/0.svg",
+            running.address
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let headers = response.headers();
+    assert_eq!(headers["content-type"], "image/svg+xml");
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    let policy = headers["content-security-policy"].to_str().unwrap();
+    assert!(
+        policy.contains("sandbox") && policy.contains("default-src 'none'"),
+        "{policy}"
+    );
+    running.stop().await;
+    env.cleanup().await;
+}

@@ -36,6 +36,12 @@ async fn downloads_follow_the_policy() {
         ("missing", server.url("/missing.png"), "FAILED", "404"),
         ("big", server.url("/big.png"), "FAILED", "larger than"),
         ("html", server.url("/page.html"), "FAILED", "not an image"),
+        (
+            "disguised",
+            server.url("/disguised.png"),
+            "FAILED",
+            "not the image it claims",
+        ),
     ];
     for (id, url, _, _) in &cases {
         env.insert_generation(id, "u1", &format!("r-{id}"), "a corgi", 5)
@@ -72,8 +78,8 @@ async fn downloads_follow_the_policy() {
     assert_eq!(stored("allowed"), image_bytes("allowed"));
     assert_eq!(stored("redirect-in"), image_bytes("inside"));
     assert_eq!(stored("flaky"), image_bytes("flaky"));
-    // Five failures refunded 5 credits each.
-    assert_eq!(env.credits("u1").await, 25);
+    // Six failures refunded 5 credits each.
+    assert_eq!(env.credits("u1").await, 30);
     worker.stop().await;
     env.cleanup().await;
 }

@@ -80,6 +80,14 @@ pub async fn start() -> ImageServer {
                 }),
             )
             .route(
+                "/disguised.png",
+                web::get().to(|| async {
+                    HttpResponse::Ok()
+                        .content_type("image/png")
+                        .body("<html><script>alert(document.cookie)</script></html>")
+                }),
+            )
+            .route(
                 "/page.html",
                 web::get().to(|| async {
                     HttpResponse::Ok()
