@@ -124,10 +124,6 @@ impl Sessions {
             )
             .await?;
         let queue = declared.name().to_string();
-        // Users connected while the broker was away (or before a reconnect).
-        for user_id in self.user_ids() {
-            bind(&channel, &queue, &self.topology, &user_id).await?;
-        }
         let consumer = channel
             .basic_consume(
                 queue.as_str().into(),
@@ -260,9 +256,29 @@ impl Sessions {
         }
     }
 
+    /// Binds every connected user to a new link's queue (the old queue and its bindings
+    /// died with the old connection). Called once the link is current, so a connection
+    /// that registers meanwhile is either seen here or binds by itself: none is missed.
+    async fn rebind_all(&self, link: &EventsLink) {
+        for user_id in self.user_ids() {
+            let bound = match self.users.lock().expect("not poisoned").get(&user_id) {
+                Some(entry) => entry.bound.clone(),
+                None => continue,
+            };
+            let mut bound = bound.lock().await;
+            match bind(&link.channel, &link.queue, &self.topology, &user_id).await {
+                Ok(()) => *bound = true,
+                Err(err) => {
+                    *bound = false;
+                    tracing::warn!(%user_id, error = %err, "cannot bind the user's events; will resync after reconnect");
+                }
+            }
+        }
+    }
+
     async fn bind_now(&self, user_id: &str) -> bool {
         let Some(link) = self.link().current() else {
-            // Bound when the link comes back (open_link binds every connected user).
+            // Bound by `rebind_all` once the link is back.
             return false;
         };
         match bind(&link.channel, &link.queue, &self.topology, user_id).await {
@@ -364,7 +380,10 @@ async fn dispatch(sessions: std::sync::Weak<Sessions>) {
         let Some(link) = link else {
             continue;
         };
-        if connected_before {
+        // Bind first, then have every connection check the log: whatever was published
+        // while this instance had no queue is read from there, the rest arrives live.
+        strong.rebind_all(&link).await;
+        if connected_before || strong.connection_count() > 0 {
             strong.resync_all();
         }
         connected_before = true;
