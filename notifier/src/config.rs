@@ -206,6 +206,27 @@ pub struct SocketConfig {
     /// Longest wait for one socket to take a message before it is closed.
     #[arg(long, env = "NOTIFIER_SEND_TIMEOUT_SECS", default_value_t = 10)]
     pub send_timeout_secs: u64,
+
+    /// Open sockets and streams this instance holds at most (beyond: closed with 1013).
+    #[arg(long, env = "NOTIFIER_MAX_CONNECTIONS", default_value_t = 20_000)]
+    pub max_connections: usize,
+
+    /// Open sockets and streams one user holds at most (beyond: closed with 1008).
+    #[arg(long, env = "NOTIFIER_MAX_CONNECTIONS_PER_USER", default_value_t = 16)]
+    pub max_connections_per_user: usize,
+}
+
+impl Default for SocketConfig {
+    fn default() -> Self {
+        Self {
+            ping_secs: 20,
+            idle_timeout_secs: 60,
+            send_queue: 64,
+            send_timeout_secs: 10,
+            max_connections: 20_000,
+            max_connections_per_user: 16,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -235,8 +256,27 @@ mod tests {
     fn defaults_match_the_contract() {
         let cli = Cli::try_parse_from(["notifier", "--jwt-secret", KEY]).unwrap();
         assert_eq!(cli.config.addr.to_string(), "0.0.0.0:8081");
-        assert_eq!(cli.config.sockets.ping_secs, 20);
-        assert_eq!(cli.config.sockets.idle_timeout_secs, 60);
+        let sockets = cli.config.sockets;
+        let defaults = SocketConfig::default();
+        assert_eq!(
+            (
+                sockets.ping_secs,
+                sockets.idle_timeout_secs,
+                sockets.send_queue,
+                sockets.send_timeout_secs
+            ),
+            (
+                defaults.ping_secs,
+                defaults.idle_timeout_secs,
+                defaults.send_queue,
+                defaults.send_timeout_secs
+            )
+        );
+        assert_eq!(
+            (sockets.max_connections, sockets.max_connections_per_user),
+            (defaults.max_connections, defaults.max_connections_per_user)
+        );
+        assert_eq!((sockets.ping_secs, sockets.idle_timeout_secs), (20, 60));
         let err = Cli::try_parse_from(["notifier"]).unwrap_err();
         assert!(err.to_string().contains("NOTIFIER_JWT_SECRET"), "{err}");
         let token = Cli::try_parse_from(["notifier", "--jwt-secret", KEY, "token", "--user", "u1"])

@@ -22,12 +22,13 @@ use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::auth::Auth;
 use crate::config::SocketConfig;
 use crate::jobs::{self, JobsApi, JobsError};
-use crate::replay::Feed;
-use crate::sessions::Sessions;
+use crate::replay::{Feed, OpenError};
+use crate::sessions::{ConnectionLimit, Sessions};
 use crate::{media, ws};
 
 /// Largest JSON body the jobs API reads (a 2,000-character prompt fits many times over).
@@ -378,7 +379,14 @@ async fn websocket(mut request: Request<Incoming>, state: Arc<AppState>) -> Resp
         {
             Ok(opened) => opened,
             Err(err) => {
+                let code = match err {
+                    OpenError::Limit(ConnectionLimit::PerUser(_)) => CloseCode::Policy,
+                    OpenError::Limit(ConnectionLimit::Total(_)) => CloseCode::Again,
+                    OpenError::Db(_) => CloseCode::Error,
+                };
+                metrics::counter!("notifier_connections_refused_total", "reason" => code_label(code)).increment(1);
                 tracing::warn!(%user_id, error = %err, "cannot open the feed; closing");
+                ws::refuse(socket, code, &err.to_string()).await;
                 return;
             }
         };
@@ -426,10 +434,13 @@ async fn server_sent_events(request: Request<Incoming>, state: Arc<AppState>) ->
         Ok(opened) => opened,
         Err(err) => {
             tracing::warn!(%user_id, error = %err, "cannot open the feed");
-            return json(
-                StatusCode::SERVICE_UNAVAILABLE,
-                serde_json::json!({"error": "event log unavailable"}),
-            );
+            let status = match err {
+                OpenError::Limit(ConnectionLimit::PerUser(_)) => StatusCode::TOO_MANY_REQUESTS,
+                OpenError::Limit(ConnectionLimit::Total(_)) | OpenError::Db(_) => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+            };
+            return json(status, serde_json::json!({"error": err.to_string()}));
         }
     };
     let (tx, rx) = mpsc::channel::<Bytes>(state.sockets.send_queue.max(1));
@@ -495,6 +506,18 @@ async fn stream_loop(
     let mut ping = tokio::time::interval(Duration::from_secs(state.sockets.ping_secs));
     ping.tick().await;
     loop {
+        // A client far behind gets the log page by page before live pushes again.
+        if feed.has_more() {
+            let Ok(frames) = feed.next_page().await else {
+                return "event log unavailable";
+            };
+            for frame in &frames {
+                if !send(sse_frame(frame)).await {
+                    return "too slow";
+                }
+            }
+            continue;
+        }
         tokio::select! {
             _ = shutdown.changed() => return "shutdown",
             _ = too_slow.notified() => {
@@ -518,6 +541,14 @@ async fn stream_loop(
                 }
             }
         }
+    }
+}
+
+fn code_label(code: CloseCode) -> &'static str {
+    match code {
+        CloseCode::Policy => "per_user",
+        CloseCode::Again => "total",
+        _ => "event_log",
     }
 }
 

@@ -14,7 +14,22 @@ use shared::db::{self, DbError, Pool};
 use shared::events::Event;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::sessions::{Push, Registration, Sessions};
+use crate::sessions::{ConnectionLimit, Push, Registration, Sessions};
+
+/// Why a connection's feed could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Limit(#[from] ConnectionLimit),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl From<diesel::result::Error> for OpenError {
+    fn from(err: diesel::result::Error) -> Self {
+        Self::Db(err.into())
+    }
+}
 
 /// One message for the client, with its `seq` when it has one.
 #[derive(Debug, Clone)]
@@ -23,10 +38,16 @@ pub struct Frame {
     pub json: Utf8Bytes,
 }
 
+/// Most events read from the log at once: a client far behind is caught up page by page,
+/// so memory stays bounded however long its log is.
+pub const REPLAY_PAGE: i64 = 500;
+
 pub struct Feed {
     registration: Registration,
     pool: Pool,
     last_sent: i64,
+    /// The last read from the log filled a page: more may follow.
+    more: bool,
 }
 
 /// What a new connection sends first.
@@ -43,8 +64,8 @@ impl Feed {
         pool: &Pool,
         user_id: &str,
         since: Option<i64>,
-    ) -> Result<(Self, Opening), DbError> {
-        let registration = sessions.register(user_id).await;
+    ) -> Result<(Self, Opening), OpenError> {
+        let registration = sessions.register(user_id).await?;
         let mut conn = db::connection(pool).await?;
         let latest: i64 = users::table
             .find(user_id)
@@ -63,6 +84,7 @@ impl Feed {
             registration,
             pool: pool.clone(),
             last_sent: latest,
+            more: false,
         };
         let replay = match since {
             Some(since) if since < latest => {
@@ -77,6 +99,20 @@ impl Feed {
 
     pub fn user_id(&self) -> &str {
         &self.registration.user_id
+    }
+
+    /// Whether the log holds more for this client than has been read: the caller sends
+    /// [`Feed::next_page`] before taking live pushes again.
+    pub fn has_more(&self) -> bool {
+        self.more
+    }
+
+    /// The next page of the log after what was sent.
+    pub async fn next_page(&mut self) -> Result<Vec<Frame>, DbError> {
+        let mut conn = db::connection(&self.pool).await?;
+        let frames = self.catch_up(&mut conn, None).await?;
+        metrics::counter!("notifier_events_replayed_total").increment(frames.len() as u64);
+        Ok(frames)
     }
 
     /// Waits for the next push (cancel-safe: use it in `select!`); `None` once
@@ -133,7 +169,8 @@ impl Feed {
         }
     }
 
-    /// Events after `last_sent` (up to `until` when given) from the log, in order.
+    /// Events after `last_sent` (up to `until` when given) from the log, in order, at most
+    /// a page; [`Feed::has_more`] tells whether to ask for the next.
     async fn catch_up(
         &mut self,
         conn: &mut db::Connection,
@@ -143,12 +180,14 @@ impl Feed {
             .filter(job_events::user_id.eq(self.user_id()))
             .filter(job_events::seq.gt(self.last_sent))
             .order(job_events::seq)
+            .limit(REPLAY_PAGE)
             .select((job_events::seq, job_events::payload))
             .into_boxed();
         if let Some(until) = until {
             query = query.filter(job_events::seq.le(until));
         }
         let rows: Vec<(i64, serde_json::Value)> = query.load(conn).await?;
+        self.more = rows.len() as i64 == REPLAY_PAGE;
         let mut frames = Vec::with_capacity(rows.len());
         for (seq, payload) in rows {
             if seq != self.last_sent + 1 {

@@ -56,10 +56,23 @@ impl Link for EventsLink {
 /// Longest wait for the broker to confirm an event the jobs API publishes.
 const PUBLISH_CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Why a connection was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectionLimit {
+    #[error("too many connections for this user (at most {0})")]
+    PerUser(usize),
+    #[error("this server holds as many connections as it may ({0}); retry later")]
+    Total(usize),
+}
+
 pub struct Sessions {
     users: Mutex<HashMap<String, UserEntry>>,
     next_id: AtomicU64,
     queue_capacity: usize,
+    /// Registered connections, and the most this instance and one user may have.
+    registered: std::sync::atomic::AtomicUsize,
+    max_total: usize,
+    max_per_user: usize,
     topology: Topology,
     link: OnceLock<Reconnecting<EventsLink>>,
 }
@@ -84,11 +97,14 @@ impl Drop for Registration {
 
 impl Sessions {
     /// Starts the broker link (an exclusive queue of this instance's) in the background.
-    pub fn start(amqp: &AmqpConfig, queue_capacity: usize) -> Arc<Self> {
+    pub fn start(amqp: &AmqpConfig, settings: &crate::config::SocketConfig) -> Arc<Self> {
         let sessions = Arc::new(Self {
             users: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
-            queue_capacity,
+            queue_capacity: settings.send_queue.max(1),
+            registered: std::sync::atomic::AtomicUsize::new(0),
+            max_total: settings.max_connections.max(1),
+            max_per_user: settings.max_connections_per_user.max(1),
             topology: amqp.topology(),
             link: OnceLock::new(),
         });
@@ -195,12 +211,25 @@ impl Sessions {
 
     /// Registers a connection of `user_id` and makes sure its events are routed here
     /// before returning (subscribe first, then read the log: no gap).
-    pub async fn register(self: &Arc<Self>, user_id: &str) -> Registration {
+    pub async fn register(
+        self: &Arc<Self>,
+        user_id: &str,
+    ) -> Result<Registration, ConnectionLimit> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(self.queue_capacity);
         let too_slow = Arc::new(Notify::new());
         let bound = {
             let mut users = self.users.lock().expect("not poisoned");
+            if self.registered.load(Ordering::Relaxed) >= self.max_total {
+                return Err(ConnectionLimit::Total(self.max_total));
+            }
+            if users
+                .get(user_id)
+                .is_some_and(|entry| entry.sockets.len() >= self.max_per_user)
+            {
+                return Err(ConnectionLimit::PerUser(self.max_per_user));
+            }
+            self.registered.fetch_add(1, Ordering::Relaxed);
             let entry = users.entry(user_id.to_owned()).or_default();
             entry.sockets.insert(
                 id,
@@ -216,13 +245,13 @@ impl Sessions {
             *bound = self.bind_now(user_id).await;
         }
         metrics::gauge!("notifier_connections").increment(1.0);
-        Registration {
+        Ok(Registration {
             sessions: self.clone(),
             user_id: user_id.to_owned(),
             id,
             rx,
             too_slow,
-        }
+        })
     }
 
     async fn unregister(&self, user_id: &str, id: u64) {
@@ -232,7 +261,9 @@ impl Sessions {
             let Some(entry) = users.get_mut(user_id) else {
                 return;
             };
-            entry.sockets.remove(&id);
+            if entry.sockets.remove(&id).is_some() {
+                self.registered.fetch_sub(1, Ordering::Relaxed);
+            }
             if !entry.sockets.is_empty() {
                 return;
             }

@@ -52,7 +52,7 @@ impl Notifier {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let state = Arc::new(AppState {
             auth: Auth::new(config.jwt_secret.expose()),
-            sessions: Sessions::start(&config.amqp, config.sockets.send_queue.max(1)),
+            sessions: Sessions::start(&config.amqp, &config.sockets),
             pool,
             sockets: config.sockets,
             media_root,

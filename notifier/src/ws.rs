@@ -77,6 +77,32 @@ pub async fn serve(
     let mut last_heard = Instant::now();
     let too_slow = feed.too_slow_signal();
     let ending = loop {
+        // A client far behind gets the log page by page before live pushes again.
+        if feed.has_more() {
+            match feed.next_page().await {
+                Ok(frames) => {
+                    let mut failed = false;
+                    for frame in frames {
+                        if send(&mut socket, Message::Text(frame.json), send_timeout)
+                            .await
+                            .is_err()
+                        {
+                            failed = true;
+                            break;
+                        }
+                    }
+                    if failed {
+                        break Ending::TooSlow;
+                    }
+                    continue;
+                }
+                Err(err) => {
+                    tracing::warn!(user_id = %feed.user_id(), error = %err, "cannot read the event log; closing so the client resumes with since");
+                    close(&mut socket, CloseCode::Error, "event log unavailable").await;
+                    break Ending::Error;
+                }
+            }
+        }
         tokio::select! {
             _ = shutdown.changed() => {
                 close(&mut socket, CloseCode::Away, "server shutting down").await;
@@ -127,6 +153,16 @@ pub async fn serve(
         metrics::counter!("notifier_slow_consumer_closes_total").increment(1);
     }
     ending
+}
+
+/// Closes a socket that is not taken, saying why (1008: too many for this user, 1013: the
+/// server is full, 1011: the event log is unavailable).
+pub async fn refuse(mut socket: Socket, code: CloseCode, reason: &str) {
+    let frame = CloseFrame {
+        code,
+        reason: reason.to_owned().into(),
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), socket.close(Some(frame))).await;
 }
 
 async fn send(socket: &mut Socket, message: Message, timeout: Duration) -> Result<(), ()> {

@@ -93,6 +93,7 @@ impl Api {
                 idle_timeout_secs: 60,
                 send_queue: 64,
                 send_timeout_secs: 10,
+                ..notifier::config::SocketConfig::default()
             },
             jobs: JobsConfig {
                 replicate_api_url: api_url,

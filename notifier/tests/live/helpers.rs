@@ -76,13 +76,7 @@ impl Running {
 
 impl TestEnv {
     pub async fn new() -> Self {
-        Self::with_sockets(SocketConfig {
-            ping_secs: 20,
-            idle_timeout_secs: 60,
-            send_queue: 64,
-            send_timeout_secs: 10,
-        })
-        .await
+        Self::with_sockets(SocketConfig::default()).await
     }
 
     pub async fn with_sockets(sockets: SocketConfig) -> Self {

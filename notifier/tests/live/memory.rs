@@ -43,6 +43,8 @@ async fn memory_per_idle_socket_is_reported() {
         .env_clear()
         .env("NOTIFIER_ADDR", &address)
         .env("NOTIFIER_JWT_SECRET", crate::helpers::JWT_SECRET)
+        // Many sockets per user here: the per-user cap is not what this measures.
+        .env("NOTIFIER_MAX_CONNECTIONS_PER_USER", count.to_string())
         .env("DATABASE_URL", config.database.url.as_str())
         .env("AMQP_URL", config.amqp.url.as_str())
         .env("AMQP_NAME_PREFIX", &config.amqp.name_prefix)

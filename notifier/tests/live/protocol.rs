@@ -236,6 +236,7 @@ async fn a_silent_client_is_closed_and_shutdown_says_going_away() {
         idle_timeout_secs: 2,
         send_queue: 64,
         send_timeout_secs: 5,
+        ..notifier::config::SocketConfig::default()
     })
     .await;
     env.insert_user("u1", 0).await;
@@ -322,6 +323,127 @@ async fn any_user_id_gets_its_events_and_only_its_own() {
         );
     }
     assert!(running.state.sessions.broker_connected(), "still serving");
+    running.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_capped_per_user_and_in_total_with_a_clear_close() {
+    let env = TestEnv::with_sockets(notifier::config::SocketConfig {
+        max_connections: 4,
+        max_connections_per_user: 2,
+        ..notifier::config::SocketConfig::default()
+    })
+    .await;
+    for user in ["u1", "u2", "u3"] {
+        env.insert_user(user, 0).await;
+    }
+    let running = env.start().await;
+    let open = |user: &'static str| {
+        let address = running.address.clone();
+        let token = env.token(user);
+        async move { connect(&address, &format!("token={token}")).await.unwrap() }
+    };
+    let mut kept = Vec::new();
+    for user in ["u1", "u1"] {
+        let mut socket = open(user).await;
+        assert_eq!(
+            next_json(&mut socket, Duration::from_secs(5))
+                .await
+                .unwrap()["type"],
+            "hello"
+        );
+        kept.push(socket);
+    }
+    // A third socket of u1: closed with 1008 and the reason.
+    let mut third = open("u1").await;
+    match tokio::time::timeout(Duration::from_secs(5), third.next()).await {
+        Ok(Some(Ok(Message::Close(Some(frame))))) => {
+            assert_eq!(frame.code, CloseCode::Policy);
+            assert!(
+                frame.reason.contains("too many connections"),
+                "{}",
+                frame.reason
+            );
+        }
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+    for user in ["u2", "u2"] {
+        let mut socket = open(user).await;
+        assert_eq!(
+            next_json(&mut socket, Duration::from_secs(5))
+                .await
+                .unwrap()["type"],
+            "hello"
+        );
+        kept.push(socket);
+    }
+    // The server holds 4: the next one is told to come back later (1013).
+    let mut fifth = open("u3").await;
+    match tokio::time::timeout(Duration::from_secs(5), fifth.next()).await {
+        Ok(Some(Ok(Message::Close(Some(frame))))) => assert_eq!(frame.code, CloseCode::Again),
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+    // Over SSE the same limits answer 429 and 503.
+    let sse = shared::http::client_builder()
+        .build()
+        .unwrap()
+        .get(format!(
+            "http://{}/events?token={}",
+            running.address,
+            env.token("u3")
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sse.status(), 503);
+    // A socket that goes frees its place.
+    drop(kept.pop());
+    let mut again = None;
+    for _ in 0..50 {
+        let mut socket = open("u3").await;
+        if let Some(hello) = next_json(&mut socket, Duration::from_secs(1)).await
+            && hello["type"] == "hello"
+        {
+            again = Some(socket);
+            break;
+        }
+    }
+    assert!(again.is_some(), "a freed place is taken again");
+    running.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_log_is_replayed_page_by_page_in_order() {
+    let env = TestEnv::new().await;
+    env.insert_user("u1", 0).await;
+    let total = notifier::replay::REPLAY_PAGE * 2 + 37;
+    for i in 0..total {
+        env.store("u1", &format!("r{i}"), "PROCESSING").await;
+    }
+    let running = env.start().await;
+    // The feed reads one page at a time …
+    let (feed, opening) =
+        notifier::replay::Feed::open(&running.state.sessions, &env.pool, "u1", Some(0))
+            .await
+            .unwrap();
+    assert_eq!(opening.replay.len() as i64, notifier::replay::REPLAY_PAGE);
+    assert!(feed.has_more());
+    drop(feed);
+    // … and a client receives all of it, in order, then live events.
+    let mut socket = connect(
+        &running.address,
+        &format!("token={}&since=0", env.token("u1")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        seqs_until(&mut socket, total).await,
+        (1..=total).collect::<Vec<_>>()
+    );
+    env.emit("u1", "live", "COMPLETED").await;
+    assert_eq!(seqs_until(&mut socket, total + 1).await, [total + 1]);
     running.stop().await;
     env.cleanup().await;
 }

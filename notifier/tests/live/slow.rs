@@ -13,8 +13,9 @@ async fn a_slow_consumer_is_closed_while_a_fast_one_keeps_receiving() {
     let env = TestEnv::with_sockets(notifier::config::SocketConfig {
         ping_secs: 20,
         idle_timeout_secs: 60,
-        send_queue: 8,
+        send_queue: 32,
         send_timeout_secs: 1,
+        ..notifier::config::SocketConfig::default()
     })
     .await;
     env.insert_user("u1", 0).await;
