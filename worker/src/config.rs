@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use clap::{Args, Parser, Subcommand};
 use shared::config::{AmqpConfig, DatabaseConfig, StorageConfig, TelemetryConfig};
 
-use crate::download::{DownloadPolicy, HostRule};
+use crate::download::{DownloadLimits, DownloadPolicy, HostRule};
 
 /// Consumes Replicate webhooks from RabbitMQ: classifies each job, moves its status
 /// forward, stores output images, refunds failed and cancelled jobs exactly once, and
@@ -132,6 +132,20 @@ pub struct DownloadConfig {
     #[arg(long = "download-max-bytes", env = "DOWNLOAD_MAX_BYTES", default_value_t = 50 * 1024 * 1024)]
     pub max_bytes: u64,
 
+    /// Downloads in flight at once, across all webhooks.
+    #[arg(
+        id = "download_concurrency",
+        long = "download-concurrency",
+        env = "DOWNLOAD_CONCURRENCY",
+        default_value_t = 16
+    )]
+    pub concurrency: usize,
+
+    /// Memory that fetched outputs not yet stored may take together; a download waits for
+    /// its share (the announced length, else DOWNLOAD_MAX_BYTES).
+    #[arg(long = "download-budget-bytes", env = "DOWNLOAD_BUDGET_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub budget_bytes: u64,
+
     /// Time limit for one download.
     #[arg(
         long = "download-timeout-secs",
@@ -142,6 +156,13 @@ pub struct DownloadConfig {
 }
 
 impl DownloadConfig {
+    pub fn limits(&self) -> DownloadLimits {
+        DownloadLimits {
+            concurrency: self.concurrency,
+            budget_bytes: self.budget_bytes,
+        }
+    }
+
     pub fn policy(&self) -> DownloadPolicy {
         DownloadPolicy {
             allowed_hosts: self.allowed_hosts.0.clone(),

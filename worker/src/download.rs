@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use reqwest::Url;
 use reqwest::header::CONTENT_TYPE;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// One entry of `DOWNLOAD_ALLOWED_HOSTS`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,12 +111,24 @@ pub enum DownloadError {
     Transient(String),
 }
 
-/// An image fetched in full.
-#[derive(Debug, Clone)]
+/// An image fetched in full. It holds its share of the download memory budget until it
+/// is dropped (once stored).
+#[derive(Debug)]
 pub struct Image {
     pub bytes: bytes::Bytes,
     pub content_type: String,
+    _memory: OwnedSemaphorePermit,
 }
+
+/// How many downloads run at once, and the memory their bodies may take together.
+#[derive(Debug, Clone, Copy)]
+pub struct DownloadLimits {
+    pub concurrency: usize,
+    pub budget_bytes: u64,
+}
+
+/// Budget permits are KiB, so that large budgets fit a semaphore.
+const BUDGET_UNIT: u64 = 1024;
 
 /// Backoff between attempts of one download.
 const ATTEMPT_DELAYS: &[Duration] = &[Duration::from_millis(250), Duration::from_secs(1)];
@@ -125,10 +138,17 @@ const MAX_REDIRECTS: usize = 5;
 pub struct Downloader {
     client: reqwest::Client,
     policy: Arc<DownloadPolicy>,
+    /// Downloads in flight.
+    slots: Arc<Semaphore>,
+    /// Memory of fetched bodies not yet stored, in [`BUDGET_UNIT`]s.
+    memory: Arc<Semaphore>,
+    budget_units: u32,
 }
 
 impl Downloader {
-    pub fn new(policy: DownloadPolicy) -> Result<Self, reqwest::Error> {
+    pub fn new(policy: DownloadPolicy, limits: DownloadLimits) -> Result<Self, reqwest::Error> {
+        let budget_units =
+            u32::try_from(limits.budget_bytes.div_ceil(BUDGET_UNIT).max(1)).unwrap_or(u32::MAX);
         let policy = Arc::new(policy);
         let redirect_policy = policy.clone();
         let client = shared::http::client_builder()
@@ -144,7 +164,26 @@ impl Downloader {
                 }
             }))
             .build()?;
-        Ok(Self { client, policy })
+        Ok(Self {
+            client,
+            policy,
+            slots: Arc::new(Semaphore::new(limits.concurrency.max(1))),
+            memory: Arc::new(Semaphore::new(budget_units as usize)),
+            budget_units,
+        })
+    }
+
+    /// Waits until `bytes` of the memory budget are free and takes them (a file larger
+    /// than the whole budget takes all of it).
+    async fn reserve(&self, bytes: u64) -> OwnedSemaphorePermit {
+        let units = u32::try_from(bytes.div_ceil(BUDGET_UNIT).max(1))
+            .unwrap_or(u32::MAX)
+            .min(self.budget_units);
+        self.memory
+            .clone()
+            .acquire_many_owned(units)
+            .await
+            .expect("the budget semaphore is never closed")
     }
 
     /// Fetches one image, retrying transient failures a few times.
@@ -170,6 +209,11 @@ impl Downloader {
     }
 
     async fn fetch_once(&self, url: Url) -> Result<Image, DownloadError> {
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .expect("the download slots are never closed");
         let shown = url.to_string();
         let mut response = self
             .client
@@ -209,6 +253,9 @@ impl Downloader {
         if response.content_length().is_some_and(|length| length > max) {
             return Err(too_large());
         }
+        // The body's memory is reserved before it is read: the announced length, or the
+        // largest file allowed when none is announced.
+        let memory = self.reserve(response.content_length().unwrap_or(max)).await;
         let mut body = bytes::BytesMut::new();
         while let Some(chunk) = response
             .chunk()
@@ -228,6 +275,7 @@ impl Downloader {
         Ok(Image {
             bytes: body.freeze(),
             content_type,
+            _memory: memory,
         })
     }
 }

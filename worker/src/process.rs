@@ -173,15 +173,22 @@ impl Processor {
             });
         }
         let started = Instant::now();
-        let fetched = join_all(urls.iter().map(|url| self.downloader.fetch(url))).await;
-        let mut images = Vec::with_capacity(fetched.len());
-        for result in fetched {
+        // Each output is stored as soon as it is fetched, which gives its memory back:
+        // a job never holds one output's budget while waiting for another's.
+        let stored = join_all(urls.iter().enumerate().map(|(index, url)| async move {
+            let image = self.downloader.fetch(url).await?;
+            metrics::counter!("worker_download_bytes_total").increment(image.bytes.len() as u64);
+            self.media.put(&job.id, index, &image).await.map_err(|err| {
+                DownloadError::Transient(format!("cannot store output {index}: {err}"))
+            })
+        }))
+        .await;
+        let mut image_urls = Vec::with_capacity(stored.len());
+        for result in stored {
             match result {
-                Ok(image) => {
+                Ok(url) => {
                     metrics::counter!("worker_downloads_total", "result" => "ok").increment(1);
-                    metrics::counter!("worker_download_bytes_total")
-                        .increment(image.bytes.len() as u64);
-                    images.push(image);
+                    image_urls.push(url);
                 }
                 Err(DownloadError::Permanent(reason)) => {
                     metrics::counter!("worker_downloads_total", "result" => "permanent_error")
@@ -195,13 +202,6 @@ impl Processor {
                     return Err(ProcessError::Transient(reason));
                 }
             }
-        }
-        let mut image_urls = Vec::with_capacity(images.len());
-        for (index, image) in images.iter().enumerate() {
-            let url = self.media.put(&job.id, index, image).await.map_err(|err| {
-                ProcessError::Transient(format!("cannot store output {index}: {err}"))
-            })?;
-            image_urls.push(url);
         }
         tracing::info!(%webhook_id, job_id = %job.job_id, images = image_urls.len(), elapsed = ?started.elapsed(), "outputs stored");
         Ok(Change::ImagesStored { image_urls })

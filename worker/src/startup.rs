@@ -44,8 +44,8 @@ impl Worker {
             .await
             .with_context(|| format!("preparing the database {}", config.database.url))?;
         let store = shared::storage::open(&config.storage.url)?;
-        let downloader =
-            Downloader::new(config.download.policy()).context("building the HTTP client")?;
+        let downloader = Downloader::new(config.download.policy(), config.download.limits())
+            .context("building the HTTP client")?;
         let broker = Arc::new(Broker::start(&config.amqp, config.prefetch));
         let processor = Arc::new(Processor {
             pool,

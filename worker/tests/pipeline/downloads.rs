@@ -104,3 +104,43 @@ async fn https_only_unless_http_is_allowed() {
     worker.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloads_stay_within_their_concurrency_and_memory_budget() {
+    let server = images::start().await;
+    let env = TestEnv::new(&server.host).await;
+    env.insert_user("u1", 0).await;
+    // 12 jobs of 3 outputs at once, with room for 2 downloads and 3 files in memory: all
+    // complete (a job never waits for memory while holding some), never more at once.
+    let mut config = env.config.clone();
+    config.download.concurrency = 2;
+    config.download.budget_bytes = 3 * 64 * 1024;
+    let mut expected = Vec::new();
+    for job in 0..12 {
+        let id = format!("g{job}");
+        env.insert_generation(&id, "u1", &format!("r{job}"), "a corgi", 1)
+            .await;
+        let urls: Vec<String> = (0..3)
+            .map(|i| server.url(&format!("/counted/{id}-{i}.png")))
+            .collect();
+        env.send(
+            &format!("m{job}"),
+            &prediction(&format!("r{job}"), "succeeded", json!(urls)),
+        )
+        .await;
+        expected.push((id, "COMPLETED"));
+    }
+    let worker = env.spawn_worker_with(config).await;
+    let statuses: Vec<(&str, &str)> = expected.iter().map(|(id, s)| (id.as_str(), *s)).collect();
+    env.wait_for_statuses(&statuses).await;
+    assert!(
+        server.most_in_flight() <= 2,
+        "{} downloads at once",
+        server.most_in_flight()
+    );
+    for (id, _) in &expected {
+        assert_eq!(env.generation(id).await.image_urls.len(), 3, "{id}");
+    }
+    worker.stop().await;
+    env.cleanup().await;
+}

@@ -47,6 +47,8 @@ impl TestEnv {
                 allowed_hosts: image_host.parse::<AllowedHosts>().unwrap(),
                 allow_http: true,
                 max_bytes: 64 * 1024,
+                concurrency: 16,
+                budget_bytes: 256 * 1024 * 1024,
                 timeout_secs: 10,
             },
             prefetch: 50,

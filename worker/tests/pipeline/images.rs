@@ -18,11 +18,26 @@ pub fn image_bytes(name: &str) -> Vec<u8> {
 
 pub struct ImageServer {
     pub host: String,
+    in_flight: std::sync::Arc<InFlight>,
+}
+
+/// Requests of `/counted/…` being answered now, and the most at once.
+#[derive(Default)]
+struct InFlight {
+    now: std::sync::atomic::AtomicUsize,
+    most: std::sync::atomic::AtomicUsize,
 }
 
 impl ImageServer {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.host)
+    }
+
+    /// The most `/counted/…` downloads that were in flight at once.
+    pub fn most_in_flight(&self) -> usize {
+        self.in_flight
+            .most
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -41,9 +56,25 @@ pub async fn start() -> ImageServer {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let host = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
     let flaky = web::Data::new(Flaky::default());
+    let in_flight = std::sync::Arc::new(InFlight::default());
+    let counted = web::Data::from(in_flight.clone());
     let server = HttpServer::new(move || {
         App::new()
             .app_data(flaky.clone())
+            .app_data(counted.clone())
+            .route(
+                "/counted/{name}.png",
+                web::get().to(
+                    |name: web::Path<String>, counted: web::Data<InFlight>| async move {
+                        use std::sync::atomic::Ordering::SeqCst;
+                        let now = counted.now.fetch_add(1, SeqCst) + 1;
+                        counted.most.fetch_max(now, SeqCst);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        counted.now.fetch_sub(1, SeqCst);
+                        png(&name)
+                    },
+                ),
+            )
             .route(
                 "/img/{name}.png",
                 web::get().to(|name: web::Path<String>| async move { png(&name) }),
@@ -118,5 +149,5 @@ pub async fn start() -> ImageServer {
     .unwrap()
     .run();
     tokio::spawn(server);
-    ImageServer { host }
+    ImageServer { host, in_flight }
 }
