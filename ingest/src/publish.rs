@@ -5,13 +5,12 @@
 //! request waits for another's confirm.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use lapin::options::ConfirmSelectOptions;
-use lapin::{BasicProperties, Channel, Connection};
-use shared::amqp::{Outgoing, PERSISTENT, Reconnecting, publish_confirmed, string_headers};
+use lapin::{Channel, Connection};
+use shared::amqp::{Outgoing, Reconnecting, publish_confirmed, webhook_properties};
 use shared::config::AmqpConfig;
-use shared::webhook::{HEADER_ID, HEADER_TIMESTAMP};
 
 pub use shared::amqp::PublishError;
 /// One verified webhook, exactly as received.
@@ -63,15 +62,7 @@ impl Publisher {
     /// Publishes persistently and mandatorily and returns once the broker confirmed it.
     pub async fn publish(&self, webhook: VerifiedWebhook<'_>) -> Result<(), PublishError> {
         let channel = self.link.current().ok_or(PublishError::BrokerUnavailable)?;
-        let properties = BasicProperties::default()
-            .with_delivery_mode(PERSISTENT)
-            .with_message_id(webhook.id.into())
-            .with_content_type("application/json".into())
-            .with_timestamp(unix_now())
-            .with_headers(string_headers([
-                (HEADER_ID, webhook.id),
-                (HEADER_TIMESTAMP, webhook.timestamp),
-            ]));
+        let properties = webhook_properties(webhook.id, webhook.timestamp);
         publish_confirmed(
             &channel,
             Outgoing {
@@ -90,11 +81,4 @@ impl Publisher {
     pub async fn close(&self) {
         self.link.close().await;
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
 }

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use clap::{Args, Parser, Subcommand};
-use shared::config::{AmqpConfig, DatabaseConfig, SecretString, StorageConfig, TelemetryConfig};
+use shared::config::{AmqpConfig, DatabaseConfig, OptionalSecret, StorageConfig, TelemetryConfig};
 
 use crate::auth::JwtKey;
 
@@ -90,9 +90,11 @@ pub struct JobsConfig {
         long,
         env = "REPLICATE_API_TOKEN",
         value_name = "REPLICATE_API_TOKEN",
+        default_value = "",
+        hide_default_value = true,
         hide_env_values = true
     )]
-    pub replicate_api_token: Option<SecretString>,
+    pub replicate_api_token: OptionalSecret,
 
     /// The URL Replicate posts webhooks to (ingest's endpoint), set on every job.
     #[arg(
@@ -287,7 +289,7 @@ mod tests {
         ));
         let jobs = &cli.config.jobs;
         assert_eq!(jobs.replicate_api_url, "https://api.replicate.com/v1");
-        assert!(jobs.replicate_api_token.is_none());
+        assert!(!jobs.replicate_api_token.is_some());
         assert_eq!(
             (jobs.generation_cost, jobs.upscale_cost, jobs.training_cost),
             (4, 2, 40)

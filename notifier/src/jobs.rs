@@ -122,7 +122,7 @@ struct NewJob {
 
 impl JobsApi {
     pub fn new(config: &JobsConfig) -> Self {
-        let replicate = config.replicate_api_token.clone().map(|token| {
+        let replicate = config.replicate_api_token.get().cloned().map(|token| {
             ReplicateApi::new(&config.replicate_api_url, token, &config.public_webhook_url)
         });
         Self {

@@ -157,6 +157,24 @@ pub fn string_headers<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -
 /// AMQP delivery mode 2: the broker writes the message to disk.
 pub const PERSISTENT: u8 = 2;
 
+/// The properties of a webhook message in `replicate.webhooks` (the contract): persistent,
+/// `message_id` = `webhook-id`, and the `webhook-id` and `webhook-timestamp` headers.
+pub fn webhook_properties(webhook_id: &str, timestamp: &str) -> BasicProperties {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    BasicProperties::default()
+        .with_delivery_mode(PERSISTENT)
+        .with_message_id(webhook_id.into())
+        .with_content_type("application/json".into())
+        .with_timestamp(now)
+        .with_headers(string_headers([
+            (crate::webhook::HEADER_ID, webhook_id),
+            (crate::webhook::HEADER_TIMESTAMP, timestamp),
+        ]))
+}
+
 /// Why a message was not confirmed by the broker.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {

@@ -89,6 +89,9 @@ pub struct Prediction {
     /// Usually a string; kept as JSON because models may return anything.
     #[serde(default)]
     pub error: Option<serde_json::Value>,
+    /// Replicate deleted the outputs (an hour after an API prediction completed).
+    #[serde(default)]
+    pub data_removed: bool,
 }
 
 /// The two fields every webhook must carry, read without copying the rest.

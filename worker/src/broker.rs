@@ -127,6 +127,28 @@ impl Broker {
         .await
     }
 
+    /// Puts a webhook body into `replicate.webhooks`, as ingest does (the reconciler's
+    /// answers from Replicate take the same path as webhooks).
+    pub async fn enqueue_webhook(
+        &self,
+        webhook_id: &str,
+        timestamp: &str,
+        body: &[u8],
+    ) -> Result<(), PublishError> {
+        publish_confirmed(
+            &self.channel()?,
+            Outgoing {
+                exchange: "",
+                routing_key: &self.topology.webhooks_queue(),
+                body,
+                properties: shared::amqp::webhook_properties(webhook_id, timestamp),
+                mandatory: true,
+            },
+            self.confirm_timeout,
+        )
+        .await
+    }
+
     /// Publishes a copy of `delivery` (body, id, headers) to `queue` with extra headers:
     /// a retry queue or the dead-letter queue.
     pub async fn republish(

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use clap::{Args, Parser, Subcommand};
-use shared::config::{AmqpConfig, DatabaseConfig, StorageConfig, TelemetryConfig};
+use shared::config::{AmqpConfig, DatabaseConfig, OptionalSecret, StorageConfig, TelemetryConfig};
 
 use crate::download::{DownloadLimits, DownloadPolicy, HostRule};
 
@@ -94,12 +94,54 @@ pub struct WorkerConfig {
     #[arg(long, env = "OUTBOX_SWEEP_SECS", default_value_t = 5)]
     pub outbox_sweep_secs: u64,
 
+    #[command(flatten)]
+    pub reconcile: ReconcileConfig,
+
     /// How long a shutdown waits for in-flight webhooks.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
     pub shutdown_timeout_secs: u64,
 
     #[command(flatten)]
     pub telemetry: TelemetryConfig,
+}
+
+/// Asking Replicate about jobs whose webhooks went missing.
+#[derive(Debug, Clone, Args)]
+pub struct ReconcileConfig {
+    /// Replicate's API.
+    #[arg(
+        long = "replicate-api-url",
+        env = "REPLICATE_API_URL",
+        default_value = "https://api.replicate.com/v1"
+    )]
+    pub api_url: String,
+
+    /// Replicate API token; without it unfinished jobs are not reconciled.
+    #[arg(
+        long = "replicate-api-token",
+        env = "REPLICATE_API_TOKEN",
+        value_name = "REPLICATE_API_TOKEN",
+        default_value = "",
+        hide_default_value = true,
+        hide_env_values = true
+    )]
+    pub api_token: OptionalSecret,
+
+    /// A job unfinished and unchanged for this long is asked about.
+    #[arg(
+        long = "reconcile-after-secs",
+        env = "RECONCILE_AFTER_SECS",
+        default_value_t = 600
+    )]
+    pub after_secs: u64,
+
+    /// How often the reconciling worker looks.
+    #[arg(
+        long = "reconcile-interval-secs",
+        env = "RECONCILE_INTERVAL_SECS",
+        default_value_t = 60
+    )]
+    pub interval_secs: u64,
 }
 
 /// A comma-separated list of `host`, `*.domain` or `host:port`.

@@ -10,5 +10,6 @@ pub mod download;
 pub mod outbox;
 pub mod process;
 pub mod progress;
+pub mod reconcile;
 pub mod startup;
 pub mod store;

@@ -168,8 +168,13 @@ impl Processor {
     ) -> Result<Change, ProcessError> {
         let urls = output_urls(prediction.output.as_ref());
         if urls.is_empty() {
+            let error = if prediction.data_removed {
+                "Replicate had already deleted the outputs (data_removed, an hour after completion) when the pipeline learned the job succeeded"
+            } else {
+                "succeeded without any output image"
+            };
             return Ok(Change::Failed {
-                error: "succeeded without any output image".into(),
+                error: error.into(),
             });
         }
         let started = Instant::now();

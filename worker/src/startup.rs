@@ -20,6 +20,7 @@ use crate::download::Downloader;
 use crate::outbox;
 use crate::process::Processor;
 use crate::progress::ProgressTracker;
+use crate::reconcile::Reconciler;
 use crate::store::MediaStore;
 
 /// Jobs whose last progress is remembered (see [`ProgressTracker`]).
@@ -27,6 +28,8 @@ const PROGRESS_MEMORY: usize = 10_000;
 
 pub struct Worker {
     consumer: Arc<Consumer>,
+    /// `None` without `REPLICATE_API_TOKEN`.
+    reconciler: Option<Reconciler>,
     processor: Arc<Processor>,
     metrics_server: Server,
     metrics_port: u16,
@@ -81,10 +84,28 @@ impl Worker {
         .disable_signals()
         .listen(listener)?
         .run();
-        tracing::info!(metrics_addr = %config.metrics_addr, port = metrics_port, broker = %config.amqp.url, database = %config.database.url, "worker ready");
+        let reconciler = config
+            .reconcile
+            .api_token
+            .get()
+            .cloned()
+            .map(|api_token| Reconciler {
+                api_url: config.reconcile.api_url.clone(),
+                api_token,
+                after: Duration::from_secs(config.reconcile.after_secs),
+                interval: Duration::from_secs(config.reconcile.interval_secs.max(1)),
+                database: config.database.url.clone(),
+            });
+        tracing::info!(metrics_addr = %config.metrics_addr, port = metrics_port, broker = %config.amqp.url, database = %config.database.url, reconciler = reconciler.is_some(), "worker ready");
+        if reconciler.is_none() {
+            tracing::warn!(
+                "no REPLICATE_API_TOKEN: jobs whose webhooks go missing are not reconciled with Replicate"
+            );
+        }
 
         Ok(Self {
             consumer,
+            reconciler,
             processor,
             metrics_server,
             metrics_port,
@@ -112,12 +133,18 @@ impl Worker {
             self.sweep_interval,
             stopped.clone(),
         ));
+        let reconciler = self.reconciler.map(|reconciler| {
+            tokio::spawn(reconciler.run(self.processor.clone(), stopped.clone()))
+        });
         let consumer = tokio::spawn(self.consumer.clone().run(stopped, self.drain));
         shutdown.await;
         tracing::info!("shutdown requested: finishing in-flight webhooks");
         let _ = stop.send(true);
         let _ = consumer.await;
         let _ = sweeper.await;
+        if let Some(reconciler) = reconciler {
+            let _ = reconciler.await;
+        }
         metrics_handle.stop(true).await;
         tracing::info!("worker stopped");
     }

@@ -97,7 +97,7 @@ impl Api {
             },
             jobs: JobsConfig {
                 replicate_api_url: api_url,
-                replicate_api_token: token.map(|t| t.parse().unwrap()),
+                replicate_api_token: token.into(),
                 public_webhook_url: "http://127.0.0.1:9/api/webhooks/replicate".into(),
                 generation_model: "black-forest-labs/flux-schnell".parse().unwrap(),
                 upscale_model: "nightmareai/real-esrgan:f121d640".parse().unwrap(),

@@ -17,7 +17,7 @@ use shared::db::schema::{ai_models, credit_transactions, generations, job_events
 use shared::events::Event;
 use shared::testing::Isolated;
 use tokio::sync::oneshot;
-use worker::config::{AllowedHosts, DownloadConfig, WorkerConfig};
+use worker::config::{AllowedHosts, DownloadConfig, ReconcileConfig, WorkerConfig};
 use worker::startup::Worker;
 
 pub struct TestEnv {
@@ -56,6 +56,13 @@ impl TestEnv {
             unknown_job_retry_secs: 150,
             transient_retry_secs: 60,
             outbox_sweep_secs: 1,
+            // Off unless a test turns it on (with a Replicate stand-in of its own).
+            reconcile: ReconcileConfig {
+                api_url: "http://127.0.0.1:9/v1".into(),
+                api_token: Default::default(),
+                after_secs: 600,
+                interval_secs: 60,
+            },
             shutdown_timeout_secs: 10,
             telemetry: TelemetryConfig {
                 log_format: LogFormat::Pretty,

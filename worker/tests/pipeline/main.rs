@@ -9,6 +9,7 @@ mod helpers;
 mod hostile;
 mod images;
 mod outages;
+mod reconcile;
 mod refunds;
 mod retries;
 mod status;

@@ -101,6 +101,7 @@ impl Pipeline {
             ("AMQP_NAME_PREFIX", pipeline.prefix.clone()),
             ("REPLICATE_WEBHOOK_SECRET", secret),
             ("REPLICATE_API_TOKEN", REPLICATE_TOKEN.to_owned()),
+            ("REPLICATE_API_URL", format!("http://{}/v1", pipeline.sim)),
             ("NOTIFIER_JWT_SECRET", JWT_SECRET.to_owned()),
             (
                 "STORAGE_URL",
@@ -146,7 +147,6 @@ impl Pipeline {
             &[],
             &with(&[
                 ("NOTIFIER_ADDR", pipeline.notifier.clone()),
-                ("REPLICATE_API_URL", format!("http://{}/v1", pipeline.sim)),
                 (
                     "PUBLIC_WEBHOOK_URL",
                     format!("http://{}/api/webhooks/replicate", pipeline.ingest),

@@ -1,0 +1,253 @@
+//! Recovering lost webhooks. Replicate retries only the terminal webhook, for about a
+//! minute, and webhooks do go missing: a job whose last change is older than
+//! `RECONCILE_AFTER_SECS` and is still not finished is asked about
+//! (`GET /predictions/{id}`, `/trainings/{id}`), and the answer goes into
+//! `replicate.webhooks` like a webhook, so it takes exactly the path a webhook takes
+//! (classify, download, transition, refund, event). A job Replicate no longer knows ends
+//! `FAILED` the same way.
+//!
+//! One worker does it at a time: the one holding a PostgreSQL advisory lock on a connection
+//! of its own. If that worker dies, its connection closes, the lock is freed and another
+//! worker takes over at its next tick.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use chrono::Utc;
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Bool};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use shared::config::{DatabaseUrl, SecretString};
+use shared::db::schema::{ai_models, generations};
+use shared::db::{self, DbError};
+use shared::jobs::transition::JobStatus;
+
+use crate::process::Processor;
+
+/// The advisory lock only the reconciling worker holds ("reconcil").
+const LEADER_LOCK_KEY: i64 = 0x7265_636f_6e63_696c;
+/// Jobs asked about per tick, at most.
+const BATCH: i64 = 100;
+
+/// How the reconciler reaches Replicate and when it looks.
+#[derive(Debug, Clone)]
+pub struct Reconciler {
+    pub api_url: String,
+    pub api_token: SecretString,
+    /// A job unchanged this long while unfinished is asked about.
+    pub after: Duration,
+    pub interval: Duration,
+    pub database: DatabaseUrl,
+}
+
+/// A job to ask Replicate about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stale {
+    /// `predictions` or `trainings`.
+    pub collection: &'static str,
+    pub job_id: String,
+}
+
+#[derive(QueryableByName)]
+struct Locked {
+    #[diesel(sql_type = Bool)]
+    locked: bool,
+}
+
+impl Reconciler {
+    /// Reconciles every `interval` while this worker holds the leader lock, until `stop`.
+    pub async fn run(
+        self,
+        processor: Arc<Processor>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let http = shared::http::client_builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("an HTTP client with default settings builds");
+        let mut leader: Option<AsyncPgConnection> = None;
+        let mut asked = Asked::default();
+        let mut ticks = tokio::time::interval(self.interval);
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = ticks.tick() => {}
+            }
+            if !self.hold_leadership(&mut leader).await {
+                continue;
+            }
+            match self.tick(&processor, &http, &mut asked).await {
+                Ok(0) => {}
+                Ok(asked) => {
+                    tracing::info!(asked, "reconciler asked Replicate about unfinished jobs")
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "reconciling failed; retrying at the next tick")
+                }
+            }
+        }
+    }
+
+    /// Keeps (or tries to take) the leader lock; true while this worker holds it.
+    async fn hold_leadership(&self, leader: &mut Option<AsyncPgConnection>) -> bool {
+        if let Some(conn) = leader {
+            // Still the same session (and so still the lock)?
+            if diesel::sql_query("SELECT 1").execute(conn).await.is_ok() {
+                return true;
+            }
+            *leader = None;
+        }
+        let Ok(mut conn) = AsyncPgConnection::establish(self.database.as_str()).await else {
+            return false;
+        };
+        let locked = diesel::sql_query("SELECT pg_try_advisory_lock($1) AS locked")
+            .bind::<BigInt, _>(LEADER_LOCK_KEY)
+            .get_result::<Locked>(&mut conn)
+            .await
+            .is_ok_and(|row| row.locked);
+        if locked {
+            tracing::info!("this worker reconciles unfinished jobs with Replicate");
+            *leader = Some(conn);
+        }
+        locked
+    }
+
+    /// One pass: asks Replicate about each stale job not asked about within `after`, and
+    /// enqueues the answer.
+    pub async fn tick(
+        &self,
+        processor: &Processor,
+        http: &reqwest::Client,
+        asked: &mut Asked,
+    ) -> Result<usize, DbError> {
+        if !processor.broker.link.is_connected() {
+            return Ok(0); // the answers could not be enqueued: wait for the broker
+        }
+        let stale = stale_jobs(processor, self.after).await?;
+        asked.forget_older_than(self.after);
+        let stale: Vec<Stale> = stale
+            .into_iter()
+            .filter(|job| !asked.recently(&job.job_id))
+            .collect();
+        for job in &stale {
+            let url = format!(
+                "{}/{}/{}",
+                self.api_url.trim_end_matches('/'),
+                job.collection,
+                job.job_id
+            );
+            let answer = http
+                .get(&url)
+                .bearer_auth(self.api_token.expose())
+                .send()
+                .await;
+            let body = match answer {
+                Ok(response) if response.status().is_success() => match response.bytes().await {
+                    Ok(body) => body.to_vec(),
+                    Err(err) => {
+                        tracing::warn!(job_id = %job.job_id, error = %err, "reconciler: cannot read Replicate's answer");
+                        continue;
+                    }
+                },
+                Ok(response) if response.status() == reqwest::StatusCode::NOT_FOUND => {
+                    serde_json::to_vec(&serde_json::json!({
+                        "id": job.job_id,
+                        "status": "failed",
+                        "error": format!("Replicate has no {} {} any more; it never reported an end", &job.collection[..job.collection.len() - 1], job.job_id),
+                        "output": null,
+                    }))
+                    .expect("JSON serialises")
+                }
+                Ok(response) => {
+                    tracing::warn!(job_id = %job.job_id, status = %response.status(), "reconciler: Replicate answered with an error; asking again later");
+                    continue;
+                }
+                Err(err) => {
+                    tracing::warn!(job_id = %job.job_id, error = %err, "reconciler: Replicate unreachable; asking again later");
+                    continue;
+                }
+            };
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs();
+            let webhook_id = format!("reconcile_{}_{now}", job.job_id);
+            let published = processor
+                .broker
+                .enqueue_webhook(
+                    &shared::events::short_string(&webhook_id),
+                    &now.to_string(),
+                    &body,
+                )
+                .await;
+            match published {
+                Ok(()) => {
+                    asked.record(&job.job_id);
+                    metrics::counter!("worker_reconciled_total").increment(1);
+                    tracing::info!(job_id = %job.job_id, %webhook_id, "reconciler enqueued Replicate's answer for a job without news");
+                }
+                Err(err) => {
+                    tracing::warn!(job_id = %job.job_id, error = %err, "reconciler: cannot enqueue; asking again later")
+                }
+            }
+        }
+        Ok(stale.len())
+    }
+}
+
+/// When this worker last asked about each job: an answer takes a moment to be processed,
+/// and a job Replicate still runs need not be asked about more than once per `after`.
+#[derive(Debug, Default)]
+pub struct Asked(std::collections::HashMap<String, std::time::Instant>);
+
+impl Asked {
+    fn recently(&self, job_id: &str) -> bool {
+        self.0.contains_key(job_id)
+    }
+
+    /// Records that Replicate's answer about `job_id` was enqueued now.
+    fn record(&mut self, job_id: &str) {
+        self.0.insert(job_id.to_owned(), std::time::Instant::now());
+    }
+
+    fn forget_older_than(&mut self, age: Duration) {
+        self.0.retain(|_, at| at.elapsed() < age);
+    }
+}
+
+/// Unfinished jobs with a Replicate id whose row has not changed for `after`.
+pub async fn stale_jobs(processor: &Processor, after: Duration) -> Result<Vec<Stale>, DbError> {
+    let cutoff = Utc::now() - chrono::Duration::from_std(after).unwrap_or_default();
+    let open = [JobStatus::Pending.as_str(), JobStatus::Processing.as_str()];
+    let mut conn = db::connection(&processor.pool).await?;
+    let predictions: Vec<Option<String>> = generations::table
+        .filter(generations::status.eq_any(open))
+        .filter(generations::job_id.is_not_null())
+        .filter(generations::updated_at.lt(cutoff))
+        .order(generations::updated_at)
+        .limit(BATCH)
+        .select(generations::job_id)
+        .load(&mut conn)
+        .await?;
+    let trainings: Vec<Option<String>> = ai_models::table
+        .filter(ai_models::status.eq_any(open))
+        .filter(ai_models::job_id.is_not_null())
+        .filter(ai_models::updated_at.lt(cutoff))
+        .order(ai_models::updated_at)
+        .limit(BATCH)
+        .select(ai_models::job_id)
+        .load(&mut conn)
+        .await?;
+    Ok(predictions
+        .into_iter()
+        .flatten()
+        .map(|job_id| Stale {
+            collection: "predictions",
+            job_id,
+        })
+        .chain(trainings.into_iter().flatten().map(|job_id| Stale {
+            collection: "trainings",
+            job_id,
+        }))
+        .collect())
+}

@@ -1,0 +1,138 @@
+//! Jobs whose webhooks never came: the reconciler asks Replicate (here a stand-in serving
+//! the prediction objects) and the answers take the webhook's path; one worker asks.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use actix_web::{App, HttpResponse, HttpServer, web};
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use serde_json::{Value, json};
+use shared::db::schema::generations;
+
+use crate::helpers::TestEnv;
+use crate::images;
+
+/// Replicate's `GET /v1/predictions/{id}`: the objects it knows, and every id asked for.
+#[derive(Default)]
+struct Replicate {
+    known: Mutex<HashMap<String, Value>>,
+    asked: Mutex<Vec<String>>,
+}
+
+fn start_replicate(replicate: Arc<Replicate>) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    let state = web::Data::from(replicate);
+    let server = HttpServer::new(move || {
+        App::new().app_data(state.clone()).route(
+            "/v1/predictions/{id}",
+            web::get().to(
+                |id: web::Path<String>,
+                 request: actix_web::HttpRequest,
+                 state: web::Data<Replicate>| async move {
+                    assert_eq!(
+                        request.headers().get("authorization").unwrap(),
+                        "Bearer r8_test",
+                        "the token is sent"
+                    );
+                    state.asked.lock().unwrap().push(id.to_string());
+                    match state.known.lock().unwrap().get(id.as_str()) {
+                        Some(object) => HttpResponse::Ok().json(object),
+                        None => HttpResponse::NotFound().json(json!({"detail": "Not found."})),
+                    }
+                },
+            ),
+        )
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)
+    .unwrap()
+    .run();
+    tokio::spawn(server);
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_without_news_are_asked_about_and_end_as_replicate_says_once() {
+    let images = images::start().await;
+    let env = TestEnv::new(&images.host).await;
+    let replicate = Arc::new(Replicate::default());
+    let api_url = start_replicate(replicate.clone());
+    env.insert_user("u1", 0).await;
+    for (id, status) in [
+        ("done", "succeeded"),
+        ("broke", "failed"),
+        ("gone", "unknown to Replicate"),
+        ("running", "processing"),
+        ("fresh", "succeeded"),
+    ] {
+        env.insert_generation(id, "u1", &format!("r-{id}"), "a corgi", 4)
+            .await;
+        let mut object = json!({"id": format!("r-{id}"), "status": status, "output": null,
+                                "error": null, "logs": ""});
+        match status {
+            "succeeded" => object["output"] = json!([images.url(&format!("/img/{id}.png"))]),
+            "failed" => object["error"] = json!("CUDA out of memory"),
+            _ => {}
+        }
+        if status != "unknown to Replicate" {
+            replicate
+                .known
+                .lock()
+                .unwrap()
+                .insert(format!("r-{id}"), object);
+        }
+    }
+    // Every job but `fresh` was last touched twenty minutes ago, its webhooks lost.
+    diesel::update(generations::table.filter(generations::id.ne("fresh")))
+        .set((
+            generations::status.eq("PROCESSING"),
+            generations::updated_at.eq(chrono::Utc::now() - chrono::Duration::minutes(20)),
+        ))
+        .execute(&mut env.conn().await)
+        .await
+        .unwrap();
+
+    // Two workers, one reconciler.
+    let mut config = env.config.clone();
+    config.reconcile.api_url = api_url;
+    config.reconcile.api_token = Some("r8_test").into();
+    config.reconcile.interval_secs = 1;
+    let first = env.spawn_worker_with(config.clone()).await;
+    let mut second_config = config.clone();
+    second_config.metrics_addr = "127.0.0.1:0".parse().unwrap();
+    let second = env.spawn_worker_with(second_config).await;
+
+    env.wait_for_statuses(&[
+        ("done", "COMPLETED"),
+        ("broke", "FAILED"),
+        ("gone", "FAILED"),
+    ])
+    .await;
+    assert_eq!(env.generation("done").await.image_urls.len(), 1);
+    let gone = env.generation("gone").await;
+    assert!(
+        gone.error_message.unwrap().contains("no prediction r-gone"),
+        "the reason is plain"
+    );
+    assert_eq!(env.refunds_for("r-broke").await, vec![4]);
+    assert_eq!(env.refunds_for("r-gone").await, vec![4]);
+    assert_eq!(env.status_of("running").await, "PROCESSING");
+    assert_eq!(
+        env.status_of("fresh").await,
+        "PENDING",
+        "not stale: not asked"
+    );
+
+    // Let a few more ticks pass: only one of the two workers asks, each job once (a job
+    // Replicate still runs is asked again only after RECONCILE_AFTER_SECS).
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let mut asked = replicate.asked.lock().unwrap().clone();
+    asked.sort();
+    assert_eq!(asked, ["r-broke", "r-done", "r-gone", "r-running"]);
+    first.stop().await;
+    second.stop().await;
+    env.cleanup().await;
+}
