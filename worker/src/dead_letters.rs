@@ -61,7 +61,7 @@ pub async fn list(
 ) -> Result<Vec<DeadLetter>, DeadLetterError> {
     let taken = take_all(channel, topology).await?;
     let letters = taken.iter().map(describe).collect();
-    return_all(taken).await?;
+    put_back(channel, topology, taken).await?;
     Ok(letters)
 }
 
@@ -106,7 +106,7 @@ pub async fn replay(
         delivery.ack(BasicAckOptions::default()).await?;
         replayed.push(letter);
     }
-    return_all(kept).await?;
+    put_back(channel, topology, kept).await?;
     Ok(replayed)
 }
 
@@ -128,15 +128,43 @@ async fn take_all(
     Ok(taken)
 }
 
-async fn return_all(messages: Vec<BasicGetMessage>) -> Result<(), DeadLetterError> {
+/// Puts taken messages back, in order, as fresh copies (confirmed, then the original
+/// acked): returning them would count as a delivery, and quorum queues drop a message
+/// after too many (20 by default since RabbitMQ 4.0), so looking must not wear them out.
+async fn put_back(
+    channel: &Channel,
+    topology: &Topology,
+    messages: Vec<BasicGetMessage>,
+) -> Result<(), DeadLetterError> {
     for message in messages {
-        message
-            .delivery
-            .nack(BasicNackOptions {
-                requeue: true,
-                ..BasicNackOptions::default()
-            })
-            .await?;
+        let delivery = &message.delivery;
+        let copied = publish_confirmed(
+            channel,
+            Outgoing {
+                exchange: "",
+                routing_key: &topology.dead_letter_queue(),
+                body: &delivery.data,
+                properties: delivery.properties.clone(),
+                mandatory: true,
+            },
+            Duration::from_secs(10),
+        )
+        .await;
+        match copied {
+            Ok(()) => {
+                delivery.ack(BasicAckOptions::default()).await?;
+            }
+            Err(err) => {
+                // Not copied: the original goes back as it is; nothing is lost.
+                delivery
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..BasicNackOptions::default()
+                    })
+                    .await?;
+                return Err(err.into());
+            }
+        }
     }
     Ok(())
 }
