@@ -207,4 +207,85 @@ mod tests {
         assert!(JobStatus::Failed.refunds() && JobStatus::Cancelled.refunds());
         assert!(!JobStatus::Completed.refunds());
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        const TERMINALS: [&str; 4] = ["succeeded", "failed", "canceled", "aborted"];
+
+        /// One job's webhooks as Replicate sends them, in order: `starting`, some
+        /// `processing`, one terminal.
+        fn lifecycle() -> impl Strategy<Value = Vec<&'static str>> {
+            (0usize..4, prop::sample::select(&TERMINALS[..])).prop_map(|(processing, end)| {
+                let mut webhooks = vec!["starting"];
+                webhooks.extend(std::iter::repeat_n("processing", processing));
+                webhooks.push(end);
+                webhooks
+            })
+        }
+
+        /// The stored status after `deliveries` (indices into `webhooks`), and how many
+        /// changes refunded.
+        fn deliver(webhooks: &[&str], deliveries: &[usize]) -> (JobStatus, usize) {
+            let mut current = JobStatus::Pending;
+            let mut refunds = 0;
+            for &index in deliveries {
+                if let Decision::MoveTo(to) = decide(current, &Status::from(webhooks[index])) {
+                    refunds += usize::from(to.refunds());
+                    current = to;
+                }
+            }
+            (current, refunds)
+        }
+
+        proptest! {
+            /// Duplicated, reordered, some intermediate ones lost: as long as the terminal
+            /// webhook arrives (Replicate retries it), the job ends where the ordered single
+            /// delivery ends, refunded at most once.
+            #[test]
+            fn any_order_and_multiplicity_ends_where_the_ordered_delivery_ends(
+                (webhooks, deliveries) in lifecycle().prop_flat_map(|webhooks| {
+                    let last = webhooks.len() - 1;
+                    let deliveries = prop::collection::vec(0..=last, 0..24)
+                        .prop_map(move |mut deliveries| {
+                            deliveries.push(last);
+                            deliveries
+                        })
+                        .prop_shuffle();
+                    (Just(webhooks), deliveries)
+                })
+            ) {
+                let ordered: Vec<usize> = (0..webhooks.len()).collect();
+                let (expected, expected_refunds) = deliver(&webhooks, &ordered);
+                let (ended, refunds) = deliver(&webhooks, &deliveries);
+                prop_assert_eq!(ended, expected);
+                prop_assert_eq!(refunds, expected_refunds);
+                prop_assert!(refunds <= 1);
+            }
+
+            /// Whatever arrives, in whatever order, a job is refunded at most once and
+            /// never leaves a terminal status.
+            #[test]
+            fn refunds_at_most_once_whatever_arrives(
+                statuses in prop::collection::vec(
+                    prop::sample::select(&INCOMING[..]), 0..40)
+            ) {
+                let mut current = JobStatus::Pending;
+                let mut refunds = 0;
+                let mut ended: Option<JobStatus> = None;
+                for incoming in statuses {
+                    if let Decision::MoveTo(to) = decide(current, &Status::from(incoming)) {
+                        prop_assert!(ended.is_none(), "left {:?}", ended);
+                        refunds += usize::from(to.refunds());
+                        current = to;
+                        if to.is_terminal() {
+                            ended = Some(to);
+                        }
+                    }
+                }
+                prop_assert!(refunds <= 1);
+            }
+        }
+    }
 }
