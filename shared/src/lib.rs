@@ -18,4 +18,5 @@ pub mod storage;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod tqdm;
 pub mod webhook;

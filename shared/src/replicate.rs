@@ -107,6 +107,8 @@ pub struct JobRef<'a> {
 pub enum PayloadError {
     #[error("body is not a JSON object")]
     NotAnObject,
+    #[error("body is not UTF-8, so not JSON")]
+    NotUtf8,
     #[error("body is not a JSON object with string id and status: {0}")]
     Invalid(#[from] serde_json::Error),
 }
@@ -119,13 +121,22 @@ impl<'a> JobRef<'a> {
         if first != Some(&b'{') {
             return Err(PayloadError::NotAnObject);
         }
-        Ok(serde_json::from_slice(body)?)
+        // serde skips the fields it ignores without checking their bytes: invalid UTF-8
+        // there would pass here and fail every consumer after us (found by fuzzing).
+        let text = std::str::from_utf8(body).map_err(|_| PayloadError::NotUtf8)?;
+        Ok(serde_json::from_str(text)?)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn invalid_utf8_anywhere_is_refused() {
+        let body = b"{\"id\":\"p1\",\"status\":\"succeeded\",\"logs\":\"caf\xff\"}";
+        assert!(matches!(JobRef::parse(body), Err(PayloadError::NotUtf8)));
+    }
 
     #[test]
     fn unknown_status_and_fields_are_accepted() {

@@ -12,7 +12,7 @@ use shared::replicate::{Prediction, Status};
 use crate::broker::Broker;
 use crate::classify;
 use crate::download::{DownloadError, Downloader};
-use crate::progress::{self, ProgressTracker};
+use crate::progress::ProgressTracker;
 use crate::store::MediaStore;
 use shared::jobs::Job;
 use shared::jobs::apply::{self, ApplyOutcome, Change};
@@ -237,7 +237,7 @@ impl Processor {
             Effect::Moved { to, .. } => *to == JobStatus::Processing,
             Effect::Ignored(reason) => *reason == Ignored::NotForward,
         };
-        let Some(value) = prediction.logs.as_deref().and_then(progress::parse) else {
+        let Some(value) = prediction.logs.as_deref().and_then(shared::tqdm::progress) else {
             return;
         };
         if !running || !self.progress.moved(&job.job_id, value) {
