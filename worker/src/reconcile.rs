@@ -20,7 +20,9 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use shared::config::{DatabaseUrl, SecretString};
 use shared::db::schema::{ai_models, generations};
 use shared::db::{self, DbError};
+use shared::jobs::apply::{self, ApplyOutcome, Change};
 use shared::jobs::transition::JobStatus;
+use shared::replicate::Status;
 
 use crate::process::Processor;
 
@@ -123,6 +125,7 @@ impl Reconciler {
         if !processor.broker.link.is_connected() {
             return Ok(0); // the answers could not be enqueued: wait for the broker
         }
+        fail_abandoned_creations(processor, self.after).await?;
         let stale = stale_jobs(processor, self.after).await?;
         asked.forget_older_than(self.after);
         let stale: Vec<Stale> = stale
@@ -213,6 +216,60 @@ impl Asked {
     fn forget_older_than(&mut self, age: Duration) {
         self.0.retain(|_, at| at.elapsed() < age);
     }
+}
+
+/// Jobs debited but never given a Replicate id (the jobs API stopped between its debit and
+/// Replicate's answer): after `after` they end `FAILED` and are refunded, through the same
+/// ledger call as a failed webhook.
+async fn fail_abandoned_creations(processor: &Processor, after: Duration) -> Result<(), DbError> {
+    let cutoff = Utc::now() - chrono::Duration::from_std(after).unwrap_or_default();
+    let pending = JobStatus::Pending.as_str();
+    let mut conn = db::connection(&processor.pool).await?;
+    let generations_left: Vec<(String, String, String)> = generations::table
+        .filter(generations::status.eq(pending))
+        .filter(generations::job_id.is_null())
+        .filter(generations::created_at.lt(cutoff))
+        .limit(BATCH)
+        .select((generations::id, generations::user_id, generations::prompt))
+        .load(&mut conn)
+        .await?;
+    let trainings_left: Vec<(String, String)> = ai_models::table
+        .filter(ai_models::status.eq(pending))
+        .filter(ai_models::job_id.is_null())
+        .filter(ai_models::created_at.lt(cutoff))
+        .limit(BATCH)
+        .select((ai_models::id, ai_models::user_id))
+        .load(&mut conn)
+        .await?;
+    let jobs = generations_left
+        .into_iter()
+        .map(|(id, user_id, prompt)| (shared::jobs::kind_of_generation(&prompt), id, user_id))
+        .chain(
+            trainings_left
+                .into_iter()
+                .map(|(id, user_id)| (shared::events::JobKind::Training, id, user_id)),
+        );
+    for (kind, id, user_id) in jobs {
+        let job = shared::jobs::Job {
+            kind,
+            // Its debit carries the row's id until Replicate names the job.
+            job_id: id.clone(),
+            id,
+            user_id,
+            status: pending.to_owned(),
+        };
+        let change = Change::Failed {
+            error: "the job was never created on Replicate (the server stopped while creating it)"
+                .into(),
+        };
+        if let ApplyOutcome::Applied(applied) =
+            apply::apply(&mut conn, &job, &Status::Failed, change).await?
+        {
+            tracing::warn!(id = %job.id, user_id = %job.user_id, refunded = applied.refunded, "a job never created on Replicate was failed and refunded");
+            processor.publish_stored(&mut conn, &applied.event).await;
+        }
+    }
+    Ok(())
 }
 
 /// Unfinished jobs with a Replicate id whose row has not changed for `after`.

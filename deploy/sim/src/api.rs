@@ -46,6 +46,7 @@ pub fn server(
             .route("/v1/{kind}/{id}/cancel", web::post().to(cancel))
             .route("/delivery/{id}/out-{index}.png", web::get().to(output))
             .route("/sim/jobs", web::get().to(report))
+            .route("/sim/stats", web::get().to(stats))
     })
     .disable_signals()
     .listen(listener)?
@@ -189,6 +190,10 @@ async fn output(path: web::Path<(String, usize)>, state: web::Data<ApiState>) ->
             .body(images::png(&id, index)),
         _ => HttpResponse::NotFound().finish(),
     }
+}
+
+async fn stats(state: web::Data<ApiState>) -> HttpResponse {
+    HttpResponse::Ok().json(state.simulator.stats())
 }
 
 async fn report(state: web::Data<ApiState>) -> HttpResponse {

@@ -3,7 +3,7 @@
 
 use clap::Args;
 
-#[derive(Debug, Clone, Copy, Default, Args)]
+#[derive(Debug, Clone, Copy, Args)]
 pub struct Faults {
     /// Fraction of webhooks sent twice (same webhook-id).
     #[arg(long, default_value_t = 0.0)]
@@ -23,6 +23,24 @@ pub struct Faults {
     /// Fraction of succeeded image jobs whose output URLs answer 404.
     #[arg(long, default_value_t = 0.0)]
     pub missing_output_rate: f64,
+    /// Scales the terminal webhook's retry backoff (1 + 2 + … + 32 s, as Replicate's); below
+    /// 1 for quick chaos runs.
+    #[arg(long, default_value_t = 1.0)]
+    pub retry_scale: f64,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Self {
+            duplicate_rate: 0.0,
+            reorder_rate: 0.0,
+            max_delay_ms: 0,
+            fail_rate: 0.0,
+            cancel_rate: 0.0,
+            missing_output_rate: 0.0,
+            retry_scale: 1.0,
+        }
+    }
 }
 
 /// True with probability `rate`.

@@ -76,6 +76,10 @@ pub struct Simulator {
     jobs: Mutex<HashMap<String, Arc<Mutex<SimJob>>>>,
     /// Webhooks answered 2xx.
     pub accepted: std::sync::atomic::AtomicU64,
+    /// Webhook posts answered with an error or not answered (each retry counts).
+    pub refused: std::sync::atomic::AtomicU64,
+    /// Terminal webhooks given up on after every retry.
+    pub given_up: std::sync::atomic::AtomicU64,
     secret: WebhookSecret,
     faults: Faults,
     http: reqwest::Client,
@@ -94,6 +98,8 @@ impl Simulator {
         Arc::new(Self {
             jobs: Mutex::new(HashMap::new()),
             accepted: std::sync::atomic::AtomicU64::new(0),
+            refused: std::sync::atomic::AtomicU64::new(0),
+            given_up: std::sync::atomic::AtomicU64::new(0),
             secret,
             faults,
             http: shared::http::client_builder()
@@ -157,6 +163,16 @@ impl Simulator {
     /// When job `id`'s terminal webhook was first posted.
     pub fn terminal_sent_at(&self, id: &str) -> Option<Instant> {
         self.job(id)?.lock().expect("not poisoned").terminal_sent_at
+    }
+
+    /// Webhook counters: accepted, refused (each failed post), given up.
+    pub fn stats(&self) -> Value {
+        use std::sync::atomic::Ordering::Relaxed;
+        json!({
+            "accepted": self.accepted.load(Relaxed),
+            "refused": self.refused.load(Relaxed),
+            "given_up": self.given_up.load(Relaxed),
+        })
     }
 
     /// What the simulator decided for every job, for end-to-end checks.
@@ -362,18 +378,31 @@ async fn deliver_once(
                 }
                 return;
             }
-            Err(reason) if webhook.terminal => match retries.next() {
-                Some(seconds) => {
-                    tracing::warn!(webhook_id = %webhook.id, %reason, retry_in_secs = seconds, "terminal webhook failed; retrying");
-                    tokio::time::sleep(Duration::from_secs(*seconds)).await;
+            Err(reason) if webhook.terminal => {
+                simulator
+                    .refused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                match retries.next() {
+                    Some(seconds) => {
+                        let wait =
+                            Duration::from_secs(*seconds).mul_f64(simulator.faults.retry_scale);
+                        tracing::warn!(webhook_id = %webhook.id, %reason, retry_in = ?wait, "terminal webhook failed; retrying");
+                        tokio::time::sleep(wait).await;
+                    }
+                    None => {
+                        simulator
+                            .given_up
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::error!(webhook_id = %webhook.id, %reason, "terminal webhook failed; giving up");
+                        return;
+                    }
                 }
-                None => {
-                    tracing::error!(webhook_id = %webhook.id, %reason, "terminal webhook failed; giving up");
-                    return;
-                }
-            },
+            }
             // Only the terminal webhook is retried.
             Err(reason) => {
+                simulator
+                    .refused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::debug!(webhook_id = %webhook.id, %reason, "intermediate webhook failed");
                 return;
             }

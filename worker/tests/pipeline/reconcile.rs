@@ -95,6 +95,29 @@ async fn jobs_without_news_are_asked_about_and_end_as_replicate_says_once() {
         .await
         .unwrap();
 
+    // A job the jobs API debited but never got to create on Replicate (no job_id).
+    diesel::insert_into(generations::table)
+        .values((
+            generations::id.eq("abandoned"),
+            generations::user_id.eq("u1"),
+            generations::prompt.eq("a corgi"),
+            generations::credits_used.eq(4),
+            generations::created_at.eq(chrono::Utc::now() - chrono::Duration::minutes(20)),
+        ))
+        .execute(&mut env.conn().await)
+        .await
+        .unwrap();
+    diesel::insert_into(shared::db::schema::credit_transactions::table)
+        .values((
+            shared::db::schema::credit_transactions::user_id.eq("u1"),
+            shared::db::schema::credit_transactions::amount.eq(-4),
+            shared::db::schema::credit_transactions::kind.eq("DEBIT"),
+            shared::db::schema::credit_transactions::job_id.eq("abandoned"),
+        ))
+        .execute(&mut env.conn().await)
+        .await
+        .unwrap();
+
     // Two workers, one reconciler.
     let mut config = env.config.clone();
     config.reconcile.api_url = api_url;
@@ -109,8 +132,14 @@ async fn jobs_without_news_are_asked_about_and_end_as_replicate_says_once() {
         ("done", "COMPLETED"),
         ("broke", "FAILED"),
         ("gone", "FAILED"),
+        ("abandoned", "FAILED"),
     ])
     .await;
+    assert_eq!(
+        env.refunds_for("abandoned").await,
+        vec![4],
+        "refunded under its debit's key"
+    );
     assert_eq!(env.generation("done").await.image_urls.len(), 1);
     let gone = env.generation("gone").await;
     assert!(
