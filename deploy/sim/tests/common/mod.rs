@@ -4,6 +4,8 @@
 
 #![allow(dead_code)] // each test binary uses its own part
 
+pub mod oracle;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -55,13 +57,27 @@ pub struct Pipeline {
     pub worker_ports: Vec<u16>,
     pub http: reqwest::Client,
     children: Vec<(String, Child)>,
+    /// How each program was started, to start it again.
+    specs: std::collections::HashMap<String, Spec>,
     stopped: bool,
+}
+
+#[derive(Clone)]
+struct Spec {
+    program: String,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Pipeline {
     /// Starts the simulator (with `sim_args` after `serve`), ingest, `workers` workers and
     /// the notifier (its jobs API pointed at the simulator), and waits until all are healthy.
     pub async fn start(sim_args: &[&str], workers: usize) -> Self {
+        Self::start_with(sim_args, workers, &[]).await
+    }
+
+    /// [`Pipeline::start`] with extra environment for every program.
+    pub async fn start_with(sim_args: &[&str], workers: usize, extra: &[(&str, &str)]) -> Self {
         shared::telemetry::init(shared::config::LogFormat::Pretty);
         let name = shared::testing::unique_name("e2e");
         let logs = Path::new(env!("CARGO_TARGET_TMPDIR")).join(&name);
@@ -93,6 +109,7 @@ impl Pipeline {
             worker_ports: (0..workers).map(|_| free_port()).collect(),
             http: shared::http::client_builder().build().unwrap(),
             children: Vec::new(),
+            specs: std::collections::HashMap::new(),
             stopped: false,
         };
         let common = vec![
@@ -114,9 +131,10 @@ impl Pipeline {
             ("DOWNLOAD_ALLOWED_HOSTS", pipeline.sim.clone()),
             ("DOWNLOAD_ALLOW_HTTP", "true".to_owned()),
         ];
-        let with = |extra: &[(&'static str, String)]| {
+        let with = |own: &[(&'static str, String)]| {
             let mut env = common.clone();
-            env.extend_from_slice(extra);
+            env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+            env.extend_from_slice(own);
             env
         };
         let mut sim_command = vec!["serve"];
@@ -173,21 +191,59 @@ impl Pipeline {
     }
 
     fn spawn(&mut self, name: &str, program: &str, args: &[&str], env: &[(&str, String)]) {
-        let log = std::fs::File::create(self.logs.join(format!("{name}.log"))).unwrap();
-        let mut command = Command::new(binary(program));
+        let spec = Spec {
+            program: program.to_owned(),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            env: env.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect(),
+        };
+        self.specs.insert(name.to_owned(), spec.clone());
+        self.launch(name, &spec);
+    }
+
+    fn launch(&mut self, name: &str, spec: &Spec) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.logs.join(format!("{name}.log")))
+            .unwrap();
+        let mut command = Command::new(binary(&spec.program));
         command
-            .args(args)
+            .args(&spec.args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("RUST_LOG", "info")
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .kill_on_drop(true);
-        for (key, value) in env {
+        for (key, value) in &spec.env {
             command.env(key, value);
         }
         self.children
+            .retain(|(existing, _)| existing != name);
+        self.children
             .push((name.to_owned(), command.spawn().unwrap()));
+    }
+
+    /// SIGKILL: the program dies at once, mid-work.
+    pub async fn kill(&mut self, name: &str) {
+        let child = &mut self
+            .children
+            .iter_mut()
+            .find(|(existing, _)| existing == name)
+            .unwrap_or_else(|| panic!("no program {name}"))
+            .1;
+        child.kill().await.unwrap();
+    }
+
+    /// Starts a killed program again, as it was started first.
+    pub fn restart(&mut self, name: &str) {
+        let spec = self.specs[name].clone();
+        self.launch(name, &spec);
+    }
+
+    /// Waits until `url` answers 200.
+    pub async fn healthy(&self, name: &str, url: &str) {
+        self.wait_healthy(name, url).await;
     }
 
     async fn wait_healthy(&self, name: &str, url: &str) {
