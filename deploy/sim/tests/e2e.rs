@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use replicate_sim::jobs_client::{JobsClient, Submitted, random_prompt};
 use replicate_sim::accounts;
+use replicate_sim::jobs_client::{JobsClient, Submitted, random_prompt};
 use serde_json::Value;
 use shared::db::schema::generations;
 use shared::events::JobKind;

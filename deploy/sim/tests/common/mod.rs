@@ -194,7 +194,10 @@ impl Pipeline {
         let spec = Spec {
             program: program.to_owned(),
             args: args.iter().map(|a| (*a).to_owned()).collect(),
-            env: env.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .collect(),
         };
         self.specs.insert(name.to_owned(), spec.clone());
         self.launch(name, &spec);
@@ -218,8 +221,7 @@ impl Pipeline {
         for (key, value) in &spec.env {
             command.env(key, value);
         }
-        self.children
-            .retain(|(existing, _)| existing != name);
+        self.children.retain(|(existing, _)| existing != name);
         self.children
             .push((name.to_owned(), command.spawn().unwrap()));
     }

@@ -152,7 +152,14 @@ pub async fn check(
     let mut conn = shared::db::connection(&pipeline.pool).await.unwrap();
     let mut final_status: HashMap<String, String> = HashMap::new();
 
-    type GenerationRow = (String, Option<String>, String, Vec<String>, Option<String>, i32);
+    type GenerationRow = (
+        String,
+        Option<String>,
+        String,
+        Vec<String>,
+        Option<String>,
+        i32,
+    );
     let rows: Vec<GenerationRow> = generations::table
         .select((
             generations::id,
@@ -185,7 +192,9 @@ pub async fn check(
         if expected_status(decision) == "COMPLETED" {
             let outputs = decision["outputs"].as_u64().unwrap_or_default() as usize;
             if urls.len() != outputs {
-                verdict.mismatches.push(format!("{id}: {} images, {outputs} made", urls.len()));
+                verdict
+                    .mismatches
+                    .push(format!("{id}: {} images, {outputs} made", urls.len()));
             }
             for (index, url) in urls.iter().enumerate() {
                 let key = format!("generations/{id}/{index}.png");
@@ -194,14 +203,18 @@ pub async fn check(
                 }
                 let stored = std::fs::read(pipeline.media.join(&key)).unwrap_or_default();
                 if stored != images::png(job_id.as_deref().unwrap(), index) {
-                    verdict.mismatches.push(format!("{id}: image {index} differs"));
+                    verdict
+                        .mismatches
+                        .push(format!("{id}: image {index} differs"));
                 }
             }
         }
         if decision["outputs_broken"] == true
             && !error.as_deref().unwrap_or_default().contains("404")
         {
-            verdict.mismatches.push(format!("{id}: missing outputs not reported: {error:?}"));
+            verdict
+                .mismatches
+                .push(format!("{id}: missing outputs not reported: {error:?}"));
         }
     }
     for (id, job_id, status, version, cost) in &trainings {
@@ -210,7 +223,9 @@ pub async fn check(
             && expected_status(decision) == "COMPLETED"
             && version.as_deref() != decision["output"]["version"].as_str()
         {
-            verdict.mismatches.push(format!("{id}: model version {version:?}"));
+            verdict
+                .mismatches
+                .push(format!("{id}: model version {version:?}"));
         }
     }
 
@@ -218,16 +233,22 @@ pub async fn check(
         verdict.jobs_checked += 1;
         final_status.insert(id.clone(), status.clone());
         let Some(job_id) = job_id else {
-            verdict.mismatches.push(format!("{id}: never created on Replicate ({status})"));
+            verdict
+                .mismatches
+                .push(format!("{id}: never created on Replicate ({status})"));
             continue;
         };
         let Some(decision) = decided.get(job_id) else {
-            verdict.mismatches.push(format!("{id}: {job_id} unknown to the simulator"));
+            verdict
+                .mismatches
+                .push(format!("{id}: {job_id} unknown to the simulator"));
             continue;
         };
         let expected = expected_status(decision);
         if status != expected {
-            verdict.mismatches.push(format!("{id} ({job_id}): {status}, simulator says {expected} ({decision})"));
+            verdict.mismatches.push(format!(
+                "{id} ({job_id}): {status}, simulator says {expected} ({decision})"
+            ));
         }
         let movements: Vec<(String, i32)> = credit_transactions::table
             .filter(credit_transactions::job_id.eq(job_id))
@@ -235,14 +256,28 @@ pub async fn check(
             .load(&mut conn)
             .await
             .unwrap();
-        let debits: Vec<i32> = movements.iter().filter(|m| m.0 == "DEBIT").map(|m| m.1).collect();
-        let refunds: Vec<i32> = movements.iter().filter(|m| m.0 == "REFUND").map(|m| m.1).collect();
+        let debits: Vec<i32> = movements
+            .iter()
+            .filter(|m| m.0 == "DEBIT")
+            .map(|m| m.1)
+            .collect();
+        let refunds: Vec<i32> = movements
+            .iter()
+            .filter(|m| m.0 == "REFUND")
+            .map(|m| m.1)
+            .collect();
         if debits != vec![-cost] {
             verdict.mismatches.push(format!("{id}: debits {debits:?}"));
         }
-        let expected_refunds = if expected == "COMPLETED" { vec![] } else { vec![*cost] };
+        let expected_refunds = if expected == "COMPLETED" {
+            vec![]
+        } else {
+            vec![*cost]
+        };
         if refunds != expected_refunds {
-            verdict.mismatches.push(format!("{id}: refunds {refunds:?}, want {expected_refunds:?}"));
+            verdict.mismatches.push(format!(
+                "{id}: refunds {refunds:?}, want {expected_refunds:?}"
+            ));
         }
     }
 
@@ -261,20 +296,32 @@ pub async fn check(
             .await
             .unwrap();
         if balance != start_credits + movements.iter().sum::<i32>() {
-            verdict.mismatches.push(format!("{user}: balance {balance} does not add up"));
+            verdict
+                .mismatches
+                .push(format!("{user}: balance {balance} does not add up"));
         }
         let inbox = inbox.lock().unwrap();
         verdict.events_checked += inbox.events.len();
-        let seqs: Vec<i64> = inbox.events.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+        let seqs: Vec<i64> = inbox
+            .events
+            .iter()
+            .map(|e| e["seq"].as_i64().unwrap())
+            .collect();
         if seqs != (1..=latest).collect::<Vec<_>>() {
             verdict.mismatches.push(format!(
                 "{user}: browser got seqs {}… ({} events), the log has 1..={latest}",
-                seqs.iter().take(12).map(i64::to_string).collect::<Vec<_>>().join(","),
+                seqs.iter()
+                    .take(12)
+                    .map(i64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
                 seqs.len()
             ));
         }
         if inbox.events.iter().any(|e| e["user_id"] != user.as_str()) {
-            verdict.mismatches.push(format!("{user}: got someone else's event"));
+            verdict
+                .mismatches
+                .push(format!("{user}: got someone else's event"));
         }
         let mut last = HashMap::new();
         for event in &inbox.events {
@@ -285,7 +332,9 @@ pub async fn check(
         }
         for (id, status) in &last {
             if final_status.get(id) != Some(status) {
-                verdict.mismatches.push(format!("{user}: browser last saw {id} {status}"));
+                verdict
+                    .mismatches
+                    .push(format!("{user}: browser last saw {id} {status}"));
             }
         }
     }
@@ -327,11 +376,15 @@ pub async fn check(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     if waiting > 0 {
-        verdict.mismatches.push(format!("{waiting} webhooks left in the work and retry queues"));
+        verdict.mismatches.push(format!(
+            "{waiting} webhooks left in the work and retry queues"
+        ));
     }
     let dead = depth(topology.dead_letter_queue()).await;
     if dead > 0 {
-        verdict.mismatches.push(format!("{dead} webhooks dead-lettered"));
+        verdict
+            .mismatches
+            .push(format!("{dead} webhooks dead-lettered"));
     }
     verdict
 }

@@ -1,0 +1,313 @@
+//! Chaos: while jobs are created through the jobs API (with duplicated, reordered, failing
+//! and cancelled webhooks), workers are SIGKILLed and restarted, RabbitMQ and PostgreSQL
+//! are restarted, the notifier is SIGKILLed under connected browsers, and ingest is cut
+//! for longer than Replicate retries (the reconciler must recover those jobs). Then the
+//! oracle compares everything with what the simulator decided.
+//!
+//! It restarts this machine's RabbitMQ and PostgreSQL, so it is not part of the normal
+//! suite: `deploy/chaos` runs it (`--quick` in `deploy/test`, after the suite).
+//! Jobs are created all through the faults, `CHAOS_RATE` a second (default 15).
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::oracle::{self, Inbox, watch_user};
+use common::{JWT_SECRET, Pipeline};
+use replicate_sim::accounts;
+use replicate_sim::jobs_client::{JobsClient, random_prompt};
+
+const USERS: usize = 8;
+const START_CREDITS: i32 = 1_000_000;
+
+/// Runs a service-control command; its failure stops the run with what it printed.
+fn control(program: &str, args: &[&str]) {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|err| panic!("cannot run {program}: {err}"));
+    assert!(
+        output.status.success(),
+        "{program} {args:?}: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn restart_rabbitmq() {
+    control("rabbitmqctl", &["-q", "stop_app"]);
+    std::thread::sleep(Duration::from_secs(1));
+    control("rabbitmqctl", &["-q", "start_app"]);
+    control("rabbitmqctl", &["-q", "await_startup"]);
+}
+
+fn restart_postgresql() {
+    let version = std::fs::read_dir("/etc/postgresql")
+        .expect("PostgreSQL from Debian's packages")
+        .filter_map(Result::ok)
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .next()
+        .expect("a PostgreSQL cluster");
+    control(
+        "pg_ctlcluster",
+        &["--skip-systemctl-redirect", &version, "main", "restart"],
+    );
+}
+
+/// Creates `rate` jobs a second through the jobs API while `creating` is set, until
+/// `done`; a refusal (the notifier or the database away) is retried.
+#[allow(clippy::too_many_arguments)]
+fn drive(
+    client: Arc<JobsClient>,
+    users: Vec<String>,
+    rate: f64,
+    creating: Arc<AtomicBool>,
+    done: Arc<AtomicBool>,
+    in_flight: Arc<AtomicUsize>,
+    created: Arc<AtomicUsize>,
+    refused: Arc<AtomicUsize>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut i = 0;
+        let pace = Duration::from_secs_f64(1.0 / rate.max(0.1));
+        while !done.load(Ordering::SeqCst) {
+            if !creating.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            in_flight.fetch_add(1, Ordering::SeqCst);
+            let user = &users[i % users.len()];
+            let result = if i % 10 == 3 {
+                client.train(user, "chaos portraits").await
+            } else {
+                client.generate(user, random_prompt()).await
+            };
+            in_flight.fetch_sub(1, Ordering::SeqCst);
+            match result {
+                Ok(_) => {
+                    created.fetch_add(1, Ordering::SeqCst);
+                    i += 1;
+                }
+                Err(_) => {
+                    refused.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+            tokio::time::sleep(pace).await;
+        }
+    })
+}
+
+/// Stops creating and waits for creations under way to finish: the faults that follow
+/// could otherwise leave a job created on Replicate without its id stored.
+async fn pause(creating: &AtomicBool, in_flight: &AtomicUsize) {
+    creating.store(false, Ordering::SeqCst);
+    while in_flight.load(Ordering::SeqCst) > 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "restarts this machine's RabbitMQ and PostgreSQL: run by deploy/chaos"]
+async fn nothing_is_lost_under_crashes_restarts_and_cut_webhooks() {
+    let rate: f64 = std::env::var("CHAOS_RATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(15.0);
+    let started = Instant::now();
+    let mut pipeline = Pipeline::start_with(
+        &[
+            "--step-ms",
+            "40",
+            "--duplicate-rate",
+            "0.2",
+            "--reorder-rate",
+            "0.2",
+            "--max-delay-ms",
+            "200",
+            "--fail-rate",
+            "0.1",
+            "--cancel-rate",
+            "0.1",
+            "--missing-output-rate",
+            "0.05",
+            // Replicate's terminal retries (1 + 2 + … + 32 s) compressed tenfold.
+            "--retry-scale",
+            "0.1",
+        ],
+        2,
+        &[
+            ("RECONCILE_AFTER_SECS", "8"),
+            ("RECONCILE_INTERVAL_SECS", "2"),
+            ("OUTBOX_SWEEP_SECS", "1"),
+            (
+                "AMQP_URL",
+                "amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=5",
+            ),
+        ],
+    )
+    .await;
+    let client = Arc::new(JobsClient::new(
+        &format!("http://{}", pipeline.notifier),
+        JWT_SECRET,
+    ));
+    let users: Vec<String> = (0..USERS).map(|i| format!("chaos-{i}")).collect();
+    let mut inboxes = HashMap::new();
+    let mut watchers = Vec::new();
+    for user in &users {
+        accounts::ensure_user(&pipeline.pool, user, START_CREDITS)
+            .await
+            .unwrap();
+        let inbox = Arc::new(Mutex::new(Inbox::default()));
+        inboxes.insert(user.clone(), inbox.clone());
+        watchers.push(tokio::spawn(watch_user(
+            pipeline.notifier.clone(),
+            client.token(user, Duration::from_secs(3600)),
+            inbox,
+            None,
+        )));
+    }
+
+    let creating = Arc::new(AtomicBool::new(true));
+    let done = Arc::new(AtomicBool::new(false));
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let created = Arc::new(AtomicUsize::new(0));
+    let refused = Arc::new(AtomicUsize::new(0));
+    let driver = drive(
+        client.clone(),
+        users.clone(),
+        rate,
+        creating.clone(),
+        done.clone(),
+        in_flight.clone(),
+        created.clone(),
+        refused.clone(),
+    );
+    let mut faults: Vec<String> = Vec::new();
+    let worker_health = |pipeline: &Pipeline, i: usize| {
+        format!("http://127.0.0.1:{}/api/health", pipeline.worker_ports[i])
+    };
+    let moment = || tokio::time::sleep(Duration::from_secs(2));
+
+    // Workers SIGKILLed mid-batch, twice each, and restarted.
+    for round in 0..2 {
+        for i in 0..2 {
+            moment().await;
+            let name = format!("worker-{i}");
+            pipeline.kill(&name).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            pipeline.restart(&name);
+            pipeline.healthy(&name, &worker_health(&pipeline, i)).await;
+            faults.push(format!("SIGKILL {name} (round {})", round + 1));
+        }
+    }
+
+    // RabbitMQ restarted under load.
+    moment().await;
+    restart_rabbitmq();
+    faults.push("restart RabbitMQ".into());
+
+    // PostgreSQL restarted (job creation paused: see `pause`).
+    moment().await;
+    pause(&creating, &in_flight).await;
+    restart_postgresql();
+    faults.push("restart PostgreSQL".into());
+    pipeline
+        .healthy(
+            "notifier",
+            &format!("http://{}/api/health", pipeline.notifier),
+        )
+        .await;
+    creating.store(true, Ordering::SeqCst);
+
+    // The notifier SIGKILLed under connected browsers; they come back with `since`.
+    moment().await;
+    pause(&creating, &in_flight).await;
+    pipeline.kill("notifier").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    pipeline.restart("notifier");
+    pipeline
+        .healthy(
+            "notifier",
+            &format!("http://{}/api/health", pipeline.notifier),
+        )
+        .await;
+    faults.push("SIGKILL notifier, restart".into());
+    creating.store(true, Ordering::SeqCst);
+
+    // Ingest cut for longer than Replicate retries: those jobs' webhooks are lost for good
+    // and only the reconciler can finish them.
+    moment().await;
+    pipeline.kill("ingest").await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    pipeline.restart("ingest");
+    pipeline
+        .healthy("ingest", &format!("http://{}/api/health", pipeline.ingest))
+        .await;
+    faults.push("ingest cut for 8 s (Replicate's retries span 6.3 s here)".into());
+
+    moment().await;
+    done.store(true, Ordering::SeqCst);
+    driver.await.unwrap();
+    let decided = oracle::settle(&pipeline, Duration::from_secs(240)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let verdict = oracle::check(&pipeline, &decided, START_CREDITS, &inboxes).await;
+    let stats: serde_json::Value = pipeline
+        .http
+        .get(format!("http://{}/sim/stats", pipeline.sim))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let reconnects: usize = inboxes.values().map(|i| i.lock().unwrap().reconnects).sum();
+    let webhooks_sent: u64 = decided
+        .values()
+        .map(|j| j["webhooks_sent"].as_u64().unwrap_or_default())
+        .sum();
+    println!("\nchaos run ({:.0} s)", started.elapsed().as_secs_f64());
+    println!("| what | count |\n|---|---|");
+    println!(
+        "| jobs created through the jobs API | {} |",
+        created.load(Ordering::SeqCst)
+    );
+    println!(
+        "| job creations refused and retried | {} |",
+        refused.load(Ordering::SeqCst)
+    );
+    println!("| webhooks sent by the simulator | {webhooks_sent} |");
+    println!("| webhooks accepted by ingest | {} |", stats["accepted"]);
+    println!(
+        "| webhook posts refused or unanswered | {} |",
+        stats["refused"]
+    );
+    println!(
+        "| terminal webhooks given up (recovered by the reconciler) | {} |",
+        stats["given_up"]
+    );
+    println!("| faults injected | {} |", faults.len());
+    for fault in &faults {
+        println!("|   {fault} | 1 |");
+    }
+    println!("| browser reconnects | {reconnects} |");
+    println!("| jobs checked | {} |", verdict.jobs_checked);
+    println!("| browser events checked | {} |", verdict.events_checked);
+    println!("| mismatches | {} |", verdict.mismatches.len());
+    for watcher in watchers {
+        watcher.abort();
+    }
+    assert!(
+        verdict.mismatches.is_empty(),
+        "{} mismatches: {:#?}; logs in {}",
+        verdict.mismatches.len(),
+        verdict.mismatches,
+        pipeline.logs.display()
+    );
+    assert_eq!(verdict.jobs_checked, created.load(Ordering::SeqCst));
+    pipeline.stop().await;
+}
