@@ -172,7 +172,8 @@ pub async fn check(
         .load(&mut conn)
         .await
         .unwrap();
-    let trainings: Vec<(String, Option<String>, String, Option<String>, i32)> = ai_models::table
+    type TrainingRow = (String, Option<String>, String, Option<String>, i32);
+    let trainings: Vec<TrainingRow> = ai_models::table
         .select((
             ai_models::id,
             ai_models::job_id,
