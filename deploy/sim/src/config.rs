@@ -30,6 +30,9 @@ pub enum Command {
     Send(SendArgs),
     /// Drive many jobs through the real pipeline and measure it.
     Load(LoadArgs),
+    /// One measurement of `deploy/bench`, or its report.
+    #[command(subcommand)]
+    Bench(BenchCommand),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -139,6 +142,45 @@ pub struct LoadArgs {
     pub signing: SigningArgs,
     #[command(flatten)]
     pub faults: Faults,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum BenchCommand {
+    /// Persistent confirmed publishes/s into a quorum queue: the ceiling for ingest.
+    Broker {
+        #[arg(
+            long,
+            env = "AMQP_URL",
+            default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+            hide_env_values = true
+        )]
+        amqp_url: String,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        #[arg(long, default_value = "target/bench")]
+        out: std::path::PathBuf,
+    },
+    /// Signed webhooks/s a running ingest confirms, and its latency at half that rate.
+    Ingest {
+        /// The ingest endpoint.
+        #[arg(long, default_value = "http://127.0.0.1:8080/api/webhooks/replicate")]
+        url: String,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        #[arg(long, default_value = "target/bench")]
+        out: std::path::PathBuf,
+        #[command(flatten)]
+        signing: SigningArgs,
+    },
+    /// `report.md` and `report.json` from the measurements in `--out`.
+    Report {
+        #[arg(long, default_value = "target/bench")]
+        out: std::path::PathBuf,
+    },
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 pub mod accounts;
 pub mod api;
+pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod faults;

@@ -1,9 +1,9 @@
 use std::net::TcpListener;
 use std::time::Duration;
 
-use replicate_sim::config::{Cli, Command};
+use replicate_sim::config::{BenchCommand, Cli, Command};
 use replicate_sim::lifecycle::Simulator;
-use replicate_sim::{api, demo, load, prediction, send};
+use replicate_sim::{api, bench, demo, load, prediction, send};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -51,6 +51,25 @@ async fn main() -> anyhow::Result<()> {
                     std::process::exit(1);
                 }
             }
+        }
+        Command::Bench(BenchCommand::Broker {
+            amqp_url,
+            seconds,
+            concurrency,
+            out,
+        }) => bench::save(&out, &bench::broker(&amqp_url, seconds, concurrency).await?)?,
+        Command::Bench(BenchCommand::Ingest {
+            url,
+            seconds,
+            concurrency,
+            out,
+            signing,
+        }) => bench::save(
+            &out,
+            &bench::ingest(&url, signing.secrets.primary(), seconds, concurrency).await?,
+        )?,
+        Command::Bench(BenchCommand::Report { out }) => {
+            println!("{}", std::fs::read_to_string(bench::report(&out)?)?);
         }
         Command::Load(args) => {
             let report = load::run(args).await?;

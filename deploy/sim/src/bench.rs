@@ -1,0 +1,473 @@
+//! `replicate-sim bench …`: measurements for `deploy/bench`, each written as JSON under
+//! `target/bench/`, and the report that puts every figure beside its reference.
+//!
+//! - `broker`: persistent, confirmed publishes/s of one webhook-sized payload into a quorum
+//!   queue of its own, confirms pipelined over `--concurrency` publishers: the ceiling
+//!   ingest is measured against.
+//! - `ingest`: correctly signed webhooks/s that a running ingest confirms at saturation
+//!   (`--concurrency` kept-alive connections, everything signed ahead of time), then the
+//!   latency at half that rate, paced (latency counted from when each request was due, so
+//!   a stall is not hidden), and the load generator's own CPU.
+//! - `report`: `report.md` and `report.json` from what was measured.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use lapin::options::{ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use serde_json::{Value, json};
+use shared::amqp::{Outgoing, PERSISTENT, publish_confirmed};
+use shared::webhook::WebhookSecret;
+
+/// The body every measurement sends: a succeeded prediction padded with logs to about the
+/// size of a real image webhook (2.7 KB).
+pub fn webhook_body(id: &str) -> Vec<u8> {
+    let mut body = json!({
+        "id": id, "status": "succeeded", "model": "black-forest-labs/flux-schnell",
+        "version": "hidden", "input": {"prompt": "a studio photo of a rainbow colored corgi"},
+        "output": [format!("https://replicate.delivery/xezq/{id}/out-0.webp")],
+        "error": null, "logs": "", "data_removed": false, "source": "api",
+        "created_at": "2026-11-29T10:00:00.000000Z", "completed_at": "2026-11-29T10:00:02.500000Z",
+        "metrics": {"predict_time": 2.41, "total_time": 2.5},
+        "urls": {"get": format!("https://api.replicate.com/v1/predictions/{id}")},
+    });
+    let size = serde_json::to_vec(&body).expect("JSON").len();
+    body["logs"] = json!("x".repeat(2700usize.saturating_sub(size)));
+    serde_json::to_vec(&body).expect("JSON")
+}
+
+fn bar(seconds: u64, what: &str) -> ProgressBar {
+    ProgressBar::new(seconds).with_style(
+        ProgressStyle::with_template(&format!("{what:<28} {{bar:30}} {{pos}}/{{len}} s {{msg}}"))
+            .expect("valid template"),
+    )
+}
+
+/// Ticks a progress bar once a second until `done`.
+fn tick(bar: ProgressBar, done: Arc<AtomicBool>, count: Arc<AtomicU64>) {
+    tokio::spawn(async move {
+        let started = Instant::now();
+        while !done.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            bar.set_position(started.elapsed().as_secs());
+            let per_second = count.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+            bar.set_message(format!("{per_second:.0}/s"));
+        }
+        bar.finish();
+    });
+}
+
+/// CPU seconds this process has used (user + system), from `/proc/self/stat`.
+fn own_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are the 14th and 15th fields: 12th and 13th after the name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// `broker`: the ceiling.
+pub async fn broker(amqp_url: &str, seconds: u64, concurrency: usize) -> anyhow::Result<Value> {
+    let connection = Connection::connect(amqp_url, ConnectionProperties::default())
+        .await
+        .context("connecting to RabbitMQ")?;
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let queue = format!("bench.broker.{}", crate::prediction::new_id());
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from("quorum")),
+    );
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await?;
+    let body = Arc::new(webhook_body("bench"));
+    let done = Arc::new(AtomicBool::new(false));
+    let confirmed = Arc::new(AtomicU64::new(0));
+    tick(
+        bar(seconds, "broker: confirmed publishes"),
+        done.clone(),
+        confirmed.clone(),
+    );
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let mut publishers = Vec::new();
+    for _ in 0..concurrency.max(1) {
+        let (channel, queue, body, confirmed) = (
+            channel.clone(),
+            queue.clone(),
+            body.clone(),
+            confirmed.clone(),
+        );
+        publishers.push(tokio::spawn(async move {
+            while Instant::now() < deadline {
+                let published = publish_confirmed(
+                    &channel,
+                    Outgoing {
+                        exchange: "",
+                        routing_key: &queue,
+                        body: &body,
+                        properties: BasicProperties::default().with_delivery_mode(PERSISTENT),
+                        mandatory: true,
+                    },
+                    Duration::from_secs(10),
+                )
+                .await;
+                if published.is_ok() {
+                    confirmed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for publisher in publishers {
+        publisher.await?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    done.store(true, Ordering::Relaxed);
+    channel
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await?;
+    let total = confirmed.load(Ordering::Relaxed);
+    Ok(json!({
+        "part": "broker",
+        "confirmed": total,
+        "seconds": elapsed,
+        "per_second": total as f64 / elapsed,
+        "concurrency": concurrency,
+        "payload_bytes": body.len(),
+    }))
+}
+
+/// Signed requests, made before the clock starts.
+struct Signed {
+    id: String,
+    timestamp: String,
+    signature: String,
+    body: bytes::Bytes,
+}
+
+fn sign_ahead(secret: &WebhookSecret, count: usize) -> Vec<Signed> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs() as i64;
+    let run = crate::prediction::new_id();
+    (0..count)
+        .map(|i| {
+            let id = format!("msg_bench_{run}_{i}");
+            let body = webhook_body(&format!("bench{i}"));
+            Signed {
+                signature: secret.sign(&id, now, &body),
+                timestamp: now.to_string(),
+                id,
+                body: body.into(),
+            }
+        })
+        .collect()
+}
+
+async fn post(http: &reqwest::Client, url: &str, signed: &Signed) -> bool {
+    let response = http
+        .post(url)
+        .header("content-type", "application/json")
+        .header(shared::webhook::HEADER_ID, &signed.id)
+        .header(shared::webhook::HEADER_TIMESTAMP, &signed.timestamp)
+        .header(shared::webhook::HEADER_SIGNATURE, &signed.signature)
+        .body(signed.body.clone())
+        .send()
+        .await;
+    matches!(response, Ok(r) if r.status() == 200)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// `ingest`: saturation, then latency at half the rate.
+pub async fn ingest(
+    url: &str,
+    secret: &WebhookSecret,
+    seconds: u64,
+    concurrency: usize,
+) -> anyhow::Result<Value> {
+    let http = shared::http::client_builder()
+        .pool_max_idle_per_host(concurrency)
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let concurrency = concurrency.max(1);
+    // Enough distinct webhooks for the whole run (each id sent once).
+    let signed = Arc::new(sign_ahead(secret, 40_000 * seconds as usize / 10 + 1000));
+
+    // Saturation: every connection sends as fast as answers come.
+    let done = Arc::new(AtomicBool::new(false));
+    let accepted = Arc::new(AtomicU64::new(0));
+    let next = Arc::new(AtomicU64::new(0));
+    tick(
+        bar(seconds, "ingest: saturation"),
+        done.clone(),
+        accepted.clone(),
+    );
+    let cpu_before = own_cpu_seconds();
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let mut senders = Vec::new();
+    for _ in 0..concurrency {
+        let (http, url, signed, accepted, next) = (
+            http.clone(),
+            url.to_owned(),
+            signed.clone(),
+            accepted.clone(),
+            next.clone(),
+        );
+        senders.push(tokio::spawn(async move {
+            while Instant::now() < deadline {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize % signed.len();
+                if post(&http, &url, &signed[i]).await {
+                    accepted.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for sender in senders {
+        sender.await?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    done.store(true, Ordering::Relaxed);
+    let generator_cpu = (own_cpu_seconds() - cpu_before) / elapsed;
+    let saturation = accepted.load(Ordering::Relaxed) as f64 / elapsed;
+
+    // Half the rate, paced: each connection sends on its own schedule.
+    let rate = saturation / 2.0;
+    let interval = Duration::from_secs_f64(concurrency as f64 / rate.max(1.0));
+    let done = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicU64::new(0));
+    tick(
+        bar(seconds, "ingest: half rate, paced"),
+        done.clone(),
+        answered.clone(),
+    );
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let mut senders = Vec::new();
+    for connection in 0..concurrency {
+        let (http, url, signed, answered, next) = (
+            http.clone(),
+            url.to_owned(),
+            signed.clone(),
+            answered.clone(),
+            next.clone(),
+        );
+        senders.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut due = started + interval.mul_f64(connection as f64 / concurrency as f64);
+            while due < deadline {
+                tokio::time::sleep_until(due.into()).await;
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize % signed.len();
+                if post(&http, &url, &signed[i]).await {
+                    answered.fetch_add(1, Ordering::Relaxed);
+                    latencies.push(due.elapsed().as_secs_f64() * 1000.0);
+                }
+                due += interval;
+            }
+            latencies
+        }));
+    }
+    let mut latencies = Vec::new();
+    for sender in senders {
+        latencies.extend(sender.await?);
+    }
+    done.store(true, Ordering::Relaxed);
+    latencies.sort_by(f64::total_cmp);
+    Ok(json!({
+        "part": "ingest",
+        "saturation_per_second": saturation,
+        "half_rate_per_second": answered.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64(),
+        "p50_ms": percentile(&latencies, 0.5),
+        "p99_ms": percentile(&latencies, 0.99),
+        "max_ms": latencies.last().copied().unwrap_or_default(),
+        "concurrency": concurrency,
+        "generator_cpu": generator_cpu,
+        "latencies_ms": latencies,
+    }))
+}
+
+fn read(dir: &Path, part: &str) -> Option<Value> {
+    let text = std::fs::read_to_string(dir.join(format!("{part}.json"))).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// One row of the report's first table.
+struct Row {
+    figure: String,
+    value: String,
+    reference: String,
+    ratio: Option<f64>,
+    target: String,
+    met: Option<bool>,
+}
+
+/// `report`: the first table (figure, reference, ratio, target, met) and the details.
+pub fn report(dir: &Path) -> anyhow::Result<PathBuf> {
+    let broker = read(dir, "broker");
+    let ingest = read(dir, "ingest");
+    let mut rows = Vec::new();
+    if let (Some(broker), Some(ingest)) = (&broker, &ingest) {
+        let limit = broker["per_second"].as_f64().unwrap_or_default();
+        let saturation = ingest["saturation_per_second"].as_f64().unwrap_or_default();
+        let ratio = saturation / limit.max(1.0);
+        rows.push(Row {
+            figure: "ingest: confirmed webhooks/s at saturation".into(),
+            value: format!("{saturation:.0}/s"),
+            reference: format!("broker limit {limit:.0}/s"),
+            ratio: Some(ratio),
+            target: "≥ 0.8 × broker".into(),
+            met: Some(ratio >= 0.8),
+        });
+        let p99 = ingest["p99_ms"].as_f64().unwrap_or_default();
+        rows.push(Row {
+            figure: format!(
+                "ingest: p50 / p99 at half rate ({:.0}/s)",
+                ingest["half_rate_per_second"].as_f64().unwrap_or_default()
+            ),
+            value: format!(
+                "{:.1} / {p99:.1} ms",
+                ingest["p50_ms"].as_f64().unwrap_or_default()
+            ),
+            reference: "—".into(),
+            ratio: None,
+            target: "p99 ≤ 10 ms".into(),
+            met: Some(p99 <= 10.0),
+        });
+    }
+    let mut markdown = String::from(
+        "# Benchmark report\n\nEvery figure beside a reference measured in the same run on this machine (2 cores, everything on it: ratios, not absolute times).\n\n| figure | value | reference | ratio | target | met |\n|---|---|---|---|---|---|\n",
+    );
+    for row in &rows {
+        markdown.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} |\n",
+            row.figure,
+            row.value,
+            row.reference,
+            row.ratio.map_or("—".into(), |r| format!("{r:.2}")),
+            row.target,
+            match row.met {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "—",
+            }
+        ));
+    }
+    if let Some(broker) = &broker {
+        markdown.push_str(&format!(
+            "\n## Broker limit\n\n{} persistent publishes of {} bytes into a quorum queue, {} publishers sharing one channel with pipelined confirms: {:.0}/s.\n",
+            broker["confirmed"], broker["payload_bytes"], broker["concurrency"],
+            broker["per_second"].as_f64().unwrap_or_default()
+        ));
+    }
+    if let Some(ingest) = &ingest {
+        markdown.push_str(&format!(
+            "\n## Ingest\n\n{} kept-alive connections, every webhook signed before the clock starts. Saturation: {:.0} confirmed webhooks/s. Paced at half that rate: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (from when each request was due). The load generator used {:.0}% of one core.\n",
+            ingest["concurrency"],
+            ingest["saturation_per_second"].as_f64().unwrap_or_default(),
+            ingest["p50_ms"].as_f64().unwrap_or_default(),
+            ingest["p99_ms"].as_f64().unwrap_or_default(),
+            ingest["max_ms"].as_f64().unwrap_or_default(),
+            ingest["generator_cpu"].as_f64().unwrap_or_default() * 100.0,
+        ));
+    }
+    markdown.push_str("\nNot measured yet by this report: the worker against `pgbench -N`, the notifier's fan-out against nchan, end to end at 500 and 1,000 webhooks/s, peak memory per service (see `deploy/bench load` and `deploy/bench sockets` for those figures today).\n");
+    let summary: Vec<Value> = rows
+        .iter()
+        .map(|row| {
+            json!({"figure": row.figure, "value": row.value, "reference": row.reference,
+                          "ratio": row.ratio, "target": row.target, "met": row.met})
+        })
+        .collect();
+    let mut details = json!({"table": summary});
+    if let Some(broker) = broker {
+        details["broker"] = broker;
+    }
+    if let Some(mut ingest) = ingest {
+        ingest.as_object_mut().map(|o| o.remove("latencies_ms"));
+        details["ingest"] = ingest;
+    }
+    std::fs::write(
+        dir.join("report.json"),
+        serde_json::to_vec_pretty(&details)?,
+    )?;
+    let path = dir.join("report.md");
+    std::fs::write(&path, markdown)?;
+    Ok(path)
+}
+
+/// Writes one measurement as `<dir>/<part>.json`.
+pub fn save(dir: &Path, result: &Value) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let part = result["part"].as_str().unwrap_or("result");
+    std::fs::write(
+        dir.join(format!("{part}.json")),
+        serde_json::to_vec(result)?,
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_payload_is_webhook_sized_json() {
+        let body = webhook_body("abc");
+        assert!((2600..=2800).contains(&body.len()), "{}", body.len());
+        let value: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(value["id"], "abc");
+        assert!(shared::replicate::JobRef::parse(&body).is_ok());
+    }
+
+    #[test]
+    fn the_report_compares_with_the_reference() {
+        let dir = std::env::temp_dir().join(format!("bench-{}", crate::prediction::new_id()));
+        save(&dir, &json!({"part": "broker", "per_second": 1000.0, "confirmed": 10000, "payload_bytes": 2700, "concurrency": 64})).unwrap();
+        save(&dir, &json!({"part": "ingest", "saturation_per_second": 700.0, "half_rate_per_second": 350.0,
+                           "p50_ms": 2.0, "p99_ms": 12.0, "max_ms": 20.0, "concurrency": 64, "generator_cpu": 0.5,
+                           "latencies_ms": [1.0, 2.0]})).unwrap();
+        let markdown = std::fs::read_to_string(report(&dir).unwrap()).unwrap();
+        assert!(
+            markdown.contains("| 0.70 | ≥ 0.8 × broker | **no** |"),
+            "{markdown}"
+        );
+        assert!(markdown.contains("p99 ≤ 10 ms | **no** |"), "{markdown}");
+        let json: Value =
+            serde_json::from_slice(&std::fs::read(dir.join("report.json")).unwrap()).unwrap();
+        assert_eq!(json["table"][0]["met"], false);
+        assert!(json["ingest"].get("latencies_ms").is_none());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
