@@ -220,14 +220,15 @@ impl Sessions {
         let too_slow = Arc::new(Notify::new());
         let bound = {
             let mut users = self.users.lock().expect("not poisoned");
-            if self.registered.load(Ordering::Relaxed) >= self.max_total {
-                return Err(ConnectionLimit::Total(self.max_total));
-            }
+            // The user's own limit is the more useful reason to give.
             if users
                 .get(user_id)
                 .is_some_and(|entry| entry.sockets.len() >= self.max_per_user)
             {
                 return Err(ConnectionLimit::PerUser(self.max_per_user));
+            }
+            if self.registered.load(Ordering::Relaxed) >= self.max_total {
+                return Err(ConnectionLimit::Total(self.max_total));
             }
             self.registered.fetch_add(1, Ordering::Relaxed);
             let entry = users.entry(user_id.to_owned()).or_default();

@@ -164,6 +164,13 @@ impl Api {
             .await
     }
 
+    /// A user of the web app with `credits`.
+    async fn user(&self, id: &str, credits: i32) {
+        accounts::ensure_user(&self.services.pool, id, credits)
+            .await
+            .unwrap();
+    }
+
     async fn credits(&self, user: &str) -> i32 {
         let mut conn = shared::db::connection(&self.services.pool).await.unwrap();
         users::table
@@ -215,9 +222,7 @@ impl Api {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_generation_is_debited_once_created_on_replicate_and_pushed_live() {
     let api = Api::start(Replicate::Simulator).await;
-    accounts::ensure_user(&api.services.pool, "u1", 10)
-        .await
-        .unwrap();
+    api.user("u1", 10).await;
     let ws = format!(
         "{}/ws?token={}",
         api.base.replacen("http", "ws", 1),
@@ -302,9 +307,7 @@ async fn a_generation_is_debited_once_created_on_replicate_and_pushed_live() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_requests_change_nothing() {
     let api = Api::start(Replicate::Simulator).await;
-    accounts::ensure_user(&api.services.pool, "u1", 10)
-        .await
-        .unwrap();
+    api.user("u1", 10).await;
 
     let no_token = api
         .call(
@@ -409,12 +412,8 @@ async fn refused_requests_change_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_ones_own_completed_image_can_be_upscaled() {
     let api = Api::start(Replicate::Simulator).await;
-    accounts::ensure_user(&api.services.pool, "u1", 100)
-        .await
-        .unwrap();
-    accounts::ensure_user(&api.services.pool, "u2", 100)
-        .await
-        .unwrap();
+    api.user("u1", 100).await;
+    api.user("u2", 100).await;
     let (_, created) = api
         .post("/api/generations", "u1", json!({"prompt": "a corgi"}))
         .await;
@@ -525,9 +524,7 @@ async fn assert_failed_and_refunded_once(api: &Api, answer: &Value, reason: &str
 /// failed and refunded once.
 async fn creation_fails_and_refunds(replicate: Replicate, reason: &str) {
     let api = Api::start(replicate).await;
-    accounts::ensure_user(&api.services.pool, "u1", 10)
-        .await
-        .unwrap();
+    api.user("u1", 10).await;
     let (status, answer) = api
         .post("/api/generations", "u1", json!({"prompt": "a corgi"}))
         .await;
@@ -549,9 +546,7 @@ async fn replicate_refusing_the_job_fails_it_with_replicates_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_replicate_token_creation_is_unavailable_and_listing_works() {
     let api = Api::start(Replicate::NotConfigured).await;
-    accounts::ensure_user(&api.services.pool, "u1", 10)
-        .await
-        .unwrap();
+    api.user("u1", 10).await;
     let (status, answer) = api
         .post("/api/generations", "u1", json!({"prompt": "a corgi"}))
         .await;
@@ -573,9 +568,7 @@ async fn without_a_replicate_token_creation_is_unavailable_and_listing_works() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_cover_every_job_once_newest_first() {
     let api = Arc::new(Api::start(Replicate::Simulator).await);
-    accounts::ensure_user(&api.services.pool, "u1", 1000)
-        .await
-        .unwrap();
+    api.user("u1", 1000).await;
     let mut created = Vec::new();
     for i in 0..5 {
         let (status, answer) = if i == 2 {
