@@ -176,6 +176,25 @@ pub enum BenchCommand {
         #[command(flatten)]
         signing: SigningArgs,
     },
+    /// Webhooks/s two workers drain from a preloaded queue (a database of its own).
+    Worker {
+        #[arg(
+            long,
+            env = "AMQP_URL",
+            default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+            hide_env_values = true
+        )]
+        amqp_url: String,
+        #[command(flatten)]
+        database: DatabaseConfig,
+        /// The worker binary to run.
+        #[arg(long)]
+        worker_bin: std::path::PathBuf,
+        #[arg(long, default_value_t = 5000)]
+        jobs: usize,
+        #[arg(long, default_value = "target/bench")]
+        out: std::path::PathBuf,
+    },
     /// `report.md` and `report.json` from the measurements in `--out`.
     Report {
         #[arg(long, default_value = "target/bench")]

@@ -68,6 +68,16 @@ async fn main() -> anyhow::Result<()> {
             &out,
             &bench::ingest(&url, signing.secrets.primary(), seconds, concurrency).await?,
         )?,
+        Command::Bench(BenchCommand::Worker {
+            amqp_url,
+            database,
+            worker_bin,
+            jobs,
+            out,
+        }) => bench::save(
+            &out,
+            &bench::worker(&database, &amqp_url, &worker_bin, jobs).await?,
+        )?,
         Command::Bench(BenchCommand::Report { out }) => {
             println!("{}", std::fs::read_to_string(bench::report(&out)?)?);
         }
