@@ -138,6 +138,11 @@ pub struct LoadArgs {
     /// Give up waiting for events after this many seconds.
     #[arg(long, default_value_t = 120)]
     pub timeout_secs: u64,
+    /// Also write the figures as `<DIR>/<--bench-name>.json` for `bench report`.
+    #[arg(long, value_name = "DIR")]
+    pub bench_out: Option<std::path::PathBuf>,
+    #[arg(long, default_value = "e2e")]
+    pub bench_name: String,
     #[command(flatten)]
     pub signing: SigningArgs,
     #[command(flatten)]

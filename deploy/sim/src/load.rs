@@ -47,6 +47,26 @@ impl LoadReport {
     }
 }
 
+impl LoadReport {
+    /// The figures as JSON (`bench report` reads them).
+    pub fn to_json(&self) -> serde_json::Value {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let seconds = self.elapsed.as_secs_f64();
+        serde_json::json!({
+            "jobs": self.jobs,
+            "seconds": seconds,
+            "webhooks_accepted": self.webhooks_accepted,
+            "webhooks_per_second": self.webhooks_accepted as f64 / seconds,
+            "p50_ms": ms(self.percentile(0.5)),
+            "p99_ms": ms(self.percentile(0.99)),
+            "max_ms": ms(self.latencies.iter().max().copied().unwrap_or_default()),
+            "samples": self.latencies.len(),
+            "missing": self.missing,
+            "out_of_order": self.out_of_order,
+        })
+    }
+}
+
 impl std::fmt::Display for LoadReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let seconds = self.elapsed.as_secs_f64();
@@ -181,28 +201,49 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<LoadReport> {
 
     let started = Instant::now();
     let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate.max(0.001)));
-    let mut submitted: Vec<Submitted> = Vec::with_capacity(args.jobs);
-    let mut refused = 0;
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    // Creations run concurrently (as many browsers would), so the rate holds whatever one
+    // creation takes; at most this many at once.
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(64));
+    let client = Arc::new(client);
+    let mut creations = tokio::task::JoinSet::new();
     for i in 0..args.jobs {
         ticks.tick().await;
-        let user = &users[i % users.len()];
-        let created = if fastrand::f64() < TRAINING_SHARE {
-            client.train(user, "load portraits").await
-        } else {
-            client.generate(user, random_prompt()).await
-        };
-        record(created, &mut submitted, &mut refused);
+        let user = users[i % users.len()].clone();
+        let (creator, permit) = (
+            client.clone(),
+            in_flight
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("never closed"),
+        );
+        creations.spawn(async move {
+            let created = if fastrand::f64() < TRAINING_SHARE {
+                creator.train(&user, "load portraits").await
+            } else {
+                creator.generate(&user, random_prompt()).await
+            };
+            drop(permit);
+            created
+        });
         // Upscale some of what has completed so far, as users do.
         while let Ok(done) = completed_rx.try_recv() {
             if fastrand::f64() < UPSCALE_SHARE {
                 progress.inc_length(1);
-                record(
-                    client.upscale(&done.user_id, &done.id).await,
-                    &mut submitted,
-                    &mut refused,
-                );
+                let client = client.clone();
+                creations.spawn(async move { client.upscale(&done.user_id, &done.id).await });
             }
         }
+    }
+    let mut submitted: Vec<Submitted> = Vec::with_capacity(args.jobs);
+    let mut refused = 0;
+    while let Some(created) = creations.join_next().await {
+        record(
+            created.expect("creation task"),
+            &mut submitted,
+            &mut refused,
+        );
     }
 
     let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);

@@ -82,8 +82,17 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", std::fs::read_to_string(bench::report(&out)?)?);
         }
         Command::Load(args) => {
+            let bench = args
+                .bench_out
+                .clone()
+                .map(|dir| (dir, args.bench_name.clone()));
             let report = load::run(args).await?;
             println!("{report}");
+            if let Some((dir, name)) = bench {
+                let mut figures = report.to_json();
+                figures["part"] = serde_json::json!(name);
+                bench::save(&dir, &figures)?;
+            }
             if report.missing > 0 {
                 std::process::exit(1);
             }
