@@ -62,6 +62,26 @@ fn tick(bar: ProgressBar, done: Arc<AtomicBool>, count: Arc<AtomicU64>) {
     });
 }
 
+/// How many more `count` reached each second, until `done`.
+fn sample_each_second(
+    done: Arc<AtomicBool>,
+    count: Arc<AtomicU64>,
+) -> tokio::task::JoinHandle<Vec<u64>> {
+    tokio::spawn(async move {
+        let mut series = Vec::new();
+        let mut last = 0;
+        let mut ticks = tokio::time::interval(Duration::from_secs(1));
+        ticks.tick().await;
+        while !done.load(Ordering::Relaxed) {
+            ticks.tick().await;
+            let now = count.load(Ordering::Relaxed);
+            series.push(now - last);
+            last = now;
+        }
+        series
+    })
+}
+
 /// CPU seconds this process has used (user + system), from `/proc/self/stat`.
 fn own_cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
@@ -383,6 +403,7 @@ pub async fn ingest(
         done.clone(),
         accepted.clone(),
     );
+    let series = sample_each_second(done.clone(), accepted.clone());
     let cpu_before = own_cpu_seconds();
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds);
@@ -410,6 +431,9 @@ pub async fn ingest(
     let elapsed = started.elapsed().as_secs_f64();
     done.store(true, Ordering::Relaxed);
     let generator_cpu = (own_cpu_seconds() - cpu_before) / elapsed;
+    let mut series = series.await?;
+    // A last sample taken after the deadline counts a partial second.
+    series.truncate(seconds as usize);
     let saturation = accepted.load(Ordering::Relaxed) as f64 / elapsed;
 
     // Half the rate, paced: each connection sends on its own schedule.
@@ -463,6 +487,7 @@ pub async fn ingest(
         "max_ms": latencies.last().copied().unwrap_or_default(),
         "concurrency": concurrency,
         "generator_cpu": generator_cpu,
+        "saturation_series": series,
         "latencies_ms": latencies,
     }))
 }
@@ -629,6 +654,19 @@ pub fn report(dir: &Path) -> anyhow::Result<PathBuf> {
         ingest.as_object_mut().map(|o| o.remove("latencies_ms"));
         details["ingest"] = ingest;
     }
+    let mut charts = Vec::new();
+    if let Some(chart) = latency_chart(dir)? {
+        charts.push(chart);
+    }
+    if let Some(chart) = throughput_chart(dir)? {
+        charts.push(chart);
+    }
+    if !charts.is_empty() {
+        markdown.push_str("\n## Charts\n\n");
+        for chart in &charts {
+            markdown.push_str(&format!("![{chart}]({chart})\n\n"));
+        }
+    }
     std::fs::write(
         dir.join("report.json"),
         serde_json::to_vec_pretty(&details)?,
@@ -636,6 +674,136 @@ pub fn report(dir: &Path) -> anyhow::Result<PathBuf> {
     let path = dir.join("report.md");
     std::fs::write(&path, markdown)?;
     Ok(path)
+}
+
+fn values(run: &Value, field: &str) -> Vec<f64> {
+    run[field]
+        .as_array()
+        .map(|values| values.iter().filter_map(Value::as_f64).collect())
+        .unwrap_or_default()
+}
+
+/// `latency.svg`: the latency distribution (percentile against milliseconds) of each run
+/// that recorded its latencies.
+fn latency_chart(dir: &Path) -> anyhow::Result<Option<&'static str>> {
+    use plotters::prelude::*;
+    let runs: Vec<(String, Vec<f64>)> = [
+        ("ingest (half rate)", "ingest"),
+        ("end to end ~500/s", "e2e-500"),
+        ("end to end ~1,000/s", "e2e-1000"),
+    ]
+    .into_iter()
+    .filter_map(|(label, part)| {
+        let mut latencies = values(&read(dir, part)?, "latencies_ms");
+        latencies.sort_by(f64::total_cmp);
+        (!latencies.is_empty()).then(|| (label.to_owned(), latencies))
+    })
+    .collect();
+    if runs.is_empty() {
+        return Ok(None);
+    }
+    let max = runs
+        .iter()
+        .filter_map(|(_, l)| l.get(((l.len() - 1) as f64 * 0.999) as usize))
+        .fold(1.0f64, |a, b| a.max(*b));
+    let path = dir.join("latency.svg");
+    let root = SVGBackend::new(&path, (800, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "Latency distribution (to the 99.9th percentile)",
+            ("sans-serif", 20),
+        )
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(48)
+        .build_cartesian_2d(0f64..max * 1.05, 0f64..100f64)?;
+    chart
+        .configure_mesh()
+        .x_desc("milliseconds")
+        .y_desc("percentile")
+        .draw()?;
+    for (index, (label, latencies)) in runs.iter().enumerate() {
+        let color = Palette99::pick(index).to_rgba();
+        let n = latencies.len() as f64;
+        chart
+            .draw_series(LineSeries::new(
+                latencies
+                    .iter()
+                    .enumerate()
+                    .step_by((latencies.len() / 500).max(1))
+                    .map(|(i, ms)| (*ms, 100.0 * (i as f64 + 1.0) / n)),
+                color.stroke_width(2),
+            ))?
+            .label(label.as_str())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()?;
+    root.present()?;
+    Ok(Some("latency.svg"))
+}
+
+/// `throughput.svg`: confirmed webhooks each second while ingest was saturated, beside
+/// the broker's limit.
+fn throughput_chart(dir: &Path) -> anyhow::Result<Option<&'static str>> {
+    use plotters::prelude::*;
+    let Some(ingest) = read(dir, "ingest") else {
+        return Ok(None);
+    };
+    let series = values(&ingest, "saturation_series");
+    if series.is_empty() {
+        return Ok(None);
+    }
+    let limit = read(dir, "broker")
+        .and_then(|b| b["per_second"].as_f64())
+        .unwrap_or_default();
+    let top = series.iter().fold(limit, |a, b| a.max(*b)) * 1.1;
+    let path = dir.join("throughput.svg");
+    let root = SVGBackend::new(&path, (800, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "Ingest at saturation: confirmed webhooks per second",
+            ("sans-serif", 20),
+        )
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..series.len() as f64, 0f64..top.max(1.0))?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds")
+        .y_desc("webhooks/s")
+        .draw()?;
+    chart
+        .draw_series(LineSeries::new(
+            series.iter().enumerate().map(|(i, v)| (i as f64 + 1.0, *v)),
+            BLUE.stroke_width(2),
+        ))?
+        .label("ingest")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLUE));
+    if limit > 0.0 {
+        chart
+            .draw_series(LineSeries::new(
+                [(0.0, limit), (series.len() as f64, limit)],
+                RED.stroke_width(1),
+            ))?
+            .label("broker limit")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], RED));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()?;
+    root.present()?;
+    Ok(Some("throughput.svg"))
 }
 
 /// Writes one measurement as `<dir>/<part>.json`.

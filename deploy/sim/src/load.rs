@@ -63,6 +63,7 @@ impl LoadReport {
             "samples": self.latencies.len(),
             "missing": self.missing,
             "out_of_order": self.out_of_order,
+            "latencies_ms": self.latencies.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
         })
     }
 }
