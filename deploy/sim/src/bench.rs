@@ -331,6 +331,159 @@ async fn count_failed(pool: &shared::db::Pool) -> anyhow::Result<u64> {
     Ok(failed as u64)
 }
 
+/// Resident memory of process `pid` in KiB (`VmRSS`).
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_default()
+}
+
+fn micros_now() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros()
+}
+
+/// `fanout`: `sockets` WebSockets over `users` users on a running notifier, then live
+/// events published to `jobs.events` at each rate: delivery latency (the publish time
+/// travels in the event) and the notifier's memory per connection.
+#[allow(clippy::too_many_arguments)]
+pub async fn fanout(
+    notifier_url: &str,
+    notifier_pid: u32,
+    amqp_url: &str,
+    prefix: &str,
+    jwt_secret: &str,
+    sockets: usize,
+    users: usize,
+    rates: &[u64],
+    seconds: u64,
+) -> anyhow::Result<Value> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let auth = notifier::auth::Auth::new(jwt_secret);
+    let users = users.max(1);
+    let before_kib = rss_kib(notifier_pid);
+    let recording = Arc::new(AtomicBool::new(false));
+    let latencies = Arc::new(std::sync::Mutex::new(Vec::<f64>::new()));
+    let connecting = ProgressBar::new(sockets as u64).with_style(
+        ProgressStyle::with_template("fanout: connecting          {bar:30} {pos}/{len} sockets")
+            .expect("valid template"),
+    );
+    let ws_base = notifier_url.replacen("http", "ws", 1);
+    let tokens: Vec<String> = (0..users)
+        .map(|u| auth.mint(&format!("fan-{u}"), Duration::from_secs(3600)))
+        .collect();
+    for i in 0..sockets {
+        let url = format!("{ws_base}/ws?token={}", tokens[i % users]);
+        let (mut socket, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .with_context(|| format!("socket {i}"))?;
+        // The hello: the socket is registered and bound.
+        let _ = socket.next().await;
+        let (recording, latencies) = (recording.clone(), latencies.clone());
+        tokio::spawn(async move {
+            while let Some(Ok(message)) = socket.next().await {
+                let Message::Text(text) = message else {
+                    continue;
+                };
+                if !recording.load(Ordering::Relaxed) {
+                    continue;
+                }
+                let Ok(event) = serde_json::from_str::<Value>(&text) else {
+                    continue;
+                };
+                if let Some(sent) = event["job"]["id"]
+                    .as_str()
+                    .and_then(|id| id.strip_prefix('t'))
+                    .and_then(|t| t.parse::<u128>().ok())
+                {
+                    let ms = micros_now().saturating_sub(sent) as f64 / 1000.0;
+                    latencies.lock().expect("not poisoned").push(ms);
+                }
+            }
+        });
+        connecting.inc(1);
+    }
+    connecting.finish();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after_kib = rss_kib(notifier_pid);
+
+    let connection = Connection::connect(amqp_url, ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    let exchange = shared::amqp::Topology::new(prefix).events_exchange();
+    let mut runs = Vec::new();
+    for &rate in rates {
+        latencies.lock().expect("not poisoned").clear();
+        recording.store(true, Ordering::Relaxed);
+        let done = Arc::new(AtomicBool::new(false));
+        let published = Arc::new(AtomicU64::new(0));
+        tick(
+            bar(seconds, &format!("fanout: {rate} events/s")),
+            done.clone(),
+            published.clone(),
+        );
+        let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        let mut n = 0u64;
+        while Instant::now() < deadline {
+            ticks.tick().await;
+            let user = format!("fan-{}", n as usize % users);
+            let event = shared::events::Event::JobProgress {
+                user_id: user.clone(),
+                job: shared::events::JobProgress {
+                    kind: shared::events::JobKind::Generation,
+                    id: format!("t{}", micros_now()),
+                    job_id: "bench".into(),
+                    progress: 0.5,
+                },
+            };
+            let body = serde_json::to_vec(&event)?;
+            channel
+                .basic_publish(
+                    exchange.as_str().into(),
+                    shared::events::routing_key(&user).as_str().into(),
+                    Default::default(),
+                    &body,
+                    BasicProperties::default(),
+                )
+                .await?;
+            n += 1;
+            published.fetch_add(1, Ordering::Relaxed);
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        recording.store(false, Ordering::Relaxed);
+        done.store(true, Ordering::Relaxed);
+        let mut got = std::mem::take(&mut *latencies.lock().expect("not poisoned"));
+        got.sort_by(f64::total_cmp);
+        let expected = n as usize * (sockets / users);
+        runs.push(json!({
+            "rate": rate,
+            "events": n,
+            "deliveries_expected": expected,
+            "delivered": got.len(),
+            "p50_ms": percentile(&got, 0.5),
+            "p99_ms": percentile(&got, 0.99),
+            "max_ms": got.last().copied().unwrap_or_default(),
+        }));
+    }
+    Ok(json!({
+        "part": "fanout",
+        "sockets": sockets,
+        "users": users,
+        "rss_before_kib": before_kib,
+        "rss_after_kib": after_kib,
+        "bytes_per_socket": (after_kib.saturating_sub(before_kib) * 1024) as f64 / sockets.max(1) as f64,
+        "runs": runs,
+    }))
+}
+
 /// Signed requests, made before the clock starts.
 struct Signed {
     id: String,
@@ -602,6 +755,39 @@ pub fn report(dir: &Path) -> anyhow::Result<PathBuf> {
             met: None,
         });
     }
+    if let Some(fanout) = read(dir, "fanout") {
+        let per_socket = fanout["bytes_per_socket"].as_f64().unwrap_or_default();
+        rows.push(Row {
+            figure: format!(
+                "notifier: memory per connection ({} sockets over {} users)",
+                fanout["sockets"], fanout["users"]
+            ),
+            value: format!("{:.1} KB", per_socket / 1000.0),
+            reference: "nchan: not measured yet".into(),
+            ratio: None,
+            target: "≤ 5 KB".into(),
+            met: Some(per_socket <= 5000.0),
+        });
+        for run in fanout["runs"].as_array().cloned().unwrap_or_default() {
+            let rate = run["rate"].as_u64().unwrap_or_default();
+            let p99 = run["p99_ms"].as_f64().unwrap_or_default();
+            let target = if rate <= 1000 { 10.0 } else { 50.0 };
+            let complete = run["delivered"] == run["deliveries_expected"];
+            rows.push(Row {
+                figure: format!("notifier: delivery p50 / p99 at {rate} events/s"),
+                value: format!(
+                    "{:.1} / {p99:.1} ms ({} of {} delivered)",
+                    run["p50_ms"].as_f64().unwrap_or_default(),
+                    run["delivered"],
+                    run["deliveries_expected"]
+                ),
+                reference: "nchan: not measured yet".into(),
+                ratio: None,
+                target: format!("p99 ≤ {target} ms"),
+                met: Some(p99 <= target && complete),
+            });
+        }
+    }
     let mut markdown = String::from(
         "# Benchmark report\n\nEvery figure beside a reference measured in the same run on this machine (2 cores, everything on it: ratios, not absolute times).\n\n| figure | value | reference | ratio | target | met |\n|---|---|---|---|---|---|\n",
     );
@@ -638,7 +824,7 @@ pub fn report(dir: &Path) -> anyhow::Result<PathBuf> {
             ingest["generator_cpu"].as_f64().unwrap_or_default() * 100.0,
         ));
     }
-    markdown.push_str("\nNot measured yet by this report: the notifier's fan-out (10,000 sockets over 1,000 users at 1,000 and 5,000 events/s) against nchan; `deploy/bench sockets` measures its memory per idle socket today.\n");
+    markdown.push_str("\nNot measured yet by this report: the same fan-out through nginx with nchan, the reference the notifier's figures are to be compared with.\n");
     let summary: Vec<Value> = rows
         .iter()
         .map(|row| {

@@ -200,6 +200,36 @@ pub enum BenchCommand {
         #[arg(long, default_value = "target/bench")]
         out: std::path::PathBuf,
     },
+    /// WebSockets over users on a running notifier, and live events at each rate.
+    Fanout {
+        #[arg(long, default_value = "http://127.0.0.1:18081")]
+        notifier_url: String,
+        /// The notifier's process id (its memory is read from /proc).
+        #[arg(long)]
+        notifier_pid: u32,
+        #[arg(
+            long,
+            env = "AMQP_URL",
+            default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+            hide_env_values = true
+        )]
+        amqp_url: String,
+        /// The notifier's AMQP_NAME_PREFIX.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        #[arg(long, env = "NOTIFIER_JWT_SECRET", hide_env_values = true)]
+        jwt_secret: SecretString,
+        #[arg(long, default_value_t = 10_000)]
+        sockets: usize,
+        #[arg(long, default_value_t = 1_000)]
+        users: usize,
+        #[arg(long, value_delimiter = ',', default_value = "1000,5000")]
+        rates: Vec<u64>,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value = "target/bench")]
+        out: std::path::PathBuf,
+    },
     /// `report.md` and `report.json` from the measurements in `--out`.
     Report {
         #[arg(long, default_value = "target/bench")]

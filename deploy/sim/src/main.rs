@@ -78,6 +78,32 @@ async fn main() -> anyhow::Result<()> {
             &out,
             &bench::worker(&database, &amqp_url, &worker_bin, jobs).await?,
         )?,
+        Command::Bench(BenchCommand::Fanout {
+            notifier_url,
+            notifier_pid,
+            amqp_url,
+            prefix,
+            jwt_secret,
+            sockets,
+            users,
+            rates,
+            seconds,
+            out,
+        }) => bench::save(
+            &out,
+            &bench::fanout(
+                &notifier_url,
+                notifier_pid,
+                &amqp_url,
+                &prefix,
+                jwt_secret.expose(),
+                sockets,
+                users,
+                &rates,
+                seconds,
+            )
+            .await?,
+        )?,
         Command::Bench(BenchCommand::Report { out }) => {
             println!("{}", std::fs::read_to_string(bench::report(&out)?)?);
         }
