@@ -348,16 +348,70 @@ fn micros_now() -> u128 {
         .as_micros()
 }
 
-/// `fanout`: `sockets` WebSockets over `users` users on a running notifier, then live
-/// events published to `jobs.events` at each rate: delivery latency (the publish time
-/// travels in the event) and the notifier's memory per connection.
-#[allow(clippy::too_many_arguments)]
+/// What the fan-out is measured on.
+pub enum FanoutTarget {
+    /// The notifier: sockets at `/ws?token=`, events published to `jobs.events`.
+    Notifier {
+        url: String,
+        amqp_url: String,
+        prefix: String,
+        jwt_secret: String,
+    },
+    /// nginx with nchan, the reference: sockets at `/sub/<user>`, events POSTed to
+    /// `/pub/<user>`.
+    Nchan { url: String },
+}
+
+/// Publishes one event to one user's sockets.
+enum Publisher {
+    Amqp {
+        channel: lapin::Channel,
+        exchange: String,
+    },
+    Http {
+        http: reqwest::Client,
+        url: String,
+        in_flight: Arc<tokio::sync::Semaphore>,
+    },
+}
+
+impl Publisher {
+    async fn publish(&self, user: &str, body: Vec<u8>) -> anyhow::Result<()> {
+        match self {
+            Self::Amqp { channel, exchange } => {
+                channel
+                    .basic_publish(
+                        exchange.as_str().into(),
+                        shared::events::routing_key(user).as_str().into(),
+                        Default::default(),
+                        &body,
+                        BasicProperties::default(),
+                    )
+                    .await?;
+            }
+            Self::Http {
+                http,
+                url,
+                in_flight,
+            } => {
+                let permit = in_flight.clone().acquire_owned().await?;
+                let request = http.post(format!("{url}/pub/{user}")).body(body);
+                tokio::spawn(async move {
+                    let _ = request.send().await;
+                    drop(permit);
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `fanout`: `sockets` WebSockets over `users` users on `target`, then live events at each
+/// rate: delivery latency (the publish time travels in the event) and the memory per
+/// connection of the processes `pids` (summed).
 pub async fn fanout(
-    notifier_url: &str,
-    notifier_pid: u32,
-    amqp_url: &str,
-    prefix: &str,
-    jwt_secret: &str,
+    target: &FanoutTarget,
+    pids: &[u32],
     sockets: usize,
     users: usize,
     rates: &[u64],
@@ -366,26 +420,43 @@ pub async fn fanout(
     use futures_util::StreamExt;
     use tokio_tungstenite::tungstenite::Message;
 
-    let auth = notifier::auth::Auth::new(jwt_secret);
     let users = users.max(1);
-    let before_kib = rss_kib(notifier_pid);
+    let rss = || pids.iter().map(|pid| rss_kib(*pid)).sum::<u64>();
+    let before_kib = rss();
     let recording = Arc::new(AtomicBool::new(false));
     let latencies = Arc::new(std::sync::Mutex::new(Vec::<f64>::new()));
     let connecting = ProgressBar::new(sockets as u64).with_style(
         ProgressStyle::with_template("fanout: connecting          {bar:30} {pos}/{len} sockets")
             .expect("valid template"),
     );
-    let ws_base = notifier_url.replacen("http", "ws", 1);
-    let tokens: Vec<String> = (0..users)
-        .map(|u| auth.mint(&format!("fan-{u}"), Duration::from_secs(3600)))
-        .collect();
+    let urls: Vec<String> = match target {
+        FanoutTarget::Notifier {
+            url, jwt_secret, ..
+        } => {
+            let auth = notifier::auth::Auth::new(jwt_secret);
+            let base = url.replacen("http", "ws", 1);
+            (0..users)
+                .map(|u| {
+                    let token = auth.mint(&format!("fan-{u}"), Duration::from_secs(3600));
+                    format!("{base}/ws?token={token}")
+                })
+                .collect()
+        }
+        FanoutTarget::Nchan { url } => {
+            let base = url.replacen("http", "ws", 1);
+            (0..users).map(|u| format!("{base}/sub/fan-{u}")).collect()
+        }
+    };
+    let greets = matches!(target, FanoutTarget::Notifier { .. });
     for i in 0..sockets {
-        let url = format!("{ws_base}/ws?token={}", tokens[i % users]);
+        let url = urls[i % users].clone();
         let (mut socket, _) = tokio_tungstenite::connect_async(url)
             .await
             .with_context(|| format!("socket {i}"))?;
-        // The hello: the socket is registered and bound.
-        let _ = socket.next().await;
+        if greets {
+            // The hello: the socket is registered and bound.
+            let _ = socket.next().await;
+        }
         let (recording, latencies) = (recording.clone(), latencies.clone());
         tokio::spawn(async move {
             while let Some(Ok(message)) = socket.next().await {
@@ -412,11 +483,26 @@ pub async fn fanout(
     }
     connecting.finish();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let after_kib = rss_kib(notifier_pid);
+    let after_kib = rss();
 
-    let connection = Connection::connect(amqp_url, ConnectionProperties::default()).await?;
-    let channel = connection.create_channel().await?;
-    let exchange = shared::amqp::Topology::new(prefix).events_exchange();
+    let publisher = match target {
+        FanoutTarget::Notifier {
+            amqp_url, prefix, ..
+        } => {
+            let connection = Connection::connect(amqp_url, ConnectionProperties::default()).await?;
+            Publisher::Amqp {
+                channel: connection.create_channel().await?,
+                exchange: shared::amqp::Topology::new(prefix).events_exchange(),
+            }
+        }
+        FanoutTarget::Nchan { url } => Publisher::Http {
+            http: shared::http::client_builder()
+                .pool_max_idle_per_host(64)
+                .build()?,
+            url: url.clone(),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(64)),
+        },
+    };
     let mut runs = Vec::new();
     for &rate in rates {
         latencies.lock().expect("not poisoned").clear();
@@ -444,15 +530,8 @@ pub async fn fanout(
                     progress: 0.5,
                 },
             };
-            let body = serde_json::to_vec(&event)?;
-            channel
-                .basic_publish(
-                    exchange.as_str().into(),
-                    shared::events::routing_key(&user).as_str().into(),
-                    Default::default(),
-                    &body,
-                    BasicProperties::default(),
-                )
+            publisher
+                .publish(&user, serde_json::to_vec(&event)?)
                 .await?;
             n += 1;
             published.fetch_add(1, Ordering::Relaxed);
@@ -474,7 +553,10 @@ pub async fn fanout(
         }));
     }
     Ok(json!({
-        "part": "fanout",
+        "part": match target {
+            FanoutTarget::Notifier { .. } => "fanout",
+            FanoutTarget::Nchan { .. } => "fanout-nchan",
+        },
         "sockets": sockets,
         "users": users,
         "rss_before_kib": before_kib,
@@ -756,18 +838,26 @@ pub fn report(dir: &Path) -> anyhow::Result<PathBuf> {
         });
     }
     if let Some(fanout) = read(dir, "fanout") {
+        let nchan = read(dir, "fanout-nchan");
         let per_socket = fanout["bytes_per_socket"].as_f64().unwrap_or_default();
+        let nchan_per_socket = nchan.as_ref().and_then(|n| n["bytes_per_socket"].as_f64());
         rows.push(Row {
             figure: format!(
                 "notifier: memory per connection ({} sockets over {} users)",
                 fanout["sockets"], fanout["users"]
             ),
             value: format!("{:.1} KB", per_socket / 1000.0),
-            reference: "nchan: not measured yet".into(),
-            ratio: None,
-            target: "≤ 5 KB".into(),
-            met: Some(per_socket <= 5000.0),
+            reference: nchan_per_socket.map_or("nchan: not measured".into(), |n| {
+                format!("nchan {:.1} KB", n / 1000.0)
+            }),
+            ratio: nchan_per_socket.map(|n| per_socket / n.max(1.0)),
+            target: "≤ 5 KB, and below nchan".into(),
+            met: Some(per_socket <= 5000.0 && nchan_per_socket.is_none_or(|n| per_socket < n)),
         });
+        let nchan_runs = nchan
+            .as_ref()
+            .and_then(|n| n["runs"].as_array().cloned())
+            .unwrap_or_default();
         for run in fanout["runs"].as_array().cloned().unwrap_or_default() {
             let rate = run["rate"].as_u64().unwrap_or_default();
             let p99 = run["p99_ms"].as_f64().unwrap_or_default();
@@ -781,7 +871,18 @@ pub fn report(dir: &Path) -> anyhow::Result<PathBuf> {
                     run["delivered"],
                     run["deliveries_expected"]
                 ),
-                reference: "nchan: not measured yet".into(),
+                reference: nchan_runs.iter().find(|n| n["rate"] == run["rate"]).map_or(
+                    "nchan: not measured".into(),
+                    |n| {
+                        format!(
+                            "nchan {:.1} / {:.1} ms ({} of {})",
+                            n["p50_ms"].as_f64().unwrap_or_default(),
+                            n["p99_ms"].as_f64().unwrap_or_default(),
+                            n["delivered"],
+                            n["deliveries_expected"]
+                        )
+                    },
+                ),
                 ratio: None,
                 target: format!("p99 ≤ {target} ms"),
                 met: Some(p99 <= target && complete),
@@ -824,7 +925,7 @@ pub fn report(dir: &Path) -> anyhow::Result<PathBuf> {
             ingest["generator_cpu"].as_f64().unwrap_or_default() * 100.0,
         ));
     }
-    markdown.push_str("\nNot measured yet by this report: the same fan-out through nginx with nchan, the reference the notifier's figures are to be compared with.\n");
+    markdown.push_str("\nnchan is Debian's `libnginx-mod-nchan` in nginx (sockets at `/sub/<user>`, events POSTed to `/pub/<user>`), with the same sockets, users and rates.\n");
     let summary: Vec<Value> = rows
         .iter()
         .map(|row| {

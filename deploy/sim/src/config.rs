@@ -200,13 +200,17 @@ pub enum BenchCommand {
         #[arg(long, default_value = "target/bench")]
         out: std::path::PathBuf,
     },
-    /// WebSockets over users on a running notifier, and live events at each rate.
+    /// WebSockets over users on a running notifier (or nginx with nchan), and live events at
+    /// each rate.
     Fanout {
         #[arg(long, default_value = "http://127.0.0.1:18081")]
         notifier_url: String,
-        /// The notifier's process id (its memory is read from /proc).
+        /// Measure nginx with nchan at this URL instead of the notifier.
         #[arg(long)]
-        notifier_pid: u32,
+        nchan_url: Option<String>,
+        /// The processes whose memory counts (repeatable; summed).
+        #[arg(long = "pid", required = true)]
+        pids: Vec<u32>,
         #[arg(
             long,
             env = "AMQP_URL",

@@ -80,7 +80,8 @@ async fn main() -> anyhow::Result<()> {
         )?,
         Command::Bench(BenchCommand::Fanout {
             notifier_url,
-            notifier_pid,
+            nchan_url,
+            pids,
             amqp_url,
             prefix,
             jwt_secret,
@@ -89,21 +90,21 @@ async fn main() -> anyhow::Result<()> {
             rates,
             seconds,
             out,
-        }) => bench::save(
-            &out,
-            &bench::fanout(
-                &notifier_url,
-                notifier_pid,
-                &amqp_url,
-                &prefix,
-                jwt_secret.expose(),
-                sockets,
-                users,
-                &rates,
-                seconds,
-            )
-            .await?,
-        )?,
+        }) => {
+            let target = match nchan_url {
+                Some(url) => bench::FanoutTarget::Nchan { url },
+                None => bench::FanoutTarget::Notifier {
+                    url: notifier_url,
+                    amqp_url,
+                    prefix,
+                    jwt_secret: jwt_secret.expose().to_owned(),
+                },
+            };
+            bench::save(
+                &out,
+                &bench::fanout(&target, &pids, sockets, users, &rates, seconds).await?,
+            )?
+        }
         Command::Bench(BenchCommand::Report { out }) => {
             println!("{}", std::fs::read_to_string(bench::report(&out)?)?);
         }
