@@ -423,6 +423,7 @@ pub async fn fanout(
     let users = users.max(1);
     let rss = || pids.iter().map(|pid| rss_kib(*pid)).sum::<u64>();
     let before_kib = rss();
+    let mut growth = Vec::new();
     let recording = Arc::new(AtomicBool::new(false));
     let latencies = Arc::new(std::sync::Mutex::new(Vec::<f64>::new()));
     let connecting = ProgressBar::new(sockets as u64).with_style(
@@ -480,6 +481,14 @@ pub async fn fanout(
             }
         });
         connecting.inc(1);
+        // Memory per connection as the count grows: ten points on the way.
+        if (i + 1) % (sockets / 10).max(1) == 0 {
+            let kib = rss();
+            growth.push(json!({
+                "sockets": i + 1,
+                "bytes_per_socket": (kib.saturating_sub(before_kib) * 1024) as f64 / (i + 1) as f64,
+            }));
+        }
     }
     connecting.finish();
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -562,6 +571,7 @@ pub async fn fanout(
         "rss_before_kib": before_kib,
         "rss_after_kib": after_kib,
         "bytes_per_socket": (after_kib.saturating_sub(before_kib) * 1024) as f64 / sockets.max(1) as f64,
+        "growth": growth,
         "runs": runs,
     }))
 }
@@ -974,6 +984,9 @@ pub fn report(dir: &Path) -> anyhow::Result<PathBuf> {
     if let Some(chart) = throughput_chart(dir)? {
         charts.push(chart);
     }
+    if let Some(chart) = memory_chart(dir)? {
+        charts.push(chart);
+    }
     if !charts.is_empty() {
         markdown.push_str("\n## Charts\n\n");
         for chart in &charts {
@@ -1117,6 +1130,75 @@ fn throughput_chart(dir: &Path) -> anyhow::Result<Option<&'static str>> {
         .draw()?;
     root.present()?;
     Ok(Some("throughput.svg"))
+}
+
+/// `memory.svg`: memory per connection against the number of connections, the notifier
+/// beside nchan.
+fn memory_chart(dir: &Path) -> anyhow::Result<Option<&'static str>> {
+    use plotters::prelude::*;
+    let series: Vec<(&str, Vec<(f64, f64)>)> =
+        [("notifier", "fanout"), ("nginx + nchan", "fanout-nchan")]
+            .into_iter()
+            .filter_map(|(label, part)| {
+                let points: Vec<(f64, f64)> = read(dir, part)?["growth"]
+                    .as_array()?
+                    .iter()
+                    .filter_map(|p| {
+                        Some((
+                            p["sockets"].as_f64()?,
+                            p["bytes_per_socket"].as_f64()? / 1000.0,
+                        ))
+                    })
+                    .collect();
+                (!points.is_empty()).then_some((label, points))
+            })
+            .collect();
+    if series.is_empty() {
+        return Ok(None);
+    }
+    let max_x = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|p| p.0))
+        .fold(1.0, f64::max);
+    let max_y = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|p| p.1))
+        .fold(1.0, f64::max);
+    let path = dir.join("memory.svg");
+    let root = SVGBackend::new(&path, (800, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "Memory per connection against connections",
+            ("sans-serif", 20),
+        )
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(48)
+        .build_cartesian_2d(0f64..max_x * 1.02, 0f64..max_y * 1.2)?;
+    chart
+        .configure_mesh()
+        .x_desc("open WebSockets")
+        .y_desc("KB per connection")
+        .draw()?;
+    for (index, (label, points)) in series.iter().enumerate() {
+        let color = Palette99::pick(index).to_rgba();
+        chart
+            .draw_series(LineSeries::new(
+                points.iter().copied(),
+                color.stroke_width(2),
+            ))?
+            .label(*label)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()?;
+    root.present()?;
+    Ok(Some("memory.svg"))
 }
 
 /// Writes one measurement as `<dir>/<part>.json`.
