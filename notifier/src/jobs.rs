@@ -275,13 +275,18 @@ impl JobsApi {
     {
         let started = std::time::Instant::now();
         let mut conn = db::connection(pool).await?;
-        let (job, stored) = record_pending(&mut conn, user_id, &new).await?;
-        publish(sessions, &mut conn, &stored).await;
+        let job = record_pending(&mut conn, user_id, &new).await?;
         let kind = new.kind;
         match create_on_replicate(job.id.clone()).await {
             Ok(replicate_id) => {
-                let state = attach_replicate_id(&mut conn, &job, &replicate_id).await?;
-                let credits = credits_of(&mut conn, user_id).await?;
+                let stored = attach_replicate_id(&mut conn, &job, &replicate_id).await?;
+                publish(sessions, &mut conn, &stored).await;
+                let (Event::GenerationStatusChanged { credits, .. }
+                | Event::ModelStatusChanged { credits, .. }) = stored.event
+                else {
+                    unreachable!("a status event was stored")
+                };
+                let state = stored.event.job().expect("a status event");
                 metrics::counter!("notifier_jobs_created_total", "kind" => kind.as_str())
                     .increment(1);
                 tracing::info!(%user_id, id = %job.id, job_id = %replicate_id, %kind, cost = new.cost, elapsed_ms = started.elapsed().as_millis() as u64, "job created on Replicate");
@@ -360,29 +365,26 @@ fn new_row_id(kind: JobKind) -> String {
     format!("{prefix}_{random}")
 }
 
-/// The debit, the job's row and its `PENDING` event, in one transaction.
+/// The debit and the job's row, in one transaction (its first event follows once
+/// Replicate has named it).
 async fn record_pending(
     conn: &mut Connection,
     user_id: &str,
     new: &NewJob,
-) -> Result<(Job, StoredEvent), JobsError> {
+) -> Result<Job, JobsError> {
     conn.transaction(async |conn| {
-        // Debit only a balance that covers the cost; the user's row stays locked until
-        // commit, which also orders this event's `seq`.
-        let debited: Option<(i64, i32)> = diesel::update(
+        // Debit only a balance that covers the cost.
+        let debited: Option<i32> = diesel::update(
             users::table
                 .find(user_id)
                 .filter(users::credits.ge(new.cost)),
         )
-        .set((
-            users::event_seq.eq(users::event_seq + 1),
-            users::credits.eq(users::credits - new.cost),
-        ))
-        .returning((users::event_seq, users::credits))
+        .set(users::credits.eq(users::credits - new.cost))
+        .returning(users::credits)
         .get_result(conn)
         .await
         .optional()?;
-        let Some((seq, credits)) = debited else {
+        if debited.is_none() {
             let balance = credits_of(conn, user_id).await?;
             return Err(JobsError::InsufficientCredits(format!(
                 "a {} costs {} credits and your balance is {balance}",
@@ -390,29 +392,29 @@ async fn record_pending(
             )));
         };
         let id = new_row_id(new.kind);
-        let state: JobState = match new.kind {
-            JobKind::Training => diesel::insert_into(ai_models::table)
-                .values((
-                    ai_models::id.eq(&id),
-                    ai_models::user_id.eq(user_id),
-                    ai_models::name.eq(&new.text),
-                    ai_models::credits_used.eq(new.cost),
-                ))
-                .returning(TrainingRow::as_returning())
-                .get_result(conn)
-                .await?
-                .into(),
-            JobKind::Generation | JobKind::Upscale => diesel::insert_into(generations::table)
-                .values((
-                    generations::id.eq(&id),
-                    generations::user_id.eq(user_id),
-                    generations::prompt.eq(&new.text),
-                    generations::credits_used.eq(new.cost),
-                ))
-                .returning(GenerationRow::as_returning())
-                .get_result(conn)
-                .await?
-                .into(),
+        match new.kind {
+            JobKind::Training => {
+                diesel::insert_into(ai_models::table)
+                    .values((
+                        ai_models::id.eq(&id),
+                        ai_models::user_id.eq(user_id),
+                        ai_models::name.eq(&new.text),
+                        ai_models::credits_used.eq(new.cost),
+                    ))
+                    .execute(conn)
+                    .await?
+            }
+            JobKind::Generation | JobKind::Upscale => {
+                diesel::insert_into(generations::table)
+                    .values((
+                        generations::id.eq(&id),
+                        generations::user_id.eq(user_id),
+                        generations::prompt.eq(&new.text),
+                        generations::credits_used.eq(new.cost),
+                    ))
+                    .execute(conn)
+                    .await?
+            }
         };
         diesel::insert_into(credit_transactions::table)
             .values((
@@ -424,8 +426,6 @@ async fn record_pending(
             ))
             .execute(conn)
             .await?;
-        let event = Event::status_changed(seq, user_id, credits, 0, state);
-        let stored = event_log::append(conn, &event).await?;
         let job = Job {
             kind: new.kind,
             // Until Replicate names the job, its credit transactions carry the row's id.
@@ -434,18 +434,19 @@ async fn record_pending(
             user_id: user_id.to_owned(),
             status: "PENDING".into(),
         };
-        Ok((job, stored))
+        Ok(job)
     })
     .await
 }
 
 /// Stores Replicate's id on the row and on its debit, so every credit movement of the job
-/// carries the id its webhooks (and refunds) use.
+/// carries the id its webhooks (and refunds) use, and the job's first event (`PENDING`,
+/// with the balance after the debit): an event's `job_id` is always Replicate's id.
 async fn attach_replicate_id(
     conn: &mut Connection,
     job: &Job,
     replicate_id: &str,
-) -> Result<JobState, JobsError> {
+) -> Result<StoredEvent, JobsError> {
     conn.transaction(async |conn| {
         diesel::update(
             credit_transactions::table
@@ -470,7 +471,9 @@ async fn attach_replicate_id(
                 .await?
                 .into()
         };
-        Ok(state)
+        let (seq, credits) = event_log::next_seq(conn, &job.user_id, 0).await?;
+        let event = Event::status_changed(seq, &job.user_id, credits, 0, state);
+        Ok(event_log::append(conn, &event).await?)
     })
     .await
 }
