@@ -201,7 +201,9 @@ async fn nothing_is_lost_under_crashes_restarts_and_cut_webhooks() {
             pipeline.kill(&name).await;
             tokio::time::sleep(Duration::from_millis(500)).await;
             pipeline.restart(&name);
-            pipeline.healthy(&name, &worker_health(&pipeline, i)).await;
+            pipeline
+                .wait_healthy(&name, &worker_health(&pipeline, i))
+                .await;
             faults.push(format!("SIGKILL {name} (round {})", round + 1));
         }
     }
@@ -217,7 +219,7 @@ async fn nothing_is_lost_under_crashes_restarts_and_cut_webhooks() {
     restart_postgresql();
     faults.push("restart PostgreSQL".into());
     pipeline
-        .healthy(
+        .wait_healthy(
             "notifier",
             &format!("http://{}/api/health", pipeline.notifier),
         )
@@ -231,7 +233,7 @@ async fn nothing_is_lost_under_crashes_restarts_and_cut_webhooks() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     pipeline.restart("notifier");
     pipeline
-        .healthy(
+        .wait_healthy(
             "notifier",
             &format!("http://{}/api/health", pipeline.notifier),
         )
@@ -246,7 +248,7 @@ async fn nothing_is_lost_under_crashes_restarts_and_cut_webhooks() {
     tokio::time::sleep(Duration::from_secs(8)).await;
     pipeline.restart("ingest");
     pipeline
-        .healthy("ingest", &format!("http://{}/api/health", pipeline.ingest))
+        .wait_healthy("ingest", &format!("http://{}/api/health", pipeline.ingest))
         .await;
     faults.push("ingest cut for 8 s (Replicate's retries span 6.3 s here)".into());
 

@@ -244,11 +244,7 @@ impl Pipeline {
     }
 
     /// Waits until `url` answers 200.
-    pub async fn healthy(&self, name: &str, url: &str) {
-        self.wait_healthy(name, url).await;
-    }
-
-    async fn wait_healthy(&self, name: &str, url: &str) {
+    pub async fn wait_healthy(&self, name: &str, url: &str) {
         let healthy = shared::testing::eventually(Duration::from_secs(20), || async {
             matches!(self.http.get(url).send().await, Ok(response) if response.status() == 200)
         })
