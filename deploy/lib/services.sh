@@ -36,13 +36,44 @@ wait_until() { # name seconds check-command...
   done
 }
 
+# The Compose v2 plugin when the docker CLI has it, else the standalone docker-compose
+# (Debian's is 1.29: it reads docker-compose.yml too, which has no `name:` for that reason).
+compose_command() {
+  if docker compose version >/dev/null 2>&1; then
+    echo "docker compose"
+  elif command -v docker-compose >/dev/null 2>&1; then
+    echo docker-compose
+  elif can_apt; then
+    apt_install docker-compose
+    echo docker-compose
+  else
+    die "neither docker compose nor docker-compose is installed"
+  fi
+}
+
 # docker compose for the infrastructure only; the services' secrets are not needed for that.
 compose() {
   REPLICATE_WEBHOOK_SECRET=${REPLICATE_WEBHOOK_SECRET:-unused} NOTIFIER_JWT_SECRET=${NOTIFIER_JWT_SECRET:-unused} \
-    docker compose -f "$REPO_ROOT/docker-compose.yml" "$@"
+    $(compose_command) -f "$REPO_ROOT/docker-compose.yml" "$@"
 }
 
 docker_usable() { command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; }
+
+# A Docker engine to talk to: the running one, or Debian's dockerd started (installed first
+# when root on Debian).
+ensure_docker_engine() {
+  docker_usable && return 0
+  if ! command -v dockerd >/dev/null 2>&1; then
+    can_apt || die "no Docker engine here and none can be installed (not root on Debian)"
+    apt_install docker.io
+  fi
+  if ! docker_usable; then
+    [ "$(id -u)" = 0 ] || die "dockerd is installed but not running, and starting it needs root"
+    say "starting dockerd (log: /var/log/dockerd.log)"
+    nohup dockerd >>/var/log/dockerd.log 2>&1 &
+    wait_until "the Docker engine" 60 docker_usable
+  fi
+}
 can_apt() { [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; }
 
 apt_install() {

@@ -3,8 +3,8 @@
 # strict), the kustomization's resource list, the Grafana dashboard and the Prometheus
 # config. The validators come from PyPI into a virtualenv under target/.
 
-validate_deploy_files() {
-  local venv=${CARGO_TARGET_DIR:-$REPO_ROOT/target}/validate-venv
+validators_venv() {
+  venv=${CARGO_TARGET_DIR:-$REPO_ROOT/target}/validate-venv
   if [ ! -x "$venv/bin/check-jsonschema" ] || [ ! -x "$venv/bin/kubernetes-validate" ]; then
     say "installing check-jsonschema and kubernetes-validate from PyPI"
     if ! python3 -m venv "$venv" >/dev/null 2>&1; then
@@ -15,6 +15,18 @@ validate_deploy_files() {
     fi
     "$venv/bin/pip" install -q --disable-pip-version-check check-jsonschema kubernetes-validate
   fi
+}
+
+# What `kubectl kustomize deploy/k8s` rendered, every object against Kubernetes' schemas.
+validate_rendered_manifests() { # file
+  local venv
+  validators_venv
+  "$venv/bin/kubernetes-validate" --strict --quiet "$1"
+}
+
+validate_deploy_files() {
+  local venv
+  validators_venv
   (
     set -e
     cd "$REPO_ROOT"

@@ -255,9 +255,9 @@ async fn nothing_is_lost_under_crashes_restarts_and_cut_webhooks() {
     moment().await;
     done.store(true, Ordering::SeqCst);
     driver.await.unwrap();
-    let decided = oracle::settle(&pipeline, Duration::from_secs(240)).await;
+    let decided = oracle::settle(&pipeline.deployment(), Duration::from_secs(240)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let verdict = oracle::check(&pipeline, &decided, START_CREDITS, &inboxes).await;
+    let verdict = oracle::check(&pipeline.deployment(), &decided, START_CREDITS, &inboxes).await;
     let stats: serde_json::Value = pipeline
         .http
         .get(format!("http://{}/sim/stats", pipeline.sim))

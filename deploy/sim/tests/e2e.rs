@@ -123,10 +123,10 @@ async fn a_few_hundred_jobs_with_faults_end_exactly_as_the_simulator_decided() {
     let total = submitted.len();
 
     // Everything ends as the simulator decided, and every browser saw it.
-    let decided = oracle::settle(&pipeline, Duration::from_secs(180)).await;
+    let decided = oracle::settle(&pipeline.deployment(), Duration::from_secs(180)).await;
     assert_eq!(decided.len(), total, "one Replicate job per job created");
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let verdict = oracle::check(&pipeline, &decided, START_CREDITS, &inboxes).await;
+    let verdict = oracle::check(&pipeline.deployment(), &decided, START_CREDITS, &inboxes).await;
     assert!(
         verdict.mismatches.is_empty(),
         "{} mismatches: {:#?}; logs in {}",

@@ -70,6 +70,19 @@ struct Spec {
 }
 
 impl Pipeline {
+    /// This pipeline as the oracle sees it.
+    pub fn deployment(&self) -> oracle::Deployment<'_> {
+        oracle::Deployment {
+            http: &self.http,
+            sim: &self.sim,
+            pool: &self.pool,
+            amqp_url: &self.amqp_url,
+            prefix: &self.prefix,
+            media_base: format!("http://{}/media", self.notifier),
+            logs: self.logs.display().to_string(),
+        }
+    }
+
     /// Starts the simulator (with `sim_args` after `serve`), ingest, `workers` workers and
     /// the notifier (its jobs API pointed at the simulator), and waits until all are healthy.
     pub async fn start(sim_args: &[&str], workers: usize) -> Self {

@@ -17,7 +17,21 @@ use serde_json::Value;
 use shared::db::schema::{ai_models, credit_transactions, generations, users};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::Pipeline;
+/// Where the oracle looks: a [`super::Pipeline`] of processes, or the compose deployment
+/// `deploy/containers` runs.
+pub struct Deployment<'a> {
+    pub http: &'a reqwest::Client,
+    /// `host:port` of the simulator (its `/sim/jobs` holds what it decided).
+    pub sim: &'a str,
+    pub pool: &'a shared::db::Pool,
+    pub amqp_url: &'a str,
+    /// Queue and exchange name prefix.
+    pub prefix: &'a str,
+    /// What stored images' URLs start with (MEDIA_BASE_URL); they are fetched from there.
+    pub media_base: String,
+    /// Where to look when something is wrong.
+    pub logs: String,
+}
 
 /// Everything one user's browser received, across reconnects.
 #[derive(Default)]
@@ -72,7 +86,7 @@ pub async fn watch_user(
 
 /// Waits until the simulator ended every job and the database has no unfinished one;
 /// returns the simulator's decisions by Replicate id.
-pub async fn settle(pipeline: &Pipeline, timeout: Duration) -> HashMap<String, Value> {
+pub async fn settle(pipeline: &Deployment<'_>, timeout: Duration) -> HashMap<String, Value> {
     let deadline = Instant::now() + timeout;
     loop {
         let report: Vec<Value> = pipeline
@@ -91,7 +105,7 @@ pub async fn settle(pipeline: &Pipeline, timeout: Duration) -> HashMap<String, V
                     .is_terminal()
             })
             .count();
-        let mut conn = shared::db::connection(&pipeline.pool).await.unwrap();
+        let mut conn = shared::db::connection(pipeline.pool).await.unwrap();
         let open: i64 = generations::table
             .filter(generations::status.eq_any(["PENDING", "PROCESSING"]))
             .count()
@@ -114,7 +128,7 @@ pub async fn settle(pipeline: &Pipeline, timeout: Duration) -> HashMap<String, V
             Instant::now() < deadline,
             "not settled: {ended}/{} jobs ended on the simulator, {open} open in the database; logs in {}",
             report.len(),
-            pipeline.logs.display()
+            pipeline.logs
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -143,13 +157,13 @@ pub struct Verdict {
 /// Compares every job row with the simulator's decisions, the credits with their
 /// movements, and what each browser received with each user's log.
 pub async fn check(
-    pipeline: &Pipeline,
+    pipeline: &Deployment<'_>,
     decided: &HashMap<String, Value>,
     start_credits: i32,
     inboxes: &HashMap<String, Arc<Mutex<Inbox>>>,
 ) -> Verdict {
     let mut verdict = Verdict::default();
-    let mut conn = shared::db::connection(&pipeline.pool).await.unwrap();
+    let mut conn = shared::db::connection(pipeline.pool).await.unwrap();
     let mut final_status: HashMap<String, String> = HashMap::new();
 
     type GenerationRow = (
@@ -199,10 +213,10 @@ pub async fn check(
             }
             for (index, url) in urls.iter().enumerate() {
                 let key = format!("generations/{id}/{index}.png");
-                if url != &format!("http://{}/media/{key}", pipeline.notifier) {
+                if url != &format!("{}/{key}", pipeline.media_base) {
                     verdict.mismatches.push(format!("{id}: image URL {url}"));
                 }
-                let stored = std::fs::read(pipeline.media.join(&key)).unwrap_or_default();
+                let stored = fetch(pipeline.http, url).await;
                 if stored != images::png(job_id.as_deref().unwrap(), index) {
                     verdict
                         .mismatches
@@ -342,11 +356,11 @@ pub async fn check(
 
     // Nothing left in the work or retry queues, nothing dead-lettered.
     let connection =
-        lapin::Connection::connect(&pipeline.amqp_url, lapin::ConnectionProperties::default())
+        lapin::Connection::connect(pipeline.amqp_url, lapin::ConnectionProperties::default())
             .await
             .unwrap();
     let channel = connection.create_channel().await.unwrap();
-    let topology = shared::amqp::Topology::new(&pipeline.prefix);
+    let topology = shared::amqp::Topology::new(pipeline.prefix);
     let depth = |queue: String| {
         let channel = channel.clone();
         async move {
@@ -388,4 +402,16 @@ pub async fn check(
             .push(format!("{dead} webhooks dead-lettered"));
     }
     verdict
+}
+
+/// A stored file as served, or nothing when it cannot be fetched.
+async fn fetch(http: &reqwest::Client, url: &str) -> Vec<u8> {
+    match http.get(url).send().await {
+        Ok(response) if response.status().is_success() => response
+            .bytes()
+            .await
+            .map(|b| b.to_vec())
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    }
 }

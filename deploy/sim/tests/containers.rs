@@ -1,0 +1,204 @@
+//! The compose deployment `deploy/containers` started, checked through its front door only:
+//! the gallery page loads, browsers follow their jobs over WebSockets, jobs created through
+//! the jobs API end as the simulator decided while one of three workers is killed, and a
+//! correctly signed webhook is accepted while a forged one is not. Run by
+//! `deploy/containers` (it sets the variables below), never by `cargo test` alone.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use common::oracle::{self, Deployment, Inbox, watch_user};
+use replicate_sim::jobs_client::{JobsClient, random_prompt};
+use shared::config::{DatabaseConfig, DatabaseUrl};
+use shared::webhook::WebhookSecrets;
+
+const USERS: usize = 6;
+const JOBS_BEFORE_KILL: usize = 40;
+const JOBS_AFTER_KILL: usize = 40;
+const START_CREDITS: i32 = 10_000;
+
+fn var(name: &str) -> anyhow::Result<String> {
+    std::env::var(name).with_context(|| format!("{name} is not set: run deploy/containers"))
+}
+
+/// Runs `docker <args>` and returns its standard output.
+fn docker(args: &[&str]) -> anyhow::Result<String> {
+    let docker = std::env::var("DOCKER").unwrap_or_else(|_| "docker".into());
+    let output = std::process::Command::new(&docker).args(args).output()?;
+    ensure!(
+        output.status.success(),
+        "docker {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Webhooks a worker container has processed, from its own metrics endpoint.
+fn webhooks_processed(container: &str) -> anyhow::Result<u64> {
+    let metrics = docker(&[
+        "exec",
+        container,
+        "curl",
+        "-fs",
+        "http://127.0.0.1:9091/metrics",
+    ])?;
+    Ok(metrics
+        .lines()
+        .filter(|line| line.starts_with("worker_webhooks_total{"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the compose deployment: run deploy/containers"]
+async fn through_the_front_door_with_a_worker_killed() -> anyhow::Result<()> {
+    let front = var("CONTAINERS_FRONTDOOR")?;
+    let sim = var("CONTAINERS_SIM")?;
+    let amqp_url = var("AMQP_URL")?;
+    let workers: Vec<String> = var("CONTAINERS_WORKERS")?
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    ensure!(
+        workers.len() == 3,
+        "three worker containers, got {workers:?}"
+    );
+    let database = DatabaseConfig {
+        url: var("DATABASE_URL")?
+            .parse::<DatabaseUrl>()
+            .map_err(anyhow::Error::msg)?,
+        pool_size: 4,
+    };
+    let pool = shared::db::prepare(&database).await?;
+    let http = shared::http::client_builder().build()?;
+    let deployment = Deployment {
+        http: &http,
+        sim: &sim,
+        pool: &pool,
+        amqp_url: &amqp_url,
+        prefix: "",
+        media_base: format!("http://{front}/media"),
+        logs: "`docker-compose logs`".into(),
+    };
+
+    // The gallery page, through the front door.
+    let page = http.get(format!("http://{front}/")).send().await?;
+    ensure!(page.status() == 200, "gallery page: {}", page.status());
+    ensure!(page.text().await?.contains("<title>Gallery</title>"));
+
+    // Browsers over the front door's /ws, one per user.
+    let client = JobsClient::new(&format!("http://{front}"), &var("NOTIFIER_JWT_SECRET")?);
+    let run = &shared::testing::unique_name("c")[..10];
+    let users: Vec<String> = (0..USERS).map(|i| format!("{run}-user-{i}")).collect();
+    let mut inboxes = HashMap::new();
+    let mut watchers = Vec::new();
+    for user in &users {
+        replicate_sim::accounts::ensure_user(&pool, user, START_CREDITS).await?;
+        let inbox = Arc::new(Mutex::new(Inbox::default()));
+        inboxes.insert(user.clone(), inbox.clone());
+        let token = client.token(user, Duration::from_secs(3600));
+        watchers.push(tokio::spawn(watch_user(front.clone(), token, inbox, None)));
+    }
+
+    // Jobs through the jobs API until every worker has processed some of their webhooks.
+    let mut created = 0;
+    let submit = |index: usize| {
+        let client = &client;
+        let user = users[index % USERS].clone();
+        async move { client.generate(&user, random_prompt()).await }
+    };
+    for _ in 0..JOBS_BEFORE_KILL {
+        submit(created).await?;
+        created += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let processed = loop {
+        let processed = workers
+            .iter()
+            .map(|w| webhooks_processed(w))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        if processed.iter().all(|&n| n > 0) {
+            break processed;
+        }
+        if Instant::now() > deadline {
+            bail!("not every worker consumed: {processed:?} webhooks processed");
+        }
+        submit(created).await?;
+        created += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!("webhooks processed per worker before the kill: {processed:?}");
+
+    // Kill one worker while jobs keep arriving: its unacknowledged webhooks go to the others.
+    let victim = &workers[0];
+    let mut killed = false;
+    for index in 0..JOBS_AFTER_KILL {
+        if index == JOBS_AFTER_KILL / 4 {
+            docker(&["kill", victim])?;
+            killed = true;
+            println!("killed {victim} (SIGKILL) with jobs running");
+        }
+        submit(created).await?;
+        created += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ensure!(killed);
+
+    let decided = oracle::settle(&deployment, Duration::from_secs(180)).await;
+    ensure!(
+        decided.len() == created,
+        "{created} jobs created, the simulator ran {}",
+        decided.len()
+    );
+
+    // A correctly signed webhook (a late duplicate of a finished job) is accepted; the same
+    // body signed with another secret is refused.
+    let secrets: WebhookSecrets = var("REPLICATE_WEBHOOK_SECRET")?.parse()?;
+    let to = format!("http://{front}/api/webhooks/replicate");
+    let (job_id, decision) = decided.iter().next().context("no job")?;
+    let body = replicate_sim::send::body(
+        job_id,
+        decision["status"].as_str().unwrap_or("succeeded"),
+        decision["output"].clone(),
+    );
+    let webhook_id = format!("msg_{run}");
+    let (status, text) = replicate_sim::send::send(secrets.primary(), &to, &webhook_id, &body)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    ensure!(status == 200, "signed webhook: {status} {text}");
+    let forged =
+        shared::webhook::WebhookSecret::from_bytes(b"not-the-secret-of-this-pipeline".to_vec());
+    let (status, _) =
+        replicate_sim::send::send(&forged, &to, &format!("{webhook_id}-forged"), &body)
+            .await
+            .map_err(anyhow::Error::msg)?;
+    ensure!(status == 401, "forged webhook: {status}");
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let verdict = oracle::check(&deployment, &decided, START_CREDITS, &inboxes).await;
+    for watcher in watchers {
+        watcher.abort();
+    }
+    ensure!(
+        verdict.mismatches.is_empty(),
+        "{} mismatches: {:#?}",
+        verdict.mismatches.len(),
+        verdict.mismatches
+    );
+    ensure!(verdict.jobs_checked == created);
+    println!(
+        "containers: {created} jobs, {} events checked in {USERS} browsers, 0 mismatches; {} webhooks sent by the simulator",
+        verdict.events_checked,
+        decided
+            .values()
+            .map(|j| j["webhooks_sent"].as_u64().unwrap_or_default())
+            .sum::<u64>()
+    );
+    Ok(())
+}
