@@ -95,6 +95,13 @@ impl JobState {
             Self::Training(job) => &job.status,
         }
     }
+
+    pub fn credits_used(&self) -> i32 {
+        match self {
+            Self::Generation(job) => job.credits_used,
+            Self::Training(job) => job.credits_used,
+        }
+    }
 }
 
 /// A running job's progress, from 0.0 to 1.0.

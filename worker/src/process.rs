@@ -12,11 +12,12 @@ use shared::replicate::{Prediction, Status};
 use crate::broker::Broker;
 use crate::classify;
 use crate::download::{DownloadError, Downloader};
+use crate::outbox::PublishedMarks;
 use crate::progress::ProgressTracker;
 use crate::store::MediaStore;
 use shared::jobs::Job;
 use shared::jobs::apply::{self, ApplyOutcome, Change};
-use shared::jobs::event_log::{self, StoredEvent};
+use shared::jobs::event_log::StoredEvent;
 use shared::jobs::transition::{Decision, Ignored, JobStatus, decide, target_of};
 
 /// Why a webhook could not be processed now.
@@ -87,6 +88,7 @@ pub struct Processor {
     pub downloader: Downloader,
     pub media: MediaStore,
     pub progress: ProgressTracker,
+    pub marks: PublishedMarks,
 }
 
 impl Processor {
@@ -109,14 +111,16 @@ impl Processor {
                 // Slow I/O first, with no lock held; the transaction decides again.
                 let change = self.prepare_change(webhook_id, &job, &prediction).await?;
                 let mut conn = db::connection(&self.pool).await?;
-                match apply::apply(&mut conn, &job, &prediction.status, change).await? {
+                let outcome = apply::apply(&mut conn, &job, &prediction.status, change).await?;
+                drop(conn);
+                match outcome {
                     ApplyOutcome::Ignored(reason) => Effect::Ignored(reason),
                     ApplyOutcome::Applied(applied) => {
                         if applied.refunded > 0 {
                             metrics::counter!("worker_refunds_total", "kind" => job.kind.as_str())
                                 .increment(1);
                         }
-                        self.publish_stored(&mut conn, &applied.event).await;
+                        self.publish_stored(&applied.event).await;
                         if applied.to.is_terminal() {
                             self.progress.forget(&job.job_id);
                         }
@@ -212,15 +216,13 @@ impl Processor {
         Ok(Change::ImagesStored { image_urls })
     }
 
-    /// Publishes a stored event and marks it; on failure the outbox sweep publishes it later.
-    pub async fn publish_stored(&self, conn: &mut db::Connection, stored: &StoredEvent) {
+    /// Publishes a stored event and has it marked; on failure the outbox sweep publishes it
+    /// later.
+    pub async fn publish_stored(&self, stored: &StoredEvent) {
         match self.broker.publish_event(&stored.event).await {
             Ok(()) => {
                 metrics::counter!("worker_events_published_total", "path" => "direct").increment(1);
-                if let Err(err) = event_log::mark_published(conn, &stored.user_id, stored.seq).await
-                {
-                    tracing::warn!(user_id = %stored.user_id, seq = stored.seq, error = %err, "event published but not marked; the sweep will publish it again");
-                }
+                self.marks.mark(stored.user_id.clone(), stored.seq);
             }
             Err(err) => {
                 tracing::warn!(user_id = %stored.user_id, seq = stored.seq, error = %err, "event not published yet; the outbox sweep will");

@@ -266,7 +266,7 @@ async fn fail_abandoned_creations(processor: &Processor, after: Duration) -> Res
             apply::apply(&mut conn, &job, &Status::Failed, change).await?
         {
             tracing::warn!(id = %job.id, user_id = %job.user_id, refunded = applied.refunded, "a job never created on Replicate was failed and refunded");
-            processor.publish_stored(&mut conn, &applied.event).await;
+            processor.publish_stored(&applied.event).await;
         }
     }
     Ok(())

@@ -51,6 +51,7 @@ impl Worker {
             .context("building the HTTP client")?;
         let broker = Arc::new(Broker::start(&config.amqp, config.prefetch));
         let processor = Arc::new(Processor {
+            marks: outbox::PublishedMarks::start(pool.clone()),
             pool,
             broker: broker.clone(),
             downloader,
@@ -142,6 +143,7 @@ impl Worker {
         let _ = stop.send(true);
         let _ = consumer.await;
         let _ = sweeper.await;
+        self.processor.marks.flush().await;
         if let Some(reconciler) = reconciler {
             let _ = reconciler.await;
         }

@@ -1,5 +1,6 @@
-//! One database transaction per status change: lock the job row, decide again against the
-//! locked status, update the job, refund, take the user's next `seq`, store the event.
+//! One database transaction per status change: update the job row if it still holds the
+//! status the decision was made on (else lock it and decide again), refund, take the
+//! user's next `seq`, store the event.
 
 use chrono::Utc;
 use diesel::prelude::*;
@@ -87,19 +88,29 @@ pub async fn apply(
     incoming: &Status,
     change: Change,
 ) -> Result<ApplyOutcome, DbError> {
-    conn.transaction(async |conn| apply_locked(conn, job, incoming, change).await)
+    conn.transaction(async |conn| apply_in_transaction(conn, job, incoming, change).await)
         .await
 }
 
-async fn apply_locked(
+async fn apply_in_transaction(
     conn: &mut Connection,
     job: &Job,
     incoming: &Status,
     change: Change,
 ) -> Result<ApplyOutcome, DbError> {
-    // The row lock makes two workers holding webhooks of one job take turns; the second
-    // then sees the first one's status and its webhook becomes a no-op.
-    let (stored, credits_used) = lock_job(conn, job).await?;
+    let to = change.status();
+    // The usual case: the status read before the transaction still holds. Updating only
+    // if it does takes the row lock and proves it in one statement.
+    if let Some(read) = JobStatus::parse(&job.status)
+        && matches!(decide(read, incoming), Decision::MoveTo(_))
+        && let Some(state) = update_job(conn, job, read, to, &change).await?
+    {
+        return record(conn, job, read, to, state).await;
+    }
+    // Another webhook of this job got there first: lock the row, decide again against
+    // what it left. The second of two workers holding webhooks of one job ends here and
+    // usually finds its webhook a no-op.
+    let stored = lock_job(conn, job).await?;
     let Some(current) = JobStatus::parse(&stored) else {
         return Err(DbError::Query(diesel::result::Error::DeserializationError(
             format!("unknown stored status {stored:?}").into(),
@@ -108,24 +119,31 @@ async fn apply_locked(
     if let Decision::Ignore(reason) = decide(current, incoming) {
         return Ok(ApplyOutcome::Ignored(reason));
     }
+    let state = update_job(conn, job, current, to, &change)
+        .await?
+        .ok_or(DbError::Query(diesel::result::Error::NotFound))?;
+    record(conn, job, current, to, state).await
+}
 
-    let to = change.status();
-    let now = Utc::now();
+/// With the job row updated and locked: the refund, the user's next `seq` (and balance
+/// under the user's row lock), and the event in the log.
+async fn record(
+    conn: &mut Connection,
+    job: &Job,
+    from: JobStatus,
+    to: JobStatus,
+    state: JobState,
+) -> Result<ApplyOutcome, DbError> {
     let refunded = if to.refunds() {
-        refund::record(conn, &job.user_id, &job.job_id, credits_used).await?
+        refund::record(conn, &job.user_id, &job.job_id, state.credits_used()).await?
     } else {
         0
     };
     let (seq, credits) = event_log::next_seq(conn, &job.user_id, refunded).await?;
-    let state = if job.is_training() {
-        update_training(conn, job, to, &change, now).await?
-    } else {
-        update_generation(conn, job, to, &change, now).await?
-    };
     let event = Event::status_changed(seq, &job.user_id, credits, refunded, state);
     let event = event_log::append(conn, &event).await?;
     Ok(ApplyOutcome::Applied(Box::new(Applied {
-        from: current,
+        from,
         to,
         refunded,
         event,
@@ -139,76 +157,78 @@ fn error_of(change: &Change) -> Option<String> {
     }
 }
 
-async fn update_generation(
+/// Moves the job from `from` to `to` if its row still says `from`; `None` if it does not.
+async fn update_job(
     conn: &mut Connection,
     job: &Job,
+    from: JobStatus,
     to: JobStatus,
     change: &Change,
-    now: chrono::DateTime<Utc>,
-) -> Result<JobState, DbError> {
-    let image_urls = match change {
-        Change::ImagesStored { image_urls } => Some(image_urls.clone()),
-        _ => None,
+) -> Result<Option<JobState>, DbError> {
+    let now = Utc::now();
+    let completed_at = to.is_terminal().then_some(now);
+    let row: Option<JobState> = if job.is_training() {
+        let (model_version, weights_url) = match change {
+            Change::TrainingSucceeded {
+                model_version,
+                weights_url,
+            } => (model_version.clone(), weights_url.clone()),
+            _ => (None, None),
+        };
+        diesel::update(ai_models::table.find(&job.id))
+            .filter(ai_models::status.eq(from.as_str()))
+            .set(TrainingUpdate {
+                status: to.as_str().to_owned(),
+                updated_at: now,
+                completed_at,
+                model_version,
+                weights_url,
+                error_message: error_of(change),
+            })
+            .returning(TrainingRow::as_returning())
+            .get_result(conn)
+            .await
+            .optional()?
+            .map(Into::into)
+    } else {
+        let image_urls = match change {
+            Change::ImagesStored { image_urls } => Some(image_urls.clone()),
+            _ => None,
+        };
+        diesel::update(generations::table.find(&job.id))
+            .filter(generations::status.eq(from.as_str()))
+            .set(GenerationUpdate {
+                status: to.as_str().to_owned(),
+                updated_at: now,
+                completed_at,
+                image_urls,
+                error_message: error_of(change),
+            })
+            .returning(GenerationRow::as_returning())
+            .get_result(conn)
+            .await
+            .optional()?
+            .map(Into::into)
     };
-    let row = diesel::update(generations::table.find(&job.id))
-        .set(GenerationUpdate {
-            status: to.as_str().to_owned(),
-            updated_at: now,
-            completed_at: to.is_terminal().then_some(now),
-            image_urls,
-            error_message: error_of(change),
-        })
-        .returning(GenerationRow::as_returning())
-        .get_result(conn)
-        .await?;
-    Ok(row.into())
+    Ok(row)
 }
 
-async fn update_training(
-    conn: &mut Connection,
-    job: &Job,
-    to: JobStatus,
-    change: &Change,
-    now: chrono::DateTime<Utc>,
-) -> Result<JobState, DbError> {
-    let (model_version, weights_url) = match change {
-        Change::TrainingSucceeded {
-            model_version,
-            weights_url,
-        } => (model_version.clone(), weights_url.clone()),
-        _ => (None, None),
-    };
-    let row = diesel::update(ai_models::table.find(&job.id))
-        .set(TrainingUpdate {
-            status: to.as_str().to_owned(),
-            updated_at: now,
-            completed_at: to.is_terminal().then_some(now),
-            model_version,
-            weights_url,
-            error_message: error_of(change),
-        })
-        .returning(TrainingRow::as_returning())
-        .get_result(conn)
-        .await?;
-    Ok(row.into())
-}
-
-/// Locks the job's row and reads `(status, credits_used)`.
-async fn lock_job(conn: &mut Connection, job: &Job) -> Result<(String, i32), DbError> {
-    let row = if job.is_training() {
+/// Locks the job's row and reads its status.
+async fn lock_job(conn: &mut Connection, job: &Job) -> Result<String, DbError> {
+    let status = if job.is_training() {
         ai_models::table
             .find(&job.id)
-            .select((ai_models::status, ai_models::credits_used))
+            .select(ai_models::status)
             .for_update()
             .first(conn)
             .await?
     } else {
         generations::table
             .find(&job.id)
-            .select((generations::status, generations::credits_used))
+            .select(generations::status)
             .for_update()
             .first(conn)
             .await?
     };
-    Ok(row)
+    Ok(status)
 }

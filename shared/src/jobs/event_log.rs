@@ -66,6 +66,28 @@ pub async fn mark_published(conn: &mut Connection, user_id: &str, seq: i64) -> R
     Ok(())
 }
 
+/// Marks many events, each `(user_id, seq)`, as confirmed by the broker: one statement.
+pub async fn mark_many_published(
+    conn: &mut Connection,
+    events: &[(String, i64)],
+) -> Result<(), DbError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let (user_ids, seqs): (Vec<&str>, Vec<i64>) =
+        events.iter().map(|(user, seq)| (user.as_str(), *seq)).unzip();
+    diesel::sql_query(
+        "UPDATE job_events AS e SET published_at = now() \
+         FROM unnest($1::text[], $2::bigint[]) AS m(user_id, seq) \
+         WHERE e.user_id = m.user_id AND e.seq = m.seq",
+    )
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(user_ids)
+    .bind::<diesel::sql_types::Array<diesel::sql_types::BigInt>, _>(seqs)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Events still unpublished `min_age` after they were stored, oldest first.
 pub async fn unpublished(
     conn: &mut Connection,
