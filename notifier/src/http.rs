@@ -368,14 +368,20 @@ async fn websocket(mut request: Request<Incoming>, state: Arc<AppState>) -> Resp
                 return;
             }
         };
-        let _open = OpenConnection::new(state.clone());
+        let open = OpenConnection::new(state.clone());
         let socket = WebSocketStream::from_raw_socket(
             TokioIo::new(upgraded),
             Role::Server,
             Some(ws::socket_config()),
         )
         .await;
-        let (feed, opening) = match Feed::open(&state.sessions, &state.pool, &user_id, since).await
+        let (feed, opening) = match Box::pin(Feed::open(
+            &state.sessions,
+            &state.pool,
+            &user_id,
+            since,
+        ))
+        .await
         {
             Ok(opened) => opened,
             Err(err) => {
@@ -386,14 +392,21 @@ async fn websocket(mut request: Request<Incoming>, state: Arc<AppState>) -> Resp
                 };
                 metrics::counter!("notifier_connections_refused_total", "reason" => code_label(code)).increment(1);
                 tracing::warn!(%user_id, error = %err, "cannot open the feed; closing");
-                ws::refuse(socket, code, &err.to_string()).await;
+                Box::pin(ws::refuse(socket, code, &err.to_string())).await;
                 return;
             }
         };
         let replayed = opening.replay.len();
         tracing::info!(%user_id, ?since, replayed, "websocket connected");
-        let ending = ws::serve(socket, feed, opening, state.sockets, state.shutdown.clone()).await;
-        tracing::info!(%user_id, ending = ending.as_str(), "websocket closed");
+        // The connection's long life in a task of its own, without the states of the
+        // upgrade and the opening above: the smaller each waiting task, the more sockets
+        // fit (see deploy/bench fanout).
+        let (sockets, shutdown) = (state.sockets, state.shutdown.clone());
+        tokio::spawn(async move {
+            let ending = ws::serve(socket, feed, opening, sockets, shutdown).await;
+            tracing::info!(%user_id, ending = ending.as_str(), "websocket closed");
+            drop(open);
+        });
     });
 
     let mut response = Response::new(full(Bytes::new()));
@@ -430,19 +443,20 @@ async fn server_sent_events(request: Request<Incoming>, state: Arc<AppState>) ->
         Ok(since) => since,
         Err(refusal) => return refusal.into_response(),
     };
-    let (feed, opening) = match Feed::open(&state.sessions, &state.pool, &user_id, since).await {
-        Ok(opened) => opened,
-        Err(err) => {
-            tracing::warn!(%user_id, error = %err, "cannot open the feed");
-            let status = match err {
-                OpenError::Limit(ConnectionLimit::PerUser(_)) => StatusCode::TOO_MANY_REQUESTS,
-                OpenError::Limit(ConnectionLimit::Total(_)) | OpenError::Db(_) => {
-                    StatusCode::SERVICE_UNAVAILABLE
-                }
-            };
-            return json(status, serde_json::json!({"error": err.to_string()}));
-        }
-    };
+    let (feed, opening) =
+        match Box::pin(Feed::open(&state.sessions, &state.pool, &user_id, since)).await {
+            Ok(opened) => opened,
+            Err(err) => {
+                tracing::warn!(%user_id, error = %err, "cannot open the feed");
+                let status = match err {
+                    OpenError::Limit(ConnectionLimit::PerUser(_)) => StatusCode::TOO_MANY_REQUESTS,
+                    OpenError::Limit(ConnectionLimit::Total(_)) | OpenError::Db(_) => {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    }
+                };
+                return json(status, serde_json::json!({"error": err.to_string()}));
+            }
+        };
     let (tx, rx) = mpsc::channel::<Bytes>(state.sockets.send_queue.max(1));
     tokio::spawn(stream_events(feed, opening, tx, state.clone(), user_id));
     let body =

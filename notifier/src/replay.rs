@@ -109,10 +109,7 @@ impl Feed {
 
     /// The next page of the log after what was sent.
     pub async fn next_page(&mut self) -> Result<Vec<Frame>, DbError> {
-        let mut conn = db::connection(&self.pool).await?;
-        let frames = self.catch_up(&mut conn, None).await?;
-        metrics::counter!("notifier_events_replayed_total").increment(frames.len() as u64);
-        Ok(frames)
+        Box::pin(self.read_log(None)).await
     }
 
     /// Waits for the next push (cancel-safe: use it in `select!`); `None` once
@@ -127,46 +124,39 @@ impl Feed {
     }
 
     /// Turns a push into the frames to send, in order, without duplicates.
+    ///
+    /// The log is read only when the push skips ahead or asks for a resync; that path is
+    /// boxed, so that each connection's task stays small while it waits.
     pub async fn accept(&mut self, push: Push) -> Result<Vec<Frame>, DbError> {
-        match push {
-            Push::Event { seq: None, json } => Ok(vec![Frame { seq: None, json }]),
-            Push::Event { seq: Some(seq), .. } if seq <= self.last_sent => Ok(Vec::new()),
-            Push::Event {
-                seq: Some(seq),
-                json,
-            } if seq == self.last_sent + 1 => {
-                self.last_sent = seq;
-                metrics::counter!("notifier_events_delivered_total").increment(1);
-                Ok(vec![Frame {
-                    seq: Some(seq),
-                    json,
-                }])
-            }
-            Push::Event {
-                seq: Some(seq),
-                json,
-            } => {
-                // Ahead of what we sent: fetch the gap from the log first.
-                let mut conn = db::connection(&self.pool).await?;
-                let mut frames = self.catch_up(&mut conn, Some(seq - 1)).await?;
-                metrics::counter!("notifier_events_replayed_total").increment(frames.len() as u64);
-                if seq == self.last_sent + 1 {
-                    self.last_sent = seq;
-                    metrics::counter!("notifier_events_delivered_total").increment(1);
-                    frames.push(Frame {
-                        seq: Some(seq),
-                        json,
-                    });
-                }
-                Ok(frames)
-            }
-            Push::Resync => {
-                let mut conn = db::connection(&self.pool).await?;
-                let frames = self.catch_up(&mut conn, None).await?;
-                metrics::counter!("notifier_events_replayed_total").increment(frames.len() as u64);
-                Ok(frames)
-            }
+        let Push::Event(frame) = push else {
+            return Box::pin(self.read_log(None)).await;
+        };
+        let Some(seq) = frame.seq else {
+            return Ok(vec![Frame::clone(&frame)]);
+        };
+        if seq <= self.last_sent {
+            return Ok(Vec::new());
         }
+        let mut frames = if seq == self.last_sent + 1 {
+            Vec::with_capacity(1)
+        } else {
+            // Ahead of what we sent: fetch the gap from the log first.
+            Box::pin(self.read_log(Some(seq - 1))).await?
+        };
+        if seq == self.last_sent + 1 {
+            self.last_sent = seq;
+            metrics::counter!("notifier_events_delivered_total").increment(1);
+            frames.push(Frame::clone(&frame));
+        }
+        Ok(frames)
+    }
+
+    /// Events after `last_sent` (up to `until`) from the log: at most a page.
+    async fn read_log(&mut self, until: Option<i64>) -> Result<Vec<Frame>, DbError> {
+        let mut conn = db::connection(&self.pool).await?;
+        let frames = self.catch_up(&mut conn, until).await?;
+        metrics::counter!("notifier_events_replayed_total").increment(frames.len() as u64);
+        Ok(frames)
     }
 
     /// Events after `last_sent` (up to `until` when given) from the log, in order, at most

@@ -16,11 +16,14 @@ use shared::events::{Event, routing_key};
 use tokio::sync::{Notify, mpsc};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-/// What a connection's feed receives from the broker side.
+use crate::replay::Frame;
+
+/// What a connection's feed receives from the broker side. One pointer wide: every
+/// connection's queue holds a block of these, and there may be tens of thousands.
 #[derive(Debug, Clone)]
 pub enum Push {
-    /// An event as published: its `seq` (none for progress) and its JSON.
-    Event { seq: Option<i64>, json: Utf8Bytes },
+    /// An event as published, shared by all of its user's connections.
+    Event(Arc<Frame>),
     /// Events may have been missed (the broker connection was lost): check the log.
     Resync,
 }
@@ -441,10 +444,10 @@ async fn dispatch(sessions: std::sync::Weak<Sessions>) {
             let seq = event.seq();
             let sockets = sessions.deliver(
                 user_id,
-                Push::Event {
+                Push::Event(Arc::new(Frame {
                     seq,
                     json: Utf8Bytes::from(json),
-                },
+                })),
             );
             match &event {
                 Event::GenerationStatusChanged { job, .. } => {

@@ -18,10 +18,11 @@ use crate::replay::{Feed, Opening};
 pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
 
 /// Buffers sized for many mostly idle sockets rather than throughput: clients only send
-/// pongs and closes, and events are small.
+/// pongs and closes (control frames are at most 131 bytes), and events are small. A larger
+/// message grows the read buffer for as long as it takes.
 pub fn socket_config() -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(1024)
+        .read_buffer_size(256)
         .write_buffer_size(0)
         .max_write_buffer_size(256 * 1024)
         .max_message_size(Some(64 * 1024))
@@ -98,18 +99,23 @@ pub async fn serve(
                 }
                 Err(err) => {
                     tracing::warn!(user_id = %feed.user_id(), error = %err, "cannot read the event log; closing so the client resumes with since");
-                    close(&mut socket, CloseCode::Error, "event log unavailable").await;
+                    Box::pin(close(
+                        &mut socket,
+                        CloseCode::Error,
+                        "event log unavailable",
+                    ))
+                    .await;
                     break Ending::Error;
                 }
             }
         }
         tokio::select! {
             _ = shutdown.changed() => {
-                close(&mut socket, CloseCode::Away, "server shutting down").await;
+                Box::pin(close(&mut socket, CloseCode::Away, "server shutting down")).await;
                 break Ending::ServerShutdown;
             }
             _ = too_slow.notified() => {
-                close(&mut socket, CloseCode::Again, "too slow: send queue full").await;
+                Box::pin(close(&mut socket, CloseCode::Again, "too slow: send queue full")).await;
                 break Ending::TooSlow;
             }
             push = feed.recv() => {
@@ -118,7 +124,7 @@ pub async fn serve(
                     Ok(frames) => frames,
                     Err(err) => {
                         tracing::warn!(user_id = %feed.user_id(), error = %err, "cannot read the event log; closing so the client resumes with since");
-                        close(&mut socket, CloseCode::Error, "event log unavailable").await;
+                        Box::pin(close(&mut socket, CloseCode::Error, "event log unavailable")).await;
                         break Ending::Error;
                     }
                 };
@@ -140,7 +146,7 @@ pub async fn serve(
             },
             _ = ping.tick() => {
                 if last_heard.elapsed() > idle_timeout {
-                    close(&mut socket, CloseCode::Away, "no answer to pings").await;
+                    Box::pin(close(&mut socket, CloseCode::Away, "no answer to pings")).await;
                     break Ending::Unresponsive;
                 }
                 if send(&mut socket, Message::Ping(Bytes::new()), send_timeout).await.is_err() {

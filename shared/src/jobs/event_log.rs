@@ -74,8 +74,10 @@ pub async fn mark_many_published(
     if events.is_empty() {
         return Ok(());
     }
-    let (user_ids, seqs): (Vec<&str>, Vec<i64>) =
-        events.iter().map(|(user, seq)| (user.as_str(), *seq)).unzip();
+    let (user_ids, seqs): (Vec<&str>, Vec<i64>) = events
+        .iter()
+        .map(|(user, seq)| (user.as_str(), *seq))
+        .unzip();
     diesel::sql_query(
         "UPDATE job_events AS e SET published_at = now() \
          FROM unnest($1::text[], $2::bigint[]) AS m(user_id, seq) \
