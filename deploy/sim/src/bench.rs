@@ -82,9 +82,15 @@ fn sample_each_second(
     })
 }
 
-/// CPU seconds this process has used (user + system), from `/proc/self/stat`.
+/// CPU seconds this process has used (user + system).
 fn own_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    cpu_seconds("self")
+}
+
+/// CPU seconds process `pid` ("self" for this one) has used (user + system), from
+/// `/proc/<pid>/stat`; 0 when it cannot be read.
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may hold spaces) start after the last ')'.
     let fields: Vec<&str> = stat
         .rsplit_once(')')
@@ -98,6 +104,58 @@ fn own_cpu_seconds() -> f64 {
     };
     // utime and stime are the 14th and 15th fields: 12th and 13th after the name.
     (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Where the CPU went while a measurement ran: each group's share of one core.
+struct CpuShares {
+    groups: Vec<(&'static str, Vec<String>, f64)>,
+    started: Instant,
+}
+
+impl CpuShares {
+    fn start(groups: Vec<(&'static str, Vec<String>)>) -> Self {
+        Self {
+            groups: groups
+                .into_iter()
+                .map(|(name, pids)| {
+                    let used = pids.iter().map(|pid| cpu_seconds(pid)).sum();
+                    (name, pids, used)
+                })
+                .collect(),
+            started: Instant::now(),
+        }
+    }
+
+    /// `{"server": 0.68, "client": 0.75, …}`: cores used by each group since the start.
+    fn finish(&self) -> Value {
+        let elapsed = self.started.elapsed().as_secs_f64().max(0.001);
+        let shares: serde_json::Map<String, Value> = self
+            .groups
+            .iter()
+            .map(|(name, pids, before)| {
+                let used: f64 = pids.iter().map(|pid| cpu_seconds(pid)).sum();
+                (
+                    (*name).to_owned(),
+                    json!(((used - before) / elapsed * 100.0).round() / 100.0),
+                )
+            })
+            .collect();
+        Value::Object(shares)
+    }
+}
+
+/// The pids of RabbitMQ's Erlang VM on this machine (none when it runs elsewhere).
+fn broker_pids() -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_string_lossy().into_owned();
+            let comm = std::fs::read_to_string(entry.path().join("comm")).ok()?;
+            (comm.trim() == "beam.smp").then_some(pid)
+        })
+        .collect()
 }
 
 /// `broker`: the ceiling.
@@ -168,17 +226,69 @@ pub async fn broker(amqp_url: &str, seconds: u64, concurrency: usize) -> anyhow:
     }
     let elapsed = started.elapsed().as_secs_f64();
     done.store(true, Ordering::Relaxed);
+    let total = confirmed.load(Ordering::Relaxed);
+    let per_second = total as f64 / elapsed;
+
+    // Half that rate, paced as the ingest run is: publish → confirm latency, the floor of
+    // ingest's own latency at half rate.
+    let interval = Duration::from_secs_f64(concurrency.max(1) as f64 / (per_second / 2.0).max(1.0));
+    let paced = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    tick(
+        bar(seconds, "broker: half rate, paced"),
+        done.clone(),
+        paced.clone(),
+    );
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let mut publishers = Vec::new();
+    for index in 0..concurrency.max(1) {
+        let (channel, queue, body, paced) =
+            (channel.clone(), queue.clone(), body.clone(), paced.clone());
+        publishers.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut due = started + interval.mul_f64(index as f64 / concurrency.max(1) as f64);
+            while due < deadline {
+                tokio::time::sleep_until(due.into()).await;
+                let published = publish_confirmed(
+                    &channel,
+                    Outgoing {
+                        exchange: "",
+                        routing_key: &queue,
+                        body: &body,
+                        properties: BasicProperties::default().with_delivery_mode(PERSISTENT),
+                        mandatory: true,
+                    },
+                    Duration::from_secs(10),
+                )
+                .await;
+                if published.is_ok() {
+                    paced.fetch_add(1, Ordering::Relaxed);
+                    latencies.push(due.elapsed().as_secs_f64() * 1000.0);
+                }
+                due += interval;
+            }
+            latencies
+        }));
+    }
+    let mut latencies = Vec::new();
+    for publisher in publishers {
+        latencies.extend(publisher.await?);
+    }
+    done.store(true, Ordering::Relaxed);
+    latencies.sort_by(f64::total_cmp);
     channel
         .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
         .await?;
-    let total = confirmed.load(Ordering::Relaxed);
     Ok(json!({
         "part": "broker",
         "confirmed": total,
         "seconds": elapsed,
-        "per_second": total as f64 / elapsed,
+        "per_second": per_second,
         "concurrency": concurrency,
         "payload_bytes": body.len(),
+        "half_rate_p50_ms": percentile(&latencies, 0.5),
+        "half_rate_p99_ms": percentile(&latencies, 0.99),
     }))
 }
 
@@ -511,6 +621,11 @@ pub async fn fanout(
     for &rate in rates {
         latencies.lock().expect("not poisoned").clear();
         recording.store(true, Ordering::Relaxed);
+        let cpu = CpuShares::start(vec![
+            ("server", pids.iter().map(u32::to_string).collect()),
+            ("broker", broker_pids()),
+            ("client", vec!["self".into()]),
+        ]);
         let done = Arc::new(AtomicBool::new(false));
         let published = Arc::new(AtomicU64::new(0));
         tick(
@@ -540,6 +655,7 @@ pub async fn fanout(
             n += 1;
             published.fetch_add(1, Ordering::Relaxed);
         }
+        let cpu = cpu.finish();
         tokio::time::sleep(Duration::from_secs(2)).await;
         recording.store(false, Ordering::Relaxed);
         done.store(true, Ordering::Relaxed);
@@ -554,6 +670,7 @@ pub async fn fanout(
             "p50_ms": percentile(&got, 0.5),
             "p99_ms": percentile(&got, 0.99),
             "max_ms": got.last().copied().unwrap_or_default(),
+            "cpu_cores": cpu,
         }));
     }
     Ok(json!({
@@ -577,6 +694,17 @@ fn sent_micros(event: &str) -> Option<u128> {
     let digits = &event[start..];
     let end = digits.find('"')?;
     digits[..end].parse().ok()
+}
+
+/// "CPU: notifier 0.68, broker 0.50, client 0.75 cores" from a run's `cpu_cores`.
+fn cpu_text(cores: &Value, server: &str, with_broker: bool) -> String {
+    let share = |name: &str| cores[name].as_f64().unwrap_or_default();
+    let mut parts = vec![format!("{server} {:.2}", share("server"))];
+    if with_broker {
+        parts.push(format!("broker {:.2}", share("broker")));
+    }
+    parts.push(format!("client {:.2}", share("client")));
+    format!("CPU: {} cores", parts.join(", "))
 }
 
 /// Signed requests, made before the clock starts.
@@ -782,7 +910,7 @@ struct Row {
 }
 
 /// `report`: the first table (figure, reference, ratio, target, met) and the details.
-pub fn report(dir: &Path) -> anyhow::Result<PathBuf> {
+pub fn report(dir: &Path, notes: &Path) -> anyhow::Result<PathBuf> {
     let broker = read(dir, "broker");
     let ingest = read(dir, "ingest");
     let mut rows = Vec::new();
@@ -808,7 +936,15 @@ pub fn report(dir: &Path) -> anyhow::Result<PathBuf> {
                 "{:.1} / {p99:.1} ms",
                 ingest["p50_ms"].as_f64().unwrap_or_default()
             ),
-            reference: "—".into(),
+            reference: match (
+                broker["half_rate_p50_ms"].as_f64(),
+                broker["half_rate_p99_ms"].as_f64(),
+            ) {
+                (Some(p50), Some(p99)) => {
+                    format!("broker alone at half its limit: {p50:.1} / {p99:.1} ms")
+                }
+                _ => "—".into(),
+            },
             ratio: None,
             target: "p99 ≤ 10 ms".into(),
             met: Some(p99 <= 10.0),
@@ -905,20 +1041,22 @@ pub fn report(dir: &Path) -> anyhow::Result<PathBuf> {
             rows.push(Row {
                 figure: format!("notifier: delivery p50 / p99 at {rate} events/s"),
                 value: format!(
-                    "{:.1} / {p99:.1} ms ({} of {} delivered)",
+                    "{:.1} / {p99:.1} ms ({} of {} delivered; {})",
                     run["p50_ms"].as_f64().unwrap_or_default(),
                     run["delivered"],
-                    run["deliveries_expected"]
+                    run["deliveries_expected"],
+                    cpu_text(&run["cpu_cores"], "notifier", true)
                 ),
                 reference: nchan_runs.iter().find(|n| n["rate"] == run["rate"]).map_or(
                     "nchan: not measured".into(),
                     |n| {
                         format!(
-                            "nchan {:.1} / {:.1} ms ({} of {})",
+                            "nchan {:.1} / {:.1} ms ({} of {}; {})",
                             n["p50_ms"].as_f64().unwrap_or_default(),
                             n["p99_ms"].as_f64().unwrap_or_default(),
                             n["delivered"],
-                            n["deliveries_expected"]
+                            n["deliveries_expected"],
+                            cpu_text(&n["cpu_cores"], "nginx", false)
                         )
                     },
                 ),
@@ -995,6 +1133,10 @@ pub fn report(dir: &Path) -> anyhow::Result<PathBuf> {
         for chart in &charts {
             markdown.push_str(&format!("![{chart}]({chart})\n\n"));
         }
+    }
+    if let Ok(text) = std::fs::read_to_string(notes) {
+        markdown.push_str("\n---\n\n");
+        markdown.push_str(&text);
     }
     std::fs::write(
         dir.join("report.json"),
@@ -1236,7 +1378,8 @@ mod tests {
         )
         .unwrap();
         save(&dir, &json!({"part": "pgbench", "tps": 1000.0})).unwrap();
-        let markdown = std::fs::read_to_string(report(&dir).unwrap()).unwrap();
+        let markdown =
+            std::fs::read_to_string(report(&dir, Path::new("no-notes-here.md")).unwrap()).unwrap();
         assert!(
             markdown.contains("| 0.60 | ≥ 0.5 × pgbench | yes |"),
             "{markdown}"

@@ -238,6 +238,10 @@ pub enum BenchCommand {
     Report {
         #[arg(long, default_value = "target/bench")]
         out: std::path::PathBuf,
+        /// Written notes on the figures (profiles, what each change bought), appended to
+        /// the report when the file exists.
+        #[arg(long, default_value = "docs/benchmarks.md")]
+        notes: std::path::PathBuf,
     },
 }
 

@@ -105,8 +105,8 @@ async fn main() -> anyhow::Result<()> {
                 &bench::fanout(&target, &pids, sockets, users, &rates, seconds).await?,
             )?
         }
-        Command::Bench(BenchCommand::Report { out }) => {
-            println!("{}", std::fs::read_to_string(bench::report(&out)?)?);
+        Command::Bench(BenchCommand::Report { out, notes }) => {
+            println!("{}", std::fs::read_to_string(bench::report(&out, &notes)?)?);
         }
         Command::Load(args) => {
             let bench = args
