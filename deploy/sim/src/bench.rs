@@ -203,19 +203,7 @@ pub async fn broker(amqp_url: &str, seconds: u64, concurrency: usize) -> anyhow:
         );
         publishers.push(tokio::spawn(async move {
             while Instant::now() < deadline {
-                let published = publish_confirmed(
-                    &channel,
-                    Outgoing {
-                        exchange: "",
-                        routing_key: &queue,
-                        body: &body,
-                        properties: BasicProperties::default().with_delivery_mode(PERSISTENT),
-                        mandatory: true,
-                    },
-                    Duration::from_secs(10),
-                )
-                .await;
-                if published.is_ok() {
+                if publish_persistent(&channel, &queue, &body).await {
                     confirmed.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -250,19 +238,7 @@ pub async fn broker(amqp_url: &str, seconds: u64, concurrency: usize) -> anyhow:
             let mut due = started + interval.mul_f64(index as f64 / concurrency.max(1) as f64);
             while due < deadline {
                 tokio::time::sleep_until(due.into()).await;
-                let published = publish_confirmed(
-                    &channel,
-                    Outgoing {
-                        exchange: "",
-                        routing_key: &queue,
-                        body: &body,
-                        properties: BasicProperties::default().with_delivery_mode(PERSISTENT),
-                        mandatory: true,
-                    },
-                    Duration::from_secs(10),
-                )
-                .await;
-                if published.is_ok() {
+                if publish_persistent(&channel, &queue, &body).await {
                     paced.fetch_add(1, Ordering::Relaxed);
                     latencies.push(due.elapsed().as_secs_f64() * 1000.0);
                 }
@@ -290,6 +266,23 @@ pub async fn broker(amqp_url: &str, seconds: u64, concurrency: usize) -> anyhow:
         "half_rate_p50_ms": percentile(&latencies, 0.5),
         "half_rate_p99_ms": percentile(&latencies, 0.99),
     }))
+}
+
+/// One persistent publish into `queue`, confirmed by the broker.
+async fn publish_persistent(channel: &lapin::Channel, queue: &str, body: &[u8]) -> bool {
+    publish_confirmed(
+        channel,
+        Outgoing {
+            exchange: "",
+            routing_key: queue,
+            body,
+            properties: BasicProperties::default().with_delivery_mode(PERSISTENT),
+            mandatory: true,
+        },
+        Duration::from_secs(10),
+    )
+    .await
+    .is_ok()
 }
 
 /// `worker`: webhooks/s two workers drain from a preloaded queue: `processing` then
@@ -978,8 +971,9 @@ pub fn report(dir: &Path, notes: &Path) -> anyhow::Result<PathBuf> {
                 run["jobs"]
             ),
             value: format!(
-                "{:.1} / {p99:.1} ms, {lost} lost",
-                run["p50_ms"].as_f64().unwrap_or_default()
+                "{:.1} / {p99:.1} ms, {lost} lost, {} creations refused and refunded",
+                run["p50_ms"].as_f64().unwrap_or_default(),
+                run["refused"].as_u64().unwrap_or_default()
             ),
             reference: "—".into(),
             ratio: None,

@@ -31,7 +31,10 @@ pub struct LoadReport {
     pub elapsed: Duration,
     pub webhooks_accepted: u64,
     pub latencies: Vec<Duration>,
+    /// Jobs created whose final event never reached their user's browser: lost.
     pub missing: usize,
+    /// Creations the jobs API answered with an error (and refunded): not lost, not run.
+    pub refused: usize,
     pub out_of_order: usize,
 }
 
@@ -62,6 +65,7 @@ impl LoadReport {
             "max_ms": ms(self.latencies.iter().max().copied().unwrap_or_default()),
             "samples": self.latencies.len(),
             "missing": self.missing,
+            "refused": self.refused,
             "out_of_order": self.out_of_order,
             "latencies_ms": self.latencies.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
         })
@@ -88,8 +92,8 @@ impl std::fmt::Display for LoadReport {
         )?;
         write!(
             f,
-            "missing final events: {}, out-of-order events: {}",
-            self.missing, self.out_of_order
+            "missing final events: {}, out-of-order events: {}, creations refused (and refunded) by the jobs API: {}",
+            self.missing, self.out_of_order, self.refused
         )
     }
 }
@@ -101,7 +105,7 @@ struct Received {
     out_of_order: usize,
 }
 
-/// Keeps a created job, or counts a refusal (it will be missing from the results).
+/// Keeps a created job, or counts a refusal.
 fn record(
     created: Result<Submitted, crate::jobs_client::ClientError>,
     submitted: &mut Vec<Submitted>,
@@ -270,7 +274,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<LoadReport> {
     server_handle.stop(true).await;
     let received = received.lock().expect("not poisoned");
     let mut latencies = Vec::new();
-    let mut missing = refused;
+    let mut missing = 0;
     for job in &submitted {
         match (
             received.finals.get(&job.job_id),
@@ -289,6 +293,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<LoadReport> {
             .load(std::sync::atomic::Ordering::Relaxed),
         latencies,
         missing,
+        refused,
         out_of_order: received.out_of_order,
     })
 }
