@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use clap::{Args, Parser, Subcommand};
 use shared::config::{AmqpConfig, DatabaseConfig, OptionalSecret, StorageConfig, TelemetryConfig};
 
-use crate::auth::JwtKey;
+use shared::auth::JwtKey;
 
 /// Pushes each job change to its user's browsers over WebSocket (and Server-Sent Events),
 /// with replay after reconnect; serves the live gallery page and stored media.

@@ -24,7 +24,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::auth::Auth;
+use shared::auth::Auth;
 use crate::config::SocketConfig;
 use crate::jobs::{self, JobsApi, JobsError};
 use crate::replay::{Feed, OpenError};

@@ -2,7 +2,6 @@
 //! WebSocket (and SSE), with replay after reconnect; serves the gallery page, its jobs API
 //! (list, generate, upscale, train) and stored media.
 
-pub mod auth;
 pub mod config;
 pub mod http;
 pub mod jobs;

@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use notifier::auth::Auth;
+use shared::auth::Auth;
 use notifier::config::{Cli, Command};
 use notifier::startup::Notifier;
 

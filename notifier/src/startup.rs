@@ -15,7 +15,7 @@ use shared::db;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::auth::Auth;
+use shared::auth::Auth;
 use crate::config::NotifierConfig;
 use crate::http::{AppState, route};
 use crate::jobs::JobsApi;

@@ -2,6 +2,8 @@
 //! webhook verification, Replicate's payload types and the RabbitMQ topology.
 
 pub mod amqp;
+#[cfg(feature = "auth")]
+pub mod auth;
 pub mod config;
 #[cfg(feature = "db")]
 pub mod db;

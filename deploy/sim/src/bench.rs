@@ -537,7 +537,7 @@ pub async fn fanout(
         FanoutTarget::Notifier {
             url, jwt_secret, ..
         } => {
-            let auth = notifier::auth::Auth::new(jwt_secret);
+            let auth = shared::auth::Auth::new(jwt_secret);
             let base = url.replacen("http", "ws", 1);
             (0..users)
                 .map(|u| {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use notifier::auth::Auth;
+use shared::auth::Auth;
 use serde_json::{Value, json};
 use shared::events::JobKind;
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::{JWT_SECRET, Pipeline};
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
-use notifier::auth::Auth;
+use shared::auth::Auth;
 use replicate_sim::accounts;
 use serde_json::Value;
 use tokio::process::{Child, Command};

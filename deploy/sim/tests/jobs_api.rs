@@ -10,7 +10,7 @@ use std::time::Duration;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use futures_util::StreamExt;
-use notifier::auth::Auth;
+use shared::auth::Auth;
 use notifier::config::{JobsConfig, NotifierConfig, SocketConfig};
 use notifier::startup::Notifier;
 use replicate_sim::accounts;

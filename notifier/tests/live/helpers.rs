@@ -8,7 +8,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use futures_util::StreamExt;
 use lapin::BasicProperties;
-use notifier::auth::Auth;
+use shared::auth::Auth;
 use notifier::config::{JobsConfig, NotifierConfig, SocketConfig};
 use notifier::http::AppState;
 use notifier::startup::Notifier;

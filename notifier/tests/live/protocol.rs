@@ -167,7 +167,7 @@ async fn bad_tokens_are_refused_with_401_before_the_upgrade() {
         use jsonwebtoken::{EncodingKey, Header, encode};
         encode(
             &Header::default(),
-            &notifier::auth::Claims {
+            &shared::auth::Claims {
                 sub: "u1".into(),
                 exp: 1_600_000_000,
             },
@@ -175,7 +175,7 @@ async fn bad_tokens_are_refused_with_401_before_the_upgrade() {
         )
         .unwrap()
     };
-    let forged = notifier::auth::Auth::new("someone-else").mint("u1", Duration::from_secs(600));
+    let forged = shared::auth::Auth::new("someone-else").mint("u1", Duration::from_secs(600));
     for (label, query) in [
         ("expired", format!("token={expired}")),
         ("forged", format!("token={forged}")),
