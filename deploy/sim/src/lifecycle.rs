@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use shared::replicate::Status;
 
 use chrono::Utc;
 use serde_json::{Value, json};
@@ -157,7 +158,7 @@ impl Simulator {
     pub fn servable_outputs(&self, id: &str) -> Option<usize> {
         let job = self.job(id)?;
         let job = job.lock().expect("not poisoned");
-        (job.status == "succeeded" && !job.outputs_broken).then(|| job.output_count())
+        (job.status == Status::Succeeded && !job.outputs_broken).then(|| job.output_count())
     }
 
     /// When job `id`'s terminal webhook was first posted.
@@ -225,19 +226,19 @@ impl Simulator {
         tokio::time::sleep(self.step).await;
 
         let mut last_update = Instant::now();
-        let mut ending = "succeeded";
+        let mut ending = Status::Succeeded;
         for step in 0..=steps {
             {
                 let mut job = job.lock().expect("not poisoned");
                 if job.cancel_requested || planned_cancel == Some(step) {
-                    ending = "canceled";
+                    ending = Status::Canceled;
                     break;
                 }
                 if planned_failure == Some(step) {
-                    ending = "failed";
+                    ending = Status::Failed;
                     break;
                 }
-                job.status = "processing".into();
+                job.status = Status::Processing;
                 job.logs.push_str(&tqdm_line(step, steps));
             }
             if last_update.elapsed() >= THROTTLE || step == 0 {
@@ -249,15 +250,15 @@ impl Simulator {
 
         {
             let mut job = job.lock().expect("not poisoned");
-            job.status = ending.into();
+            job.status = ending.clone();
             job.completed_at = Some(Utc::now());
             match ending {
-                "succeeded" => {
+                Status::Succeeded => {
                     job.outputs_broken =
                         job.kind == Kind::Prediction && chance(self.faults.missing_output_rate);
                     job.output = job.final_output(&self.base_url);
                 }
-                "failed" => job.error = json!("CUDA out of memory (simulated)"),
+                Status::Failed => job.error = json!("CUDA out of memory (simulated)"),
                 _ => {}
             }
         }

@@ -4,6 +4,7 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use shared::replicate::Status;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -20,6 +21,10 @@ impl Kind {
         }
     }
 }
+
+/// The version a prediction runs when the request names none (a real SDXL version).
+pub const DEFAULT_VERSION: &str =
+    "39ed52f2a78e934b3ba6e2a89f5b1c712de7dfea535525255b1aa35c5565e08b";
 
 /// Every event a webhook can be subscribed to.
 pub const ALL_EVENTS: [&str; 4] = ["start", "output", "logs", "completed"];
@@ -46,7 +51,7 @@ pub struct SimJob {
     pub model: String,
     pub version: String,
     pub input: Value,
-    pub status: String,
+    pub status: Status,
     pub logs: String,
     pub output: Value,
     pub error: Value,
@@ -88,11 +93,11 @@ impl SimJob {
             model: request
                 .model
                 .unwrap_or_else(|| "stability-ai/sdxl".to_owned()),
-            version: request.version.unwrap_or_else(|| {
-                "39ed52f2a78e934b3ba6e2a89f5b1c712de7dfea535525255b1aa35c5565e08b".to_owned()
-            }),
+            version: request
+                .version
+                .unwrap_or_else(|| DEFAULT_VERSION.to_owned()),
             input: request.input,
-            status: "starting".into(),
+            status: Status::Starting,
             logs: String::new(),
             output: Value::Null,
             error: Value::Null,
@@ -128,7 +133,7 @@ impl SimJob {
     }
 
     pub fn is_terminal(&self) -> bool {
-        shared::replicate::Status::from(self.status.as_str()).is_terminal()
+        self.status.is_terminal()
     }
 
     pub fn subscribed(&self, event: &str) -> bool {

@@ -12,7 +12,7 @@ pub fn body(job_id: &str, status: &str, output: Value) -> Vec<u8> {
     serde_json::to_vec(&json!({
         "id": job_id,
         "model": "stability-ai/sdxl",
-        "version": "39ed52f2a78e934b3ba6e2a89f5b1c712de7dfea535525255b1aa35c5565e08b",
+        "version": crate::prediction::DEFAULT_VERSION,
         "input": {"prompt": "a studio photo of a rainbow colored corgi"},
         "logs": "",
         "output": output,
