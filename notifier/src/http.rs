@@ -24,12 +24,12 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use shared::auth::Auth;
 use crate::config::SocketConfig;
 use crate::jobs::{self, JobsApi, JobsError};
 use crate::replay::{Feed, OpenError};
 use crate::sessions::{ConnectionLimit, Sessions};
 use crate::{media, ws};
+use shared::auth::Auth;
 
 /// Largest JSON body the jobs API reads (a 2,000-character prompt fits many times over).
 const MAX_API_BODY: usize = 64 * 1024;

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use shared::db::schema::{ai_models, credit_transactions, generations, users};
 use shared::db::{self, Connection, DbError, Pool};
 use shared::events::{Event, JobKind, JobState};
-use shared::jobs::apply::{self, ApplyOutcome, Change};
+use shared::jobs::apply::{self, ApplyError, ApplyOutcome, Change};
 use shared::jobs::event_log::{self, StoredEvent};
 use shared::jobs::{GenerationRow, Job, TrainingRow, UPSCALE_MARKER};
 use shared::replicate::Status;
@@ -52,6 +52,10 @@ pub enum JobsError {
     NotConfigured(String),
     #[error("the database is unavailable: {0}")]
     Database(#[from] DbError),
+    /// Failing the job Replicate refused did not go through (a stored status this version
+    /// does not know, or the database).
+    #[error("the job could not be failed: {0}")]
+    Ledger(#[from] ApplyError),
 }
 
 impl From<diesel::result::Error> for JobsError {
@@ -68,7 +72,7 @@ impl JobsError {
             Self::NotFound(_) => 404,
             Self::Conflict(_) => 409,
             Self::Replicate { .. } => 502,
-            Self::NotConfigured(_) | Self::Database(_) => 503,
+            Self::NotConfigured(_) | Self::Database(_) | Self::Ledger(_) => 503,
         }
     }
 

@@ -1,8 +1,8 @@
 use std::time::Duration;
 
-use shared::auth::Auth;
 use notifier::config::{Cli, Command};
 use notifier::startup::Notifier;
+use shared::auth::Auth;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

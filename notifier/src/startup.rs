@@ -15,11 +15,11 @@ use shared::db;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use shared::auth::Auth;
 use crate::config::NotifierConfig;
 use crate::http::{AppState, route};
 use crate::jobs::JobsApi;
 use crate::sessions::Sessions;
+use shared::auth::Auth;
 
 /// How long a shutdown waits for sockets to close after telling them to.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);

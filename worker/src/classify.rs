@@ -7,6 +7,7 @@ use diesel_async::RunQueryDsl;
 use shared::db::schema::{ai_models, generations};
 use shared::db::{Connection, DbError};
 use shared::events::JobKind;
+use shared::jobs::apply::ApplyError;
 use shared::jobs::transition::JobStatus;
 use shared::jobs::{Job, kind_of_generation};
 
@@ -48,11 +49,9 @@ pub async fn find_job(conn: &mut Connection, job_id: &str) -> Result<Option<Job>
 }
 
 /// The stored status, or the text that is not one.
-pub fn stored_status(job: &Job) -> Result<JobStatus, String> {
-    JobStatus::parse(&job.status).ok_or_else(|| {
-        format!(
-            "job {} has status {:?}, which is none of PENDING, PROCESSING, COMPLETED, FAILED, CANCELLED",
-            job.job_id, job.status
-        )
+pub fn stored_status(job: &Job) -> Result<JobStatus, ApplyError> {
+    JobStatus::parse(&job.status).ok_or_else(|| ApplyError::UnknownStatus {
+        id: job.job_id.clone(),
+        status: job.status.clone(),
     })
 }

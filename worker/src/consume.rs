@@ -16,7 +16,7 @@ use shared::amqp::RETRY_DELAYS;
 use tokio::sync::{Semaphore, watch};
 
 use crate::broker::Broker;
-use crate::process::{Effect, ProcessError, Processor};
+use crate::process::{Effect, Failure, ProcessError, Processed, Processor};
 
 /// Headers the worker adds to a message it sends on for a retry or to the dead letters.
 pub const HEADER_ATTEMPT: &str = "x-retry-attempt";
@@ -48,35 +48,31 @@ pub fn dispose(
     since_first_seen: Duration,
     policy: RetryPolicy,
 ) -> Disposition {
-    let (window, what) = match error {
-        ProcessError::Invalid(reason) => {
-            return Disposition::DeadLetter {
-                reason: reason.clone(),
-            };
-        }
+    let (window, what) = match error.failure() {
         // Parked with the reason (and replayable once fixed) instead of holding a prefetch
-        // slot or panicking again on every redelivery.
-        ProcessError::Panicked(_) => {
+        // slot, or panicking again on every redelivery.
+        Failure::Invalid | Failure::Panicked => {
             return Disposition::DeadLetter {
-                reason: error.to_string(),
+                reason: error.report(),
             };
         }
-        ProcessError::UnknownJob(_) => (policy.unknown_job, "job not found"),
-        ProcessError::Transient(_) => (policy.transient, "still failing"),
+        Failure::UnknownJob => (policy.unknown_job, "job not found"),
+        Failure::Transient => (policy.transient, "still failing"),
     };
     if since_first_seen >= window {
         return Disposition::DeadLetter {
             reason: format!(
-                "{what} after {} attempts over {}s: {error}",
+                "{what} after {} attempts over {}s: {}",
                 attempt + 1,
-                since_first_seen.as_secs()
+                since_first_seen.as_secs(),
+                error.report()
             ),
         };
     }
     let delay = RETRY_DELAYS[(attempt as usize).min(RETRY_DELAYS.len() - 1)];
     Disposition::Retry {
         delay,
-        error: error.to_string(),
+        error: error.report(),
     }
 }
 
@@ -169,26 +165,7 @@ impl Consumer {
 
         let disposition = match &result {
             Ok(processed) => {
-                let outcome = processed.result.outcome();
-                let (seq, refunded) = match processed.result {
-                    Effect::Moved { seq, refunded, .. } => (Some(seq), refunded),
-                    Effect::Ignored(_) => (None, 0),
-                };
-                metrics::counter!("worker_webhooks_total", "kind" => processed.kind.as_str(), "outcome" => outcome).increment(1);
-                metrics::histogram!("worker_processing_duration_seconds", "kind" => processed.kind.as_str())
-                    .record(elapsed.as_secs_f64());
-                tracing::info!(
-                    %webhook_id,
-                    job_id = %processed.job_id,
-                    kind = %processed.kind,
-                    status = %processed.status,
-                    %outcome,
-                    seq,
-                    refunded,
-                    elapsed = ?elapsed,
-                    "Webhook processed in {}ms",
-                    elapsed.as_millis()
-                );
+                report_processed(&webhook_id, processed, elapsed);
                 Disposition::Ack
             }
             Err(err) => {
@@ -196,11 +173,12 @@ impl Consumer {
                 dispose(err, attempt, since, self.retry)
             }
         };
+        let label = reason_label(result.as_ref().err());
 
         let settled = match disposition {
             Disposition::Ack => delivery.ack(BasicAckOptions::default()).await.map(|_| ()),
             Disposition::Retry { delay, error } => {
-                metrics::counter!("worker_retries_total", "reason" => reason_label(result.as_ref().err())).increment(1);
+                metrics::counter!("worker_retries_total", "reason" => label).increment(1);
                 tracing::warn!(%webhook_id, attempt = attempt + 1, retry_in = ?delay, %error, elapsed = ?elapsed, "webhook will be retried");
                 let headers = bookkeeping(
                     &delivery,
@@ -212,7 +190,7 @@ impl Consumer {
                     .await
             }
             Disposition::DeadLetter { reason } => {
-                metrics::counter!("worker_dead_letters_total", "reason" => reason_label(result.as_ref().err())).increment(1);
+                metrics::counter!("worker_dead_letters_total", "reason" => label).increment(1);
                 tracing::error!(%webhook_id, %reason, elapsed = ?elapsed, "webhook dead-lettered");
                 let headers = bookkeeping(
                     &delivery,
@@ -261,13 +239,37 @@ impl Consumer {
 }
 
 fn reason_label(error: Option<&ProcessError>) -> &'static str {
-    match error {
-        Some(ProcessError::UnknownJob(_)) => "unknown_job",
-        Some(ProcessError::Transient(_)) => "transient",
-        Some(ProcessError::Invalid(_)) => "invalid",
-        Some(ProcessError::Panicked(_)) => "panicked",
+    match error.map(ProcessError::failure) {
+        Some(Failure::UnknownJob) => "unknown_job",
+        Some(Failure::Transient) => "transient",
+        Some(Failure::Invalid) => "invalid",
+        Some(Failure::Panicked) => "panicked",
         None => "none",
     }
+}
+
+/// The metrics and the one log line of a processed webhook.
+fn report_processed(webhook_id: &str, processed: &Processed, elapsed: Duration) {
+    let outcome = processed.effect.outcome();
+    let (seq, refunded) = match processed.effect {
+        Effect::Moved { seq, refunded, .. } => (Some(seq), refunded),
+        Effect::Ignored(_) => (None, 0),
+    };
+    metrics::counter!("worker_webhooks_total", "kind" => processed.kind.as_str(), "outcome" => outcome).increment(1);
+    metrics::histogram!("worker_processing_duration_seconds", "kind" => processed.kind.as_str())
+        .record(elapsed.as_secs_f64());
+    tracing::info!(
+        %webhook_id,
+        job_id = %processed.job_id,
+        kind = %processed.kind,
+        status = %processed.status,
+        %outcome,
+        seq,
+        refunded,
+        elapsed = ?elapsed,
+        "Webhook processed in {}ms",
+        elapsed.as_millis()
+    );
 }
 
 /// The original headers (`webhook-id`, `webhook-timestamp`, …) carried along, plus the retry
@@ -352,19 +354,22 @@ mod tests {
     }
 
     #[test]
-    fn invalid_webhooks_go_straight_to_the_dead_letters() {
-        let invalid = ProcessError::Invalid("not a Replicate prediction".into());
-        assert_eq!(
-            dispose(&invalid, 0, Duration::ZERO, POLICY),
-            Disposition::DeadLetter {
-                reason: "not a Replicate prediction".into()
-            }
+    fn invalid_webhooks_go_straight_to_the_dead_letters_with_the_cause() {
+        let invalid = ProcessError::NotAPrediction(
+            serde_json::from_slice::<shared::replicate::Prediction>(b"{}").unwrap_err(),
         );
+        match dispose(&invalid, 0, Duration::ZERO, POLICY) {
+            Disposition::DeadLetter { reason } => assert!(
+                reason.starts_with("not a Replicate prediction: missing field"),
+                "{reason}"
+            ),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
     fn transient_errors_retry_longer() {
-        let transient = ProcessError::Transient("database down".into());
+        let transient = ProcessError::Database(shared::db::DbError::Pool("database down".into()));
         assert!(matches!(
             dispose(&transient, 3, Duration::from_secs(600), POLICY),
             Disposition::Retry { .. }

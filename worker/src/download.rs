@@ -101,14 +101,60 @@ impl DownloadPolicy {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why an output was not fetched. [`DownloadError::is_permanent`] decides: a permanent
+/// error fails the job with this message, any other is retried.
+#[derive(Debug, thiserror::Error)]
 pub enum DownloadError {
-    /// Will not work however often it is tried: the job fails with this reason.
+    #[error("bad output URL {url:?}: {reason}")]
+    BadUrl { url: String, reason: String },
+    /// `DOWNLOAD_ALLOWED_HOSTS` or `DOWNLOAD_ALLOW_HTTP` refuses it.
     #[error("{0}")]
-    Permanent(String),
-    /// May work later: the webhook is retried.
-    #[error("{0}")]
-    Transient(String),
+    NotAllowed(String),
+    #[error("GET {url} answered {status}")]
+    Status {
+        url: String,
+        status: reqwest::StatusCode,
+    },
+    #[error("{url} is not an image (content-type {content_type:?})")]
+    NotAnImage { url: String, content_type: String },
+    #[error("{url} is larger than {max} bytes (DOWNLOAD_MAX_BYTES)")]
+    TooLarge { url: String, max: u64 },
+    #[error("{url} is not the image it claims: declared {content_type:?}, the bytes are {found}")]
+    WrongBytes {
+        url: String,
+        content_type: String,
+        found: &'static str,
+    },
+    /// A redirect our policy refused (its reason is the message).
+    #[error("GET {url}: {reason}")]
+    RedirectRefused { url: String, reason: String },
+    /// Timeouts, refused or reset connections, bodies cut short.
+    #[error("GET {url}: {source}")]
+    Request {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+}
+
+impl DownloadError {
+    /// Will not work however often it is tried.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Self::Status { status, .. } => {
+                !(status.is_server_error()
+                    || *status == reqwest::StatusCode::TOO_MANY_REQUESTS
+                    || *status == reqwest::StatusCode::REQUEST_TIMEOUT)
+            }
+            Self::Request { source, .. } => source.is_builder(),
+            Self::BadUrl { .. }
+            | Self::NotAllowed(_)
+            | Self::NotAnImage { .. }
+            | Self::TooLarge { .. }
+            | Self::WrongBytes { .. }
+            | Self::RedirectRefused { .. } => true,
+        }
+    }
 }
 
 /// An image fetched in full. It holds its share of the download memory budget until it
@@ -188,20 +234,22 @@ impl Downloader {
 
     /// Fetches one image, retrying transient failures a few times.
     pub async fn fetch(&self, url: &str) -> Result<Image, DownloadError> {
-        let parsed = Url::parse(url)
-            .map_err(|err| DownloadError::Permanent(format!("bad output URL {url:?}: {err}")))?;
+        let parsed = Url::parse(url).map_err(|err| DownloadError::BadUrl {
+            url: url.to_owned(),
+            reason: err.to_string(),
+        })?;
         self.policy
             .check(&parsed)
-            .map_err(DownloadError::Permanent)?;
+            .map_err(DownloadError::NotAllowed)?;
         let mut delays = ATTEMPT_DELAYS.iter();
         loop {
             match self.fetch_once(parsed.clone()).await {
-                Err(DownloadError::Transient(reason)) => match delays.next() {
+                Err(err) if !err.is_permanent() => match delays.next() {
                     Some(delay) => {
-                        tracing::debug!(%url, %reason, retry_in = ?delay, "download failed, retrying");
+                        tracing::debug!(%url, error = %err, retry_in = ?delay, "download failed, retrying");
                         tokio::time::sleep(*delay).await;
                     }
-                    None => return Err(DownloadError::Transient(reason)),
+                    None => return Err(err),
                 },
                 result => return result,
             }
@@ -220,18 +268,10 @@ impl Downloader {
             .get(url)
             .send()
             .await
-            .map_err(|err| classify(&shown, err))?;
+            .map_err(|err| request_failed(&shown, err))?;
         let status = response.status();
         if !status.is_success() {
-            let reason = format!("GET {shown} answered {status}");
-            let retryable = status.is_server_error()
-                || status == reqwest::StatusCode::TOO_MANY_REQUESTS
-                || status == reqwest::StatusCode::REQUEST_TIMEOUT;
-            return Err(if retryable {
-                DownloadError::Transient(reason)
-            } else {
-                DownloadError::Permanent(reason)
-            });
+            return Err(DownloadError::Status { url: shown, status });
         }
         let content_type = response
             .headers()
@@ -240,15 +280,15 @@ impl Downloader {
             .unwrap_or_default()
             .to_ascii_lowercase();
         if !content_type.starts_with("image/") {
-            return Err(DownloadError::Permanent(format!(
-                "{shown} is not an image (content-type {content_type:?})"
-            )));
+            return Err(DownloadError::NotAnImage {
+                url: shown,
+                content_type,
+            });
         }
         let max = self.policy.max_bytes;
-        let too_large = || {
-            DownloadError::Permanent(format!(
-                "{shown} is larger than {max} bytes (DOWNLOAD_MAX_BYTES)"
-            ))
+        let too_large = || DownloadError::TooLarge {
+            url: shown.clone(),
+            max,
         };
         if response.content_length().is_some_and(|length| length > max) {
             return Err(too_large());
@@ -260,18 +300,20 @@ impl Downloader {
         while let Some(chunk) = response
             .chunk()
             .await
-            .map_err(|err| classify(&shown, err))?
+            .map_err(|err| request_failed(&shown, err))?
         {
             if (body.len() + chunk.len()) as u64 > max {
                 return Err(too_large());
             }
             body.extend_from_slice(&chunk);
         }
-        check_magic(&content_type, &body).map_err(|found| {
-            DownloadError::Permanent(format!(
-                "{shown} is not the image it claims: declared {content_type:?}, the bytes are {found}"
-            ))
-        })?;
+        if let Err(found) = check_magic(&content_type, &body) {
+            return Err(DownloadError::WrongBytes {
+                url: shown,
+                content_type,
+                found,
+            });
+        }
         Ok(Image {
             bytes: body.freeze(),
             content_type,
@@ -307,19 +349,20 @@ pub fn check_magic(content_type: &str, bytes: &[u8]) -> Result<(), &'static str>
     }
 }
 
-fn classify(url: &str, err: reqwest::Error) -> DownloadError {
-    if err.is_redirect() {
-        // Our redirect policy's refusal: its message is the reason.
-        let reason = std::error::Error::source(&err)
-            .map(ToString::to_string)
-            .unwrap_or_else(|| err.to_string());
-        return DownloadError::Permanent(format!("GET {url}: {reason}"));
+/// A failed request as a [`DownloadError`]: our redirect policy's refusals say why.
+fn request_failed(url: &str, err: reqwest::Error) -> DownloadError {
+    if err.is_redirect()
+        && let Some(reason) = std::error::Error::source(&err)
+    {
+        return DownloadError::RedirectRefused {
+            url: url.to_owned(),
+            reason: reason.to_string(),
+        };
     }
-    if err.is_builder() {
-        return DownloadError::Permanent(format!("GET {url}: {err}"));
+    DownloadError::Request {
+        url: url.to_owned(),
+        source: err,
     }
-    // Timeouts, refused or reset connections, bodies cut short: worth another try.
-    DownloadError::Transient(format!("GET {url}: {err}"))
 }
 
 #[cfg(test)]

@@ -1,15 +1,46 @@
 //! worker: consumes webhooks, classifies and persists jobs, stores outputs, refunds, and
 //! publishes result events — exactly once in effect, whatever arrives twice or late.
+//!
+//! A webhook's path through the modules, in order:
+//!
+//! | step | module | what it does |
+//! |---|---|---|
+//! | consume | [`broker`], [`consume`] | the broker link; a prefetch window of deliveries, each acked, retried or dead-lettered once processed |
+//! | process | [`process`] | one webhook: parse, find, decide, prepare, apply, publish |
+//! | classify | [`classify`] | which job a Replicate id belongs to, and its kind (generation, upscale, training) |
+//! | download, store | [`download`], [`store`] | a succeeded generation's outputs fetched (within the allowed hosts and the memory budget) and stored |
+//! | apply, transition, refund | `shared::jobs` | one transaction: the status machine, the refund once, the user's next `seq`, the event in the log (the outbox) |
+//! | publish | [`broker`], [`marks`] | the event to `jobs.events`, then marked published in batches |
+//! | sweep | [`sweep`] | events committed but never marked are published again |
+//! | progress | [`progress`] | `job_progress` pushed when a running job's progress moved |
+//!
+//! Beside the path: [`reconcile`] asks Replicate about jobs whose webhooks went missing,
+//! [`dead_letters`] lists and replays parked webhooks, [`config`] and [`startup`] build and
+//! run the worker (with its `/metrics` and `/api/health`).
 
+// In the order of the table above (rustfmt keeps each group's order).
 pub mod broker;
-pub mod classify;
-pub mod config;
+
 pub mod consume;
-pub mod dead_letters;
-pub mod download;
-pub mod outbox;
+
 pub mod process;
-pub mod progress;
-pub mod reconcile;
-pub mod startup;
+
+pub mod classify;
+
+pub mod download;
+
 pub mod store;
+
+pub mod marks;
+
+pub mod sweep;
+
+pub mod progress;
+
+pub mod reconcile;
+
+pub mod dead_letters;
+
+pub mod config;
+
+pub mod startup;

@@ -12,38 +12,85 @@ use shared::replicate::{Prediction, Status};
 use crate::broker::Broker;
 use crate::classify;
 use crate::download::{DownloadError, Downloader};
-use crate::outbox::PublishedMarks;
+use crate::marks::PublishedMarks;
 use crate::progress::ProgressTracker;
 use crate::store::MediaStore;
 use shared::jobs::Job;
-use shared::jobs::apply::{self, ApplyOutcome, Change};
+use shared::jobs::apply::{self, ApplyError, ApplyOutcome, Change};
 use shared::jobs::event_log::StoredEvent;
-use shared::jobs::transition::{Decision, Ignored, JobStatus, decide, target_of};
+use shared::jobs::transition::{Decision, Ignored, JobStatus, decide};
 
 /// Why a webhook could not be processed now.
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
+    #[error("not a Replicate prediction: {0}")]
+    NotAPrediction(#[source] serde_json::Error),
     /// No job has this Replicate id (yet): the app may still be inserting the row.
     #[error("no job with Replicate id {0}")]
     UnknownJob(String),
-    /// Database, broker or storage trouble: try again later.
-    #[error("{0}")]
-    Transient(String),
-    /// The webhook can never be processed (not a prediction, a corrupt row).
-    #[error("{0}")]
-    Invalid(String),
+    #[error(transparent)]
+    Database(#[from] DbError),
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    /// An output could not be fetched for a reason that may pass (a permanent one fails the
+    /// job instead).
+    #[error("output {index} not fetched: {source}")]
+    Download {
+        index: usize,
+        #[source]
+        source: DownloadError,
+    },
+    #[error("output {index} not stored: {source}")]
+    Storage {
+        index: usize,
+        #[source]
+        source: object_store::Error,
+    },
     /// Processing panicked: a bug, which would panic again on every retry.
     #[error("the worker panicked processing this webhook: {0}")]
     Panicked(String),
 }
 
-impl From<DbError> for ProcessError {
-    fn from(err: DbError) -> Self {
-        if err.is_transient() {
-            Self::Transient(err.to_string())
-        } else {
-            Self::Invalid(err.to_string())
+/// What a [`ProcessError`] means for the webhook: decided once, here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The job is not in the database yet: retried for `UNKNOWN_JOB_RETRY_SECS`.
+    UnknownJob,
+    /// Database, broker, download or storage trouble: retried for `TRANSIENT_RETRY_SECS`.
+    Transient,
+    /// Can never be processed as it is: dead-lettered at once, with the reason.
+    Invalid,
+    /// A bug: dead-lettered at once instead of panicking on every redelivery.
+    Panicked,
+}
+
+impl ProcessError {
+    pub fn failure(&self) -> Failure {
+        match self {
+            Self::UnknownJob(_) => Failure::UnknownJob,
+            Self::Panicked(_) => Failure::Panicked,
+            Self::NotAPrediction(_) => Failure::Invalid,
+            Self::Database(err) if !err.is_transient() => Failure::Invalid,
+            Self::Apply(err) if !err.is_transient() => Failure::Invalid,
+            Self::Database(_) | Self::Apply(_) | Self::Download { .. } | Self::Storage { .. } => {
+                Failure::Transient
+            }
         }
+    }
+
+    /// The message with its causes, for the logs and the retry and dead-letter headers.
+    pub fn report(&self) -> String {
+        let mut text = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            let shown = cause.to_string();
+            if !text.contains(&shown) {
+                text.push_str(": ");
+                text.push_str(&shown);
+            }
+            source = cause.source();
+        }
+        text
     }
 }
 
@@ -53,7 +100,7 @@ pub struct Processed {
     pub job_id: String,
     pub kind: JobKind,
     pub status: Status,
-    pub result: Effect,
+    pub effect: Effect,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -94,8 +141,8 @@ pub struct Processor {
 impl Processor {
     /// Processes one webhook body, exactly once in effect however often it arrives.
     pub async fn process(&self, webhook_id: &str, body: &[u8]) -> Result<Processed, ProcessError> {
-        let prediction: Prediction = serde_json::from_slice(body)
-            .map_err(|err| ProcessError::Invalid(format!("not a Replicate prediction: {err}")))?;
+        let prediction: Prediction =
+            serde_json::from_slice(body).map_err(ProcessError::NotAPrediction)?;
         let job = {
             let mut conn = db::connection(&self.pool).await?;
             classify::find_job(&mut conn, &prediction.id)
@@ -103,13 +150,15 @@ impl Processor {
                 .ok_or_else(|| ProcessError::UnknownJob(prediction.id.clone()))?
         };
         tracing::info!(%webhook_id, kind = %job.kind, job_id = %job.job_id, "Detected job type: {} for job {}", job.kind, job.job_id);
-        let current = classify::stored_status(&job).map_err(ProcessError::Invalid)?;
+        let current = classify::stored_status(&job)?;
 
         let effect = match decide(current, &prediction.status) {
             Decision::Ignore(reason) => Effect::Ignored(reason),
-            Decision::MoveTo(_) => {
+            Decision::MoveTo(target) => {
                 // Slow I/O first, with no lock held; the transaction decides again.
-                let change = self.prepare_change(webhook_id, &job, &prediction).await?;
+                let change = self
+                    .prepare_change(webhook_id, &job, &prediction, target)
+                    .await?;
                 let mut conn = db::connection(&self.pool).await?;
                 let outcome = apply::apply(&mut conn, &job, &prediction.status, change).await?;
                 drop(conn);
@@ -140,19 +189,19 @@ impl Processor {
             job_id: job.job_id,
             kind: job.kind,
             status: prediction.status,
-            result: effect,
+            effect,
         })
     }
 
-    /// Builds the change a webhook makes; for a succeeded generation this downloads and
-    /// stores every output.
+    /// Builds the change that moves the job to `target`; for a succeeded generation this
+    /// downloads and stores every output.
     async fn prepare_change(
         &self,
         webhook_id: &str,
         job: &Job,
         prediction: &Prediction,
+        target: JobStatus,
     ) -> Result<Change, ProcessError> {
-        let target = target_of(&prediction.status).expect("decide() moved, so the status is known");
         Ok(match target {
             JobStatus::Pending | JobStatus::Processing => Change::Processing,
             JobStatus::Cancelled => Change::Cancelled,
@@ -185,11 +234,16 @@ impl Processor {
         // Each output is stored as soon as it is fetched, which gives its memory back:
         // a job never holds one output's budget while waiting for another's.
         let stored = join_all(urls.iter().enumerate().map(|(index, url)| async move {
-            let image = self.downloader.fetch(url).await?;
+            let image = self
+                .downloader
+                .fetch(url)
+                .await
+                .map_err(|source| ProcessError::Download { index, source })?;
             metrics::counter!("worker_download_bytes_total").increment(image.bytes.len() as u64);
-            self.media.put(&job.id, index, &image).await.map_err(|err| {
-                DownloadError::Transient(format!("cannot store output {index}: {err}"))
-            })
+            self.media
+                .put(&job.id, index, &image)
+                .await
+                .map_err(|source| ProcessError::Storage { index, source })
         }))
         .await;
         let mut image_urls = Vec::with_capacity(stored.len());
@@ -199,16 +253,17 @@ impl Processor {
                     metrics::counter!("worker_downloads_total", "result" => "ok").increment(1);
                     image_urls.push(url);
                 }
-                Err(DownloadError::Permanent(reason)) => {
+                Err(ProcessError::Download { source, .. }) if source.is_permanent() => {
                     metrics::counter!("worker_downloads_total", "result" => "permanent_error")
                         .increment(1);
+                    let reason = source.to_string();
                     tracing::warn!(%webhook_id, job_id = %job.job_id, %reason, "output cannot be stored; the job fails");
                     return Ok(Change::Failed { error: reason });
                 }
-                Err(DownloadError::Transient(reason)) => {
+                Err(err) => {
                     metrics::counter!("worker_downloads_total", "result" => "transient_error")
                         .increment(1);
-                    return Err(ProcessError::Transient(reason));
+                    return Err(err);
                 }
             }
         }

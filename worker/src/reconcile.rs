@@ -20,7 +20,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use shared::config::{DatabaseUrl, SecretString};
 use shared::db::schema::{ai_models, generations};
 use shared::db::{self, DbError};
-use shared::jobs::apply::{self, ApplyOutcome, Change};
+use shared::jobs::apply::{self, ApplyError, ApplyOutcome, Change};
 use shared::jobs::transition::JobStatus;
 use shared::replicate::Status;
 
@@ -121,7 +121,7 @@ impl Reconciler {
         processor: &Processor,
         http: &reqwest::Client,
         asked: &mut Asked,
-    ) -> Result<usize, DbError> {
+    ) -> Result<usize, ApplyError> {
         if !processor.broker.link.is_connected() {
             return Ok(0); // the answers could not be enqueued: wait for the broker
         }
@@ -221,7 +221,10 @@ impl Asked {
 /// Jobs debited but never given a Replicate id (the jobs API stopped between its debit and
 /// Replicate's answer): after `after` they end `FAILED` and are refunded, through the same
 /// ledger call as a failed webhook.
-async fn fail_abandoned_creations(processor: &Processor, after: Duration) -> Result<(), DbError> {
+async fn fail_abandoned_creations(
+    processor: &Processor,
+    after: Duration,
+) -> Result<(), ApplyError> {
     let cutoff = Utc::now() - chrono::Duration::from_std(after).unwrap_or_default();
     let pending = JobStatus::Pending.as_str();
     let mut conn = db::connection(&processor.pool).await?;

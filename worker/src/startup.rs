@@ -17,11 +17,11 @@ use crate::broker::Broker;
 use crate::config::WorkerConfig;
 use crate::consume::{Consumer, RetryPolicy};
 use crate::download::Downloader;
-use crate::outbox;
 use crate::process::Processor;
 use crate::progress::ProgressTracker;
 use crate::reconcile::Reconciler;
 use crate::store::MediaStore;
+use crate::{marks, sweep};
 
 /// Jobs whose last progress is remembered (see [`ProgressTracker`]).
 const PROGRESS_MEMORY: usize = 10_000;
@@ -51,7 +51,7 @@ impl Worker {
             .context("building the HTTP client")?;
         let broker = Arc::new(Broker::start(&config.amqp, config.prefetch));
         let processor = Arc::new(Processor {
-            marks: outbox::PublishedMarks::start(pool.clone()),
+            marks: marks::PublishedMarks::start(pool.clone()),
             pool,
             broker: broker.clone(),
             downloader,
@@ -129,7 +129,7 @@ impl Worker {
         let (stop, stopped) = watch::channel(false);
         let metrics_handle = self.metrics_server.handle();
         tokio::spawn(self.metrics_server);
-        let sweeper = tokio::spawn(outbox::run(
+        let sweeper = tokio::spawn(sweep::run(
             self.processor.clone(),
             self.sweep_interval,
             stopped.clone(),

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use shared::auth::Auth;
 use serde_json::{Value, json};
+use shared::auth::Auth;
 use shared::events::JobKind;
 
 /// A job the API created.

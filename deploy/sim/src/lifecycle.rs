@@ -3,10 +3,10 @@
 //! `output` at most every 500 ms, the terminal one retried with exponential backoff for
 //! about a minute.
 
+use shared::replicate::Status;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use shared::replicate::Status;
 
 use chrono::Utc;
 use serde_json::{Value, json};

@@ -11,9 +11,9 @@ use std::time::Duration;
 use common::{JWT_SECRET, Pipeline};
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
-use shared::auth::Auth;
 use replicate_sim::accounts;
 use serde_json::Value;
+use shared::auth::Auth;
 use tokio::process::{Child, Command};
 
 const CHROMIUM: &str = "/usr/bin/chromium";

@@ -81,13 +81,44 @@ struct TrainingUpdate {
     error_message: Option<String>,
 }
 
+/// Why a change could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// The row holds a status this version does not know: it needs a person, not a retry.
+    #[error(
+        "job {id} has status {status:?}, which is none of PENDING, PROCESSING, COMPLETED, FAILED, CANCELLED"
+    )]
+    UnknownStatus { id: String, status: String },
+    /// The row, locked by this transaction, did not hold the status just read from it.
+    #[error("job {0} changed while locked")]
+    ChangedWhileLocked(String),
+}
+
+impl From<diesel::result::Error> for ApplyError {
+    fn from(err: diesel::result::Error) -> Self {
+        Self::Db(err.into())
+    }
+}
+
+impl ApplyError {
+    /// Whether trying again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Db(err) => err.is_transient(),
+            Self::UnknownStatus { .. } | Self::ChangedWhileLocked(_) => false,
+        }
+    }
+}
+
 /// Applies `change` to `job` for a webhook with status `incoming`, atomically.
 pub async fn apply(
     conn: &mut Connection,
     job: &Job,
     incoming: &Status,
     change: Change,
-) -> Result<ApplyOutcome, DbError> {
+) -> Result<ApplyOutcome, ApplyError> {
     conn.transaction(async |conn| apply_in_transaction(conn, job, incoming, change).await)
         .await
 }
@@ -97,7 +128,7 @@ async fn apply_in_transaction(
     job: &Job,
     incoming: &Status,
     change: Change,
-) -> Result<ApplyOutcome, DbError> {
+) -> Result<ApplyOutcome, ApplyError> {
     let to = change.status();
     // The usual case: the status read before the transaction still holds. Updating only
     // if it does takes the row lock and proves it in one statement.
@@ -112,16 +143,17 @@ async fn apply_in_transaction(
     // usually finds its webhook a no-op.
     let stored = lock_job(conn, job).await?;
     let Some(current) = JobStatus::parse(&stored) else {
-        return Err(DbError::Query(diesel::result::Error::DeserializationError(
-            format!("unknown stored status {stored:?}").into(),
-        )));
+        return Err(ApplyError::UnknownStatus {
+            id: job.id.clone(),
+            status: stored,
+        });
     };
     if let Decision::Ignore(reason) = decide(current, incoming) {
         return Ok(ApplyOutcome::Ignored(reason));
     }
     let state = update_job(conn, job, current, to, &change)
         .await?
-        .ok_or(DbError::Query(diesel::result::Error::NotFound))?;
+        .ok_or_else(|| ApplyError::ChangedWhileLocked(job.id.clone()))?;
     record(conn, job, current, to, state).await
 }
 
@@ -133,7 +165,7 @@ async fn record(
     from: JobStatus,
     to: JobStatus,
     state: JobState,
-) -> Result<ApplyOutcome, DbError> {
+) -> Result<ApplyOutcome, ApplyError> {
     let refunded = if to.refunds() {
         refund::record(conn, &job.user_id, &job.job_id, state.credits_used()).await?
     } else {

@@ -7,8 +7,8 @@ use serde_json::json;
 use shared::events::Event;
 use shared::jobs::apply::{self, ApplyOutcome, Change};
 use worker::classify;
-use worker::outbox;
 use worker::startup::Worker;
+use worker::sweep;
 
 use crate::helpers::{TestEnv, prediction};
 use crate::images;
@@ -169,9 +169,7 @@ async fn an_event_committed_but_not_published_goes_out_with_the_sweep() {
     assert_eq!(observer.next(Duration::from_millis(500)).await, None);
     assert_eq!(env.unpublished_events().await, 1);
 
-    let published = outbox::sweep_once(&processor, Duration::ZERO)
-        .await
-        .unwrap();
+    let published = sweep::sweep_once(&processor, Duration::ZERO).await.unwrap();
     assert_eq!(published, 1);
     match observer.next(Duration::from_secs(5)).await {
         Some(Event::GenerationStatusChanged {
@@ -184,9 +182,7 @@ async fn an_event_committed_but_not_published_goes_out_with_the_sweep() {
     assert_eq!(env.unpublished_events().await, 0);
     // Nothing left: a second sweep publishes nothing.
     assert_eq!(
-        outbox::sweep_once(&processor, Duration::ZERO)
-            .await
-            .unwrap(),
+        sweep::sweep_once(&processor, Duration::ZERO).await.unwrap(),
         0
     );
     processor.broker.link.close().await;

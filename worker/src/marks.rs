@@ -1,0 +1,67 @@
+//! Marks of published events in the log, written in batches by a task of their own: one
+//! statement (and one commit) for many webhooks instead of one each, off the webhook's
+//! path. A mark lost in a crash only makes the sweep publish that event again, which
+//! browsers and consumers ignore by `seq`.
+
+use shared::db::{self, Pool};
+use shared::jobs::event_log;
+use tokio::sync::{mpsc, oneshot};
+
+/// Most marks written by one statement.
+const MARK_BATCH: usize = 512;
+
+enum Mark {
+    Published(String, i64),
+    Flush(oneshot::Sender<()>),
+}
+
+/// Hands marks to the writing task.
+#[derive(Clone)]
+pub struct PublishedMarks {
+    tx: mpsc::UnboundedSender<Mark>,
+}
+
+impl PublishedMarks {
+    pub fn start(pool: Pool) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(write_marks(pool, rx));
+        Self { tx }
+    }
+
+    pub fn mark(&self, user_id: String, seq: i64) {
+        let _ = self.tx.send(Mark::Published(user_id, seq));
+    }
+
+    /// Waits until every mark handed over so far is written (or failed and logged).
+    pub async fn flush(&self) {
+        let (done, written) = oneshot::channel();
+        if self.tx.send(Mark::Flush(done)).is_ok() {
+            let _ = written.await;
+        }
+    }
+}
+
+async fn write_marks(pool: Pool, mut rx: mpsc::UnboundedReceiver<Mark>) {
+    let mut received = Vec::with_capacity(MARK_BATCH);
+    let mut batch = Vec::with_capacity(MARK_BATCH);
+    let mut flushed = Vec::new();
+    while rx.recv_many(&mut received, MARK_BATCH).await > 0 {
+        for mark in received.drain(..) {
+            match mark {
+                Mark::Published(user_id, seq) => batch.push((user_id, seq)),
+                Mark::Flush(done) => flushed.push(done),
+            }
+        }
+        let written = match db::connection(&pool).await {
+            Ok(mut conn) => event_log::mark_many_published(&mut conn, &batch).await,
+            Err(err) => Err(err),
+        };
+        if let Err(err) = written {
+            tracing::warn!(events = batch.len(), error = %err, "published events not marked; the sweep will publish them again");
+        }
+        batch.clear();
+        for done in flushed.drain(..) {
+            let _ = done.send(());
+        }
+    }
+}
