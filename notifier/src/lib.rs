@@ -3,11 +3,13 @@
 //! (list, generate, upscale, train) and stored media.
 
 pub mod config;
+pub mod deliver;
 pub mod http;
 pub mod jobs;
 pub mod media;
 pub mod replay;
 pub mod replicate;
 pub mod sessions;
+pub mod sse;
 pub mod startup;
 pub mod ws;

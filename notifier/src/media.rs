@@ -2,6 +2,11 @@
 
 use std::path::{Path, PathBuf};
 
+use hyper::header::{self, HeaderValue};
+use hyper::{Response, StatusCode};
+
+use crate::http::{AppState, Body, json, text};
+
 /// The file for `key` under `root`, if `key` is a plain relative path: segments of
 /// `[A-Za-z0-9._-]` only, none empty, `.` or `..`. Anything encoded (`%2f`), absolute or
 /// with a backslash is refused.
@@ -37,6 +42,48 @@ pub fn content_type(path: &Path) -> &'static str {
         "avif" => "image/avif",
         "svg" => "image/svg+xml",
         _ => "application/octet-stream",
+    }
+}
+
+/// `/media/<key>`: the stored file, never sniffed, sandboxed; 404 when missing or when
+/// media is not stored in a local directory.
+pub async fn serve(state: &AppState, key: &str) -> Response<Body> {
+    let not_found = || {
+        json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": "not found"}),
+        )
+    };
+    let Some(root) = &state.media_root else {
+        return not_found();
+    };
+    let Some(path) = resolve(root, key) else {
+        return json(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({"error": "invalid media key"}),
+        );
+    };
+    match tokio::fs::read(&path).await {
+        Ok(bytes) => {
+            let mut response = text(StatusCode::OK, content_type(&path), bytes);
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=31536000, immutable"),
+            );
+            // Media shares the gallery's origin: never sniffed into something else, and an
+            // SVG opened on its own runs no script and reaches nothing.
+            headers.insert(
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            );
+            headers.insert(
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+            );
+            response
+        }
+        Err(_) => not_found(),
     }
 }
 
