@@ -59,7 +59,7 @@ impl Application {
                     web::post().to(routes::webhook::receive),
                 )
                 .route("/api/health", web::get().to(routes::health::health))
-                .route("/metrics", web::get().to(routes::metrics::metrics))
+                .route("/metrics", web::get().to(routes::health::metrics))
         })
         .listen(listener)?
         .shutdown_timeout(config.shutdown_timeout_secs)

@@ -7,7 +7,6 @@ use std::convert::Infallible;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
@@ -21,13 +20,11 @@ use tokio::sync::watch;
 use crate::config::SocketConfig;
 use crate::jobs::{self, JobsApi, JobsError};
 use crate::sessions::Sessions;
-use crate::{media, sse, ws};
+use crate::{health, media, sse, ws};
 use shared::auth::Auth;
 
 /// Largest JSON body the jobs API reads (a 2,000-character prompt fits many times over).
 const MAX_API_BODY: usize = 64 * 1024;
-/// How long health waits for the database and for ingest.
-const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub type Body = BoxBody<Bytes, Infallible>;
 
@@ -70,12 +67,8 @@ pub async fn route(
     Ok(match path.as_str() {
         "/ws" => ws::upgrade(request, state).await,
         "/events" => sse::stream(request, state).await,
-        "/api/health" => health(&state).await,
-        "/metrics" => text(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            shared::metrics::prometheus().render(),
-        ),
+        "/api/health" => health::health(&state).await,
+        "/metrics" => health::metrics(),
         "/" | "/index.html" => text(StatusCode::OK, "text/html; charset=utf-8", INDEX_HTML),
         "/app.js" => text(StatusCode::OK, "text/javascript; charset=utf-8", APP_JS),
         "/style.css" => text(StatusCode::OK, "text/css; charset=utf-8", STYLE_CSS),
@@ -115,47 +108,6 @@ pub(crate) fn text(
 
 pub(crate) fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
     text(status, "application/json", value.to_string())
-}
-
-/// The notifier serves while it has the broker and the database; `webhook` says whether
-/// ingest (which receives Replicate's webhooks) answers healthy, without deciding ours.
-async fn health(state: &AppState) -> Response<Body> {
-    let broker = state.sessions.broker_connected();
-    let database = async {
-        tokio::time::timeout(HEALTH_CHECK_TIMEOUT, shared::db::ping(&state.pool))
-            .await
-            .unwrap_or(false)
-    };
-    let ingest = async {
-        match state
-            .http
-            .get(&state.ingest_health_url)
-            .timeout(HEALTH_CHECK_TIMEOUT)
-            .send()
-            .await
-        {
-            Ok(response) => response.status().is_success(),
-            Err(_) => false,
-        }
-    };
-    let (database, ingest) = tokio::join!(database, ingest);
-    let healthy = broker && database;
-    let body = serde_json::json!({
-        "status": if healthy { "healthy" } else { "unhealthy" },
-        "webhook": if ingest { "configured" } else { "unreachable" },
-        "websocket": "active",
-        "connections": state.open_connections.load(Ordering::Relaxed),
-        "broker": if broker { "connected" } else { "disconnected" },
-        "database": if database { "connected" } else { "disconnected" },
-    });
-    json(
-        if healthy {
-            StatusCode::OK
-        } else {
-            StatusCode::SERVICE_UNAVAILABLE
-        },
-        body,
-    )
 }
 
 /// The jobs API: `Authorization: Bearer <token>` on every call, JSON in and out.

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod deliver;
+pub mod health;
 pub mod http;
 pub mod jobs;
 pub mod media;

@@ -16,7 +16,7 @@
 //!
 //! Beside the path: [`reconcile`] asks Replicate about jobs whose webhooks went missing,
 //! [`dead_letters`] lists and replays parked webhooks, [`config`] and [`startup`] build and
-//! run the worker (with its `/metrics` and `/api/health`).
+//! run the worker, [`health`] answers `/api/health` and `/metrics`.
 
 // In the order of the table above (rustfmt keeps each group's order).
 pub mod broker;
@@ -42,5 +42,7 @@ pub mod reconcile;
 pub mod dead_letters;
 
 pub mod config;
+
+pub mod health;
 
 pub mod startup;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::Server;
-use actix_web::{App, HttpResponse, HttpServer, web};
+use actix_web::{App, HttpServer, web};
 use anyhow::Context;
 use shared::db;
 use tokio::sync::watch;
@@ -21,7 +21,7 @@ use crate::process::Processor;
 use crate::progress::ProgressTracker;
 use crate::reconcile::Reconciler;
 use crate::store::MediaStore;
-use crate::{marks, sweep};
+use crate::{health, marks, sweep};
 
 /// Jobs whose last progress is remembered (see [`ProgressTracker`]).
 const PROGRESS_MEMORY: usize = 10_000;
@@ -35,10 +35,6 @@ pub struct Worker {
     metrics_port: u16,
     sweep_interval: Duration,
     drain: Duration,
-}
-
-struct HealthState {
-    processor: Arc<Processor>,
 }
 
 impl Worker {
@@ -72,14 +68,14 @@ impl Worker {
         let listener = TcpListener::bind(config.metrics_addr)
             .with_context(|| format!("binding WORKER_METRICS_ADDR {}", config.metrics_addr))?;
         let metrics_port = listener.local_addr()?.port();
-        let state = web::Data::new(HealthState {
+        let state = web::Data::new(health::HealthState {
             processor: processor.clone(),
         });
         let metrics_server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
-                .route("/metrics", web::get().to(metrics))
-                .route("/api/health", web::get().to(health))
+                .route("/metrics", web::get().to(health::metrics))
+                .route("/api/health", web::get().to(health::health))
         })
         .workers(1)
         .disable_signals()
@@ -149,26 +145,5 @@ impl Worker {
         }
         metrics_handle.stop(true).await;
         tracing::info!("worker stopped");
-    }
-}
-
-async fn metrics() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4")
-        .body(shared::metrics::prometheus().render())
-}
-
-async fn health(state: web::Data<HealthState>) -> HttpResponse {
-    let broker = state.processor.broker.link.is_connected();
-    let database = db::ping(&state.processor.pool).await;
-    let body = serde_json::json!({
-        "status": if broker && database { "healthy" } else { "unhealthy" },
-        "broker": if broker { "connected" } else { "disconnected" },
-        "database": if database { "connected" } else { "disconnected" },
-    });
-    if broker && database {
-        HttpResponse::Ok().json(body)
-    } else {
-        HttpResponse::ServiceUnavailable().json(body)
     }
 }

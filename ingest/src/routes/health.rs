@@ -1,3 +1,5 @@
+//! What operators poll: `GET /api/health` and `GET /metrics`.
+
 use actix_web::{HttpResponse, web};
 
 use crate::startup::AppState;
@@ -13,4 +15,11 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
             "status": "unhealthy", "webhook": "configured", "broker": "disconnected"
         }))
     }
+}
+
+/// `GET /metrics`: Prometheus text.
+pub async fn metrics() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(shared::metrics::prometheus().render())
 }

@@ -1,7 +1,6 @@
 //! HTTP routes: the webhook endpoint, health and metrics.
 
 pub mod health;
-pub mod metrics;
 pub mod webhook;
 
 use actix_web::HttpResponse;
