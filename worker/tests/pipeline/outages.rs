@@ -37,17 +37,8 @@ async fn the_worker_rides_out_broker_and_database_outages() {
         &prediction("r1", "failed", json!(null)),
     )
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    health_says(&http, &health, "broker", "disconnected").await;
     assert_eq!(env.status_of("g1").await, "PENDING");
-    let status: serde_json::Value = http
-        .get(&health)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(status["broker"], "disconnected");
     broker.set(Mode::Forward);
     env.wait_for_statuses(&[("g1", "FAILED")]).await;
 
@@ -58,16 +49,7 @@ async fn the_worker_rides_out_broker_and_database_outages() {
         &prediction("r2", "failed", json!(null)),
     )
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let status: serde_json::Value = http
-        .get(&health)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(status["database"], "disconnected");
+    health_says(&http, &health, "database", "disconnected").await;
     database.set(Mode::Forward);
     env.wait_for_statuses(&[("g2", "FAILED")]).await;
     env.wait_until_idle().await;
@@ -78,4 +60,19 @@ async fn the_worker_rides_out_broker_and_database_outages() {
     assert!(env.dead_letters().await.is_empty());
     worker.stop().await;
     env.cleanup().await;
+}
+
+/// Waits until the worker's health reports `field` as `value`.
+async fn health_says(http: &reqwest::Client, url: &str, field: &str, value: &str) {
+    shared::testing::eventually(Duration::from_secs(20), || async {
+        let Ok(response) = http.get(url).send().await else {
+            return false;
+        };
+        response
+            .json::<serde_json::Value>()
+            .await
+            .is_ok_and(|status| status[field] == value)
+    })
+    .await
+    .unwrap_or_else(|err| panic!("health never said {field} {value}: {err}"));
 }
