@@ -3,7 +3,9 @@
 use std::net::SocketAddr;
 
 use clap::{Args, Parser, Subcommand};
-use shared::config::{AmqpConfig, DatabaseConfig, OptionalSecret, StorageConfig, TelemetryConfig};
+use shared::config::{
+    AmqpConfig, DatabaseConfig, ReplicateApiConfig, StorageConfig, TelemetryConfig,
+};
 
 use shared::auth::JwtKey;
 
@@ -76,25 +78,8 @@ pub struct NotifierConfig {
 /// The jobs API: how jobs are created on Replicate, and what they cost.
 #[derive(Debug, Clone, Args)]
 pub struct JobsConfig {
-    /// Replicate's API (the simulator's `http://host:port/v1` in demos and tests).
-    #[arg(
-        long,
-        env = "REPLICATE_API_URL",
-        default_value = "https://api.replicate.com/v1"
-    )]
-    pub replicate_api_url: String,
-
-    /// Replicate API token; without it the jobs API answers 503 and the gallery hides its
-    /// forms.
-    #[arg(
-        long,
-        env = "REPLICATE_API_TOKEN",
-        value_name = "REPLICATE_API_TOKEN",
-        default_value = "",
-        hide_default_value = true,
-        hide_env_values = true
-    )]
-    pub replicate_api_token: OptionalSecret,
+    #[command(flatten)]
+    pub replicate: ReplicateApiConfig,
 
     /// The URL Replicate posts webhooks to (ingest's endpoint), set on every job.
     #[arg(
@@ -288,8 +273,8 @@ mod tests {
             Some(Command::Token { ttl_secs: 3600, .. })
         ));
         let jobs = &cli.config.jobs;
-        assert_eq!(jobs.replicate_api_url, "https://api.replicate.com/v1");
-        assert!(!jobs.replicate_api_token.is_some());
+        assert_eq!(jobs.replicate.url, "https://api.replicate.com/v1");
+        assert!(!jobs.replicate.token.is_some());
         assert_eq!(
             (jobs.generation_cost, jobs.upscale_cost, jobs.training_cost),
             (4, 2, 40)

@@ -126,8 +126,8 @@ struct NewJob {
 
 impl JobsApi {
     pub fn new(config: &JobsConfig) -> Self {
-        let replicate = config.replicate_api_token.get().cloned().map(|token| {
-            ReplicateApi::new(&config.replicate_api_url, token, &config.public_webhook_url)
+        let replicate = config.replicate.token.get().cloned().map(|token| {
+            ReplicateApi::new(&config.replicate.url, token, &config.public_webhook_url)
         });
         Self {
             config: config.clone(),

@@ -69,8 +69,8 @@ impl Notifier {
             port,
             broker = %config.amqp.url,
             database = %config.database.url,
-            replicate = %config.jobs.replicate_api_url,
-            job_creation = config.jobs.replicate_api_token.is_some(),
+            replicate = %config.jobs.replicate.url,
+            job_creation = config.jobs.replicate.token.is_some(),
             webhook_url = %config.jobs.public_webhook_url,
             "notifier listening"
         );

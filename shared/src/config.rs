@@ -117,6 +117,35 @@ impl fmt::Debug for SecretString {
     }
 }
 
+/// Replicate's API: where, and the token. The notifier creates jobs with it (without a
+/// token its jobs API answers 503), the worker asks it about jobs whose webhooks went
+/// missing (without a token it does not), and `ingest secret fetch` reads the signing
+/// secret with it.
+#[derive(Debug, Clone, Args)]
+pub struct ReplicateApiConfig {
+    /// Replicate's API (the simulator's `http://host:port/v1` in demos and tests).
+    #[arg(
+        id = "replicate_api_url",
+        long = "replicate-api-url",
+        env = "REPLICATE_API_URL",
+        value_name = "REPLICATE_API_URL",
+        default_value = "https://api.replicate.com/v1"
+    )]
+    pub url: String,
+
+    /// Replicate API token.
+    #[arg(
+        id = "replicate_api_token",
+        long = "replicate-api-token",
+        env = "REPLICATE_API_TOKEN",
+        value_name = "REPLICATE_API_TOKEN",
+        default_value = "",
+        hide_default_value = true,
+        hide_env_values = true
+    )]
+    pub token: OptionalSecret,
+}
+
 /// A secret that may be absent: unset and empty (as `${VAR:-}` in compose files gives) both
 /// mean none. Never printed.
 #[derive(Clone, Default, PartialEq, Eq)]

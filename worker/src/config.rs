@@ -3,7 +3,9 @@
 use std::net::SocketAddr;
 
 use clap::{Args, Parser, Subcommand};
-use shared::config::{AmqpConfig, DatabaseConfig, OptionalSecret, StorageConfig, TelemetryConfig};
+use shared::config::{
+    AmqpConfig, DatabaseConfig, ReplicateApiConfig, StorageConfig, TelemetryConfig,
+};
 
 use crate::download::{DownloadLimits, DownloadPolicy, HostRule};
 
@@ -108,24 +110,8 @@ pub struct WorkerConfig {
 /// Asking Replicate about jobs whose webhooks went missing.
 #[derive(Debug, Clone, Args)]
 pub struct ReconcileConfig {
-    /// Replicate's API.
-    #[arg(
-        long = "replicate-api-url",
-        env = "REPLICATE_API_URL",
-        default_value = "https://api.replicate.com/v1"
-    )]
-    pub api_url: String,
-
-    /// Replicate API token; without it unfinished jobs are not reconciled.
-    #[arg(
-        long = "replicate-api-token",
-        env = "REPLICATE_API_TOKEN",
-        value_name = "REPLICATE_API_TOKEN",
-        default_value = "",
-        hide_default_value = true,
-        hide_env_values = true
-    )]
-    pub api_token: OptionalSecret,
+    #[command(flatten)]
+    pub replicate: ReplicateApiConfig,
 
     /// A job unfinished and unchanged for this long is asked about.
     #[arg(

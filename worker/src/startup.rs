@@ -83,11 +83,12 @@ impl Worker {
         .run();
         let reconciler = config
             .reconcile
-            .api_token
+            .replicate
+            .token
             .get()
             .cloned()
             .map(|api_token| Reconciler {
-                api_url: config.reconcile.api_url.clone(),
+                api_url: config.reconcile.replicate.url.clone(),
                 api_token,
                 after: Duration::from_secs(config.reconcile.after_secs),
                 interval: Duration::from_secs(config.reconcile.interval_secs.max(1)),

@@ -96,8 +96,10 @@ impl Api {
                 ..notifier::config::SocketConfig::default()
             },
             jobs: JobsConfig {
-                replicate_api_url: api_url,
-                replicate_api_token: token.into(),
+                replicate: shared::config::ReplicateApiConfig {
+                    url: api_url,
+                    token: token.into(),
+                },
                 public_webhook_url: "http://127.0.0.1:9/api/webhooks/replicate".into(),
                 generation_model: "black-forest-labs/flux-schnell".parse().unwrap(),
                 upscale_model: "nightmareai/real-esrgan:f121d640".parse().unwrap(),

@@ -28,8 +28,10 @@ pub const JWT_SECRET: &str = "notifier-test-jwt-secret-32-bytes!";
 /// The jobs API with its defaults and no Replicate token (creation answers 503).
 pub fn jobs_without_replicate() -> JobsConfig {
     JobsConfig {
-        replicate_api_url: "http://127.0.0.1:9/v1".into(),
-        replicate_api_token: Default::default(),
+        replicate: shared::config::ReplicateApiConfig {
+            url: "http://127.0.0.1:9/v1".into(),
+            token: Default::default(),
+        },
         public_webhook_url: "http://127.0.0.1:9/api/webhooks/replicate".into(),
         generation_model: "black-forest-labs/flux-schnell".parse().unwrap(),
         upscale_model: "nightmareai/real-esrgan:f121d640".parse().unwrap(),

@@ -58,8 +58,10 @@ impl TestEnv {
             outbox_sweep_secs: 1,
             // Off unless a test turns it on (with a Replicate stand-in of its own).
             reconcile: ReconcileConfig {
-                api_url: "http://127.0.0.1:9/v1".into(),
-                api_token: Default::default(),
+                replicate: shared::config::ReplicateApiConfig {
+                    url: "http://127.0.0.1:9/v1".into(),
+                    token: Default::default(),
+                },
                 after_secs: 600,
                 interval_secs: 60,
             },

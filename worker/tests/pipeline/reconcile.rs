@@ -120,8 +120,8 @@ async fn jobs_without_news_are_asked_about_and_end_as_replicate_says_once() {
 
     // Two workers, one reconciler.
     let mut config = env.config.clone();
-    config.reconcile.api_url = api_url;
-    config.reconcile.api_token = Some("r8_test").into();
+    config.reconcile.replicate.url = api_url;
+    config.reconcile.replicate.token = Some("r8_test").into();
     config.reconcile.interval_secs = 1;
     let first = env.spawn_worker_with(config.clone()).await;
     let mut second_config = config.clone();
