@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use futures_util::StreamExt;
 use notifier::config::{JobsConfig, NotifierConfig, SocketConfig};
 use notifier::startup::Notifier;
 use replicate_sim::accounts;
@@ -19,7 +18,7 @@ use serde_json::{Value, json};
 use shared::auth::Auth;
 use shared::config::{LogFormat, TelemetryConfig};
 use shared::db::schema::{credit_transactions, generations, job_events, users};
-use shared::testing::Isolated;
+use shared::testing::{Isolated, browser};
 use shared::webhook::WebhookSecret;
 
 const JWT_SECRET: &str = "jobs-api-test-secret-of-32-bytes!";
@@ -225,14 +224,17 @@ impl Api {
 async fn a_generation_is_debited_once_created_on_replicate_and_pushed_live() {
     let api = Api::start(Replicate::Simulator).await;
     api.user("u1", 10).await;
-    let ws = format!(
-        "{}/ws?token={}",
-        api.base.replacen("http", "ws", 1),
-        api.auth.mint("u1", Duration::from_secs(60))
-    );
-    let (mut socket, _) = tokio_tungstenite::connect_async(ws).await.unwrap();
-    let hello = socket.next().await.unwrap().unwrap();
-    assert!(hello.to_text().unwrap().contains(r#""type":"hello""#));
+    let token = api.auth.mint("u1", Duration::from_secs(60));
+    let mut socket = browser::connect(
+        api.base.trim_start_matches("http://"),
+        &format!("token={token}"),
+    )
+    .await
+    .unwrap();
+    let hello = browser::next_json(&mut socket, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(hello["type"], "hello");
 
     let (status, answer) = api
         .post("/api/generations", "u1", json!({"prompt": "  a corgi  "}))
@@ -280,12 +282,9 @@ async fn a_generation_is_debited_once_created_on_replicate_and_pushed_live() {
     assert_eq!(row, ("PENDING".to_owned(), Some(replicate_id.clone()), 4));
 
     // Live: the new job and the balance reach the user's browser.
-    let pushed = tokio::time::timeout(Duration::from_secs(10), socket.next())
+    let pushed = browser::next_json(&mut socket, Duration::from_secs(10))
         .await
-        .expect("the creation is pushed")
-        .unwrap()
-        .unwrap();
-    let pushed: Value = serde_json::from_str(pushed.to_text().unwrap()).unwrap();
+        .expect("the creation is pushed");
     assert_eq!(pushed["type"], "generation_status_changed");
     assert_eq!(pushed["seq"], 1);
     assert_eq!(pushed["credits"], 6);

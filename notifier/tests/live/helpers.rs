@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
-use futures_util::StreamExt;
 use lapin::BasicProperties;
 use notifier::config::{JobsConfig, NotifierConfig, SocketConfig};
 use notifier::http::AppState;
@@ -18,10 +17,7 @@ use shared::db;
 use shared::db::schema::users;
 use shared::events::{Event, GenerationJob, JobKind, JobProgress};
 use shared::testing::Isolated;
-use tokio::net::TcpStream;
 use tokio::sync::oneshot;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub const JWT_SECRET: &str = "notifier-test-jwt-secret-32-bytes!";
 
@@ -227,46 +223,4 @@ impl TestEnv {
     }
 }
 
-pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-pub async fn connect(
-    address: &str,
-    query: &str,
-) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
-    let (socket, _) =
-        tokio_tungstenite::connect_async(format!("ws://{address}/ws?{query}")).await?;
-    Ok(socket)
-}
-
-/// The next JSON message, skipping pings; `None` when nothing comes within `wait` or the
-/// socket closed.
-pub async fn next_json(socket: &mut Client, wait: Duration) -> Option<serde_json::Value> {
-    loop {
-        let message = tokio::time::timeout(wait, socket.next())
-            .await
-            .ok()??
-            .ok()?;
-        match message {
-            Message::Text(text) => return Some(serde_json::from_str(&text).unwrap()),
-            Message::Close(_) => return None,
-            _ => continue,
-        }
-    }
-}
-
-/// Every numbered event until `last` arrives; panics on a timeout.
-pub async fn seqs_until(socket: &mut Client, last: i64) -> Vec<i64> {
-    let mut seqs = Vec::new();
-    while seqs.last() != Some(&last) {
-        let message = next_json(socket, Duration::from_secs(10))
-            .await
-            .unwrap_or_else(|| panic!("stopped after {seqs:?}"));
-        if let Some(seq) = message["seq"]
-            .as_i64()
-            .filter(|_| message["type"] != "hello")
-        {
-            seqs.push(seq);
-        }
-    }
-    seqs
-}
+pub use shared::testing::browser::{connect, next_json, seqs_until};

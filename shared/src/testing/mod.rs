@@ -1,6 +1,7 @@
 //! What every integration test needs to stay out of the others' way: unique names for
 //! databases and queue prefixes, and the addresses of the real services.
 
+pub mod browser;
 mod proxy;
 
 pub use proxy::{Mode, ServiceProxy, upstream_of};

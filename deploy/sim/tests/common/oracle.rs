@@ -9,13 +9,12 @@ use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use futures_util::StreamExt;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use replicate_sim::images;
 use serde_json::Value;
 use shared::db::schema::{ai_models, credit_transactions, generations, users};
-use tokio_tungstenite::tungstenite::Message;
+use shared::testing::browser;
 
 /// Where the oracle looks: a [`super::Pipeline`] of processes, or the compose deployment
 /// `deploy/containers` runs.
@@ -55,18 +54,12 @@ pub async fn watch_user(
             Some(seq) => format!("token={token}&since={seq}"),
             None => format!("token={token}"),
         };
-        let Ok((mut socket, _)) =
-            tokio_tungstenite::connect_async(format!("ws://{notifier}/ws?{query}")).await
-        else {
+        let Ok(mut socket) = browser::connect(&notifier, &query).await else {
             tokio::time::sleep(Duration::from_millis(300)).await;
             continue;
         };
         let mut received_here = 0;
-        while let Some(Ok(message)) = socket.next().await {
-            let Message::Text(text) = message else {
-                continue;
-            };
-            let event: Value = serde_json::from_str(&text).unwrap();
+        while let Some(event) = browser::next_json(&mut socket, Duration::from_secs(3600)).await {
             if event["seq"].is_null() || event["type"] == "hello" {
                 continue;
             }
