@@ -108,7 +108,8 @@ async fn wait_for_status(http: &reqwest::Client, url: &str, status: &str) -> Val
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_prediction_runs_its_lifecycle_with_signed_webhooks_and_png_outputs() {
+async fn a_prediction_runs_its_lifecycle_with_signed_webhooks_and_png_outputs() -> anyhow::Result<()>
+{
     let secret = WebhookSecret::from_bytes(vec![9u8; 32]);
     let (hook, received) = receiver(secret.clone());
     let (base, http) = simulator(secret);
@@ -117,11 +118,9 @@ async fn a_prediction_runs_its_lifecycle_with_signed_webhooks_and_png_outputs() 
         .bearer_auth("token-1")
         .json(&json!({"input": {"prompt": "a corgi", "num_outputs": 2}, "webhook": hook, "webhook_events_filter": ["start", "logs", "completed"]}))
         .send()
-        .await
-        .unwrap()
+        .await?
         .json()
-        .await
-        .unwrap();
+        .await?;
     assert_eq!(created["status"], "starting");
     let id = created["id"].as_str().unwrap().to_owned();
     let done = wait_for_status(&http, &format!("{base}/v1/predictions/{id}"), "succeeded").await;
@@ -143,24 +142,24 @@ async fn a_prediction_runs_its_lifecycle_with_signed_webhooks_and_png_outputs() 
     );
     let outputs = done["output"].as_array().unwrap();
     assert_eq!(outputs.len(), 2);
-    let image = http.get(outputs[0].as_str().unwrap()).send().await.unwrap();
+    let image = http.get(outputs[0].as_str().unwrap()).send().await?;
     assert_eq!(image.headers()["content-type"], "image/png");
     assert_eq!(
-        image.bytes().await.unwrap().to_vec(),
+        image.bytes().await?.to_vec(),
         replicate_sim::images::png(&id, 0)
     );
     assert_eq!(
         http.get(format!("{base}/delivery/{id}/out-2.png"))
             .send()
-            .await
-            .unwrap()
+            .await?
             .status(),
         404
     );
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancel_ends_a_training_canceled_and_the_secret_needs_a_token() {
+async fn cancel_ends_a_training_canceled_and_the_secret_needs_a_token() -> anyhow::Result<()> {
     let secret = WebhookSecret::from_bytes(vec![5u8; 32]);
     let (hook, received) = receiver(secret.clone());
     let (base, http) = simulator(secret.clone());
@@ -169,21 +168,17 @@ async fn cancel_ends_a_training_canceled_and_the_secret_needs_a_token() {
         .bearer_auth("token-1")
         .json(&json!({"input": {"input_images": "https://x/y.zip"}, "webhook": hook}))
         .send()
-        .await
-        .unwrap()
+        .await?
         .json()
-        .await
-        .unwrap();
+        .await?;
     let id = created["id"].as_str().unwrap();
     let canceled: Value = http
         .post(format!("{base}/v1/trainings/{id}/cancel"))
         .bearer_auth("token-1")
         .send()
-        .await
-        .unwrap()
+        .await?
         .json()
-        .await
-        .unwrap();
+        .await?;
     assert_eq!(canceled["id"], id);
     wait_for_status(&http, &format!("{base}/v1/trainings/{id}"), "canceled").await;
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -195,30 +190,28 @@ async fn cancel_ends_a_training_canceled_and_the_secret_needs_a_token() {
     let refused = http
         .get(format!("{base}/v1/webhooks/default/secret"))
         .send()
-        .await
-        .unwrap();
+        .await?;
     assert_eq!(refused.status(), 401);
     let wrong = http
         .get(format!("{base}/v1/webhooks/default/secret"))
         .bearer_auth("nope")
         .send()
-        .await
-        .unwrap();
+        .await?;
     assert_eq!(wrong.status(), 401);
     let key: Value = http
         .get(format!("{base}/v1/webhooks/default/secret"))
         .bearer_auth("token-1")
         .send()
-        .await
-        .unwrap()
+        .await?
         .json()
-        .await
-        .unwrap();
+        .await?;
     assert_eq!(key["key"], secret.to_whsec());
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_a_token_of_its_own_the_simulator_never_hands_out_its_secret() {
+async fn without_a_token_of_its_own_the_simulator_never_hands_out_its_secret() -> anyhow::Result<()>
+{
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let simulator = Simulator::new(
@@ -233,8 +226,8 @@ async fn without_a_token_of_its_own_the_simulator_never_hands_out_its_secret() {
         .get(format!("{base}/v1/webhooks/default/secret"))
         .bearer_auth("anything")
         .send()
-        .await
-        .unwrap();
+        .await?;
     assert_eq!(answer.status(), 403);
-    assert!(!answer.text().await.unwrap().contains("whsec_"));
+    assert!(!answer.text().await?.contains("whsec_"));
+    Ok(())
 }

@@ -7,6 +7,7 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use notifier::config::{JobsConfig, NotifierConfig, SocketConfig};
@@ -221,7 +222,7 @@ impl Api {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_generation_is_debited_once_created_on_replicate_and_pushed_live() {
+async fn a_generation_is_debited_once_created_on_replicate_and_pushed_live() -> anyhow::Result<()> {
     let api = Api::start(Replicate::Simulator).await;
     api.user("u1", 10).await;
     let token = api.auth.mint("u1", Duration::from_secs(60));
@@ -229,11 +230,10 @@ async fn a_generation_is_debited_once_created_on_replicate_and_pushed_live() {
         api.base.trim_start_matches("http://"),
         &format!("token={token}"),
     )
-    .await
-    .unwrap();
+    .await?;
     let hello = browser::next_json(&mut socket, Duration::from_secs(10))
         .await
-        .unwrap();
+        .context("no hello")?;
     assert_eq!(hello["type"], "hello");
 
     let (status, answer) = api
@@ -268,7 +268,7 @@ async fn a_generation_is_debited_once_created_on_replicate_and_pushed_live() {
         api.movements("u1").await,
         vec![("DEBIT".to_owned(), -4, replicate_id.clone())]
     );
-    let mut conn = shared::db::connection(&api.services.pool).await.unwrap();
+    let mut conn = shared::db::connection(&api.services.pool).await?;
     let row: (String, Option<String>, i32) = generations::table
         .find(&id)
         .select((
@@ -277,8 +277,7 @@ async fn a_generation_is_debited_once_created_on_replicate_and_pushed_live() {
             generations::credits_used,
         ))
         .first(&mut conn)
-        .await
-        .unwrap();
+        .await?;
     assert_eq!(row, ("PENDING".to_owned(), Some(replicate_id.clone()), 4));
 
     // Live: the new job and the balance reach the user's browser.
@@ -303,10 +302,11 @@ async fn a_generation_is_debited_once_created_on_replicate_and_pushed_live() {
     assert_eq!(page["jobs_api"]["enabled"], true);
     assert_eq!(page["jobs_api"]["costs"]["generation"], 4);
     api.stop().await;
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refused_requests_change_nothing() {
+async fn refused_requests_change_nothing() -> anyhow::Result<()> {
     let api = Api::start(Replicate::Simulator).await;
     api.user("u1", 10).await;
 
@@ -326,8 +326,7 @@ async fn refused_requests_change_nothing() {
         .get(format!("{}/api/jobs", api.base))
         .bearer_auth(forged)
         .send()
-        .await
-        .unwrap();
+        .await?;
     assert_eq!(forged.status(), 401);
 
     for (body, why) in [
@@ -346,8 +345,7 @@ async fn refused_requests_change_nothing() {
         .bearer_auth(api.auth.mint("u1", Duration::from_secs(60)))
         .body("prompt=a corgi")
         .send()
-        .await
-        .unwrap();
+        .await?;
     assert_eq!(not_json.status(), 400);
     let (status, _) = api
         .post(
@@ -408,10 +406,11 @@ async fn refused_requests_change_nothing() {
         assert_eq!(status, 400, "{query}: {answer}");
     }
     api.stop().await;
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_ones_own_completed_image_can_be_upscaled() {
+async fn only_ones_own_completed_image_can_be_upscaled() -> anyhow::Result<()> {
     let api = Api::start(Replicate::Simulator).await;
     api.user("u1", 100).await;
     api.user("u2", 100).await;
@@ -425,7 +424,7 @@ async fn only_ones_own_completed_image_can_be_upscaled() {
     assert_eq!(status, 409, "still PENDING: {answer}");
 
     // The worker completes it (as a webhook would).
-    let mut conn = shared::db::connection(&api.services.pool).await.unwrap();
+    let mut conn = shared::db::connection(&api.services.pool).await?;
     diesel::update(generations::table.find(&source))
         .set((
             generations::status.eq("COMPLETED"),
@@ -434,8 +433,7 @@ async fn only_ones_own_completed_image_can_be_upscaled() {
             ]),
         ))
         .execute(&mut conn)
-        .await
-        .unwrap();
+        .await?;
 
     let (status, answer) = api.post(&upscale, "u2", json!({})).await;
     assert_eq!(status, 404, "another user's image: {answer}");
@@ -482,6 +480,7 @@ async fn only_ones_own_completed_image_can_be_upscaled() {
         "https://example.com/me.zip"
     );
     api.stop().await;
+    Ok(())
 }
 
 async fn assert_failed_and_refunded_once(api: &Api, answer: &Value, reason: &str) {
@@ -536,17 +535,20 @@ async fn creation_fails_and_refunds(replicate: Replicate, reason: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replicate_unreachable_fails_the_job_and_refunds_it_once() {
+async fn replicate_unreachable_fails_the_job_and_refunds_it_once() -> anyhow::Result<()> {
     creation_fails_and_refunds(Replicate::Down, "could not be reached").await;
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replicate_refusing_the_job_fails_it_with_replicates_reason() {
+async fn replicate_refusing_the_job_fails_it_with_replicates_reason() -> anyhow::Result<()> {
     creation_fails_and_refunds(Replicate::WrongToken, "valid authentication token").await;
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_a_replicate_token_creation_is_unavailable_and_listing_works() {
+async fn without_a_replicate_token_creation_is_unavailable_and_listing_works() -> anyhow::Result<()>
+{
     let api = Api::start(Replicate::NotConfigured).await;
     api.user("u1", 10).await;
     let (status, answer) = api
@@ -565,10 +567,11 @@ async fn without_a_replicate_token_creation_is_unavailable_and_listing_works() {
     assert_eq!(page["jobs_api"]["enabled"], false);
     assert_eq!(page["credits"], 10);
     api.stop().await;
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pages_cover_every_job_once_newest_first() {
+async fn pages_cover_every_job_once_newest_first() -> anyhow::Result<()> {
     let api = Arc::new(Api::start(Replicate::Simulator).await);
     api.user("u1", 1000).await;
     let mut created = Vec::new();
@@ -609,4 +612,5 @@ async fn pages_cover_every_job_once_newest_first() {
     assert_eq!(seen, created, "every job once, newest first");
     let api = Arc::into_inner(api).unwrap();
     api.stop().await;
+    Ok(())
 }

@@ -20,7 +20,7 @@ fn header_str(delivery: &lapin::message::Delivery, name: &str) -> String {
 }
 
 #[tokio::test]
-async fn verified_webhook_is_enqueued_byte_for_byte_and_persistent() {
+async fn verified_webhook_is_enqueued_byte_for_byte_and_persistent() -> anyhow::Result<()> {
     let mut app = spawn_connected().await;
     // Odd spacing, key order and non-ASCII text: re-serialising would change these bytes.
     let body = "{ \"status\" :\"succeeded\",\"id\":\"p-1\",  \"input\":{\"prompt\":\"un café ☕\"},\"z\":1.50 }\n";
@@ -29,7 +29,7 @@ async fn verified_webhook_is_enqueued_byte_for_byte_and_persistent() {
     let response = app.post(&headers, body).await;
 
     assert_eq!(response.status(), 200);
-    let answer: Value = response.json().await.unwrap();
+    let answer: Value = response.json().await?;
     assert_eq!(
         answer,
         serde_json::json!({"status": "accepted", "webhook_id": "msg_accepted_1"})
@@ -50,10 +50,11 @@ async fn verified_webhook_is_enqueued_byte_for_byte_and_persistent() {
     assert_eq!(header_str(message, "webhook-id"), "msg_accepted_1");
     assert_eq!(header_str(message, "webhook-timestamp"), headers[1].1);
     app.cleanup().await;
+    Ok(())
 }
 
 #[tokio::test]
-async fn unknown_status_and_large_training_logs_are_accepted() {
+async fn unknown_status_and_large_training_logs_are_accepted() -> anyhow::Result<()> {
     let mut app = spawn_connected().await;
     let unknown = br#"{"id":"p-2","status":"queued_for_gpu","new_field":[1,2,3]}"#;
     assert_eq!(app.post_signed("msg_unknown", unknown).await.status(), 200);
@@ -74,10 +75,11 @@ async fn unknown_status_and_large_training_logs_are_accepted() {
     assert_eq!(queued[0].data, unknown);
     assert_eq!(queued[1].data, training.as_bytes());
     app.cleanup().await;
+    Ok(())
 }
 
 #[tokio::test]
-async fn missing_headers_are_400_and_name_the_header() {
+async fn missing_headers_are_400_and_name_the_header() -> anyhow::Result<()> {
     let mut app = spawn_connected().await;
     let complete = app.signed_headers("msg_missing", now_secs(), SUCCEEDED);
     for missing in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
@@ -88,23 +90,24 @@ async fn missing_headers_are_400_and_name_the_header() {
             .collect();
         let response = app.post(&headers, SUCCEEDED).await;
         assert_eq!(response.status(), 400, "without {missing}");
-        let error: Value = response.json().await.unwrap();
+        let error: Value = response.json().await?;
         let text = error["error"].as_str().unwrap();
         assert!(text.contains(missing), "{text:?} should name {missing}");
     }
     assert!(app.drain_queue().await.is_empty());
     app.cleanup().await;
+    Ok(())
 }
 
 #[tokio::test]
-async fn non_integer_timestamp_is_400() {
+async fn non_integer_timestamp_is_400() -> anyhow::Result<()> {
     let mut app = spawn_connected().await;
     let mut headers = app.signed_headers("msg_ts", now_secs(), SUCCEEDED);
     for bad in ["soon", "1700000000.5", ""] {
         headers[1].1 = bad.to_owned();
         let response = app.post(&headers, SUCCEEDED).await;
         assert_eq!(response.status(), 400, "timestamp {bad:?}");
-        let error: Value = response.json().await.unwrap();
+        let error: Value = response.json().await?;
         assert!(
             error["error"]
                 .as_str()
@@ -114,16 +117,17 @@ async fn non_integer_timestamp_is_400() {
     }
     assert!(app.drain_queue().await.is_empty());
     app.cleanup().await;
+    Ok(())
 }
 
 #[tokio::test]
-async fn an_over_long_webhook_id_is_400_and_ingest_keeps_serving() {
+async fn an_over_long_webhook_id_is_400_and_ingest_keeps_serving() -> anyhow::Result<()> {
     let mut app = spawn_connected().await;
     // Correctly signed, but too long for the AMQP message id it becomes.
     let long_id = "m".repeat(300);
     let response = app.post_signed(&long_id, SUCCEEDED).await;
     assert_eq!(response.status(), 400);
-    let error: Value = response.json().await.unwrap();
+    let error: Value = response.json().await?;
     assert!(
         error["error"].as_str().unwrap().contains("webhook-id"),
         "{error}"
@@ -137,10 +141,11 @@ async fn an_over_long_webhook_id_is_400_and_ingest_keeps_serving() {
         fits
     );
     app.cleanup().await;
+    Ok(())
 }
 
 #[tokio::test]
-async fn wrong_signature_is_401() {
+async fn wrong_signature_is_401() -> anyhow::Result<()> {
     let mut app = spawn_connected().await;
     let mut headers = app.signed_headers("msg_sig", now_secs(), SUCCEEDED);
 
@@ -152,7 +157,7 @@ async fn wrong_signature_is_401() {
         .collect::<Vec<_>>();
     let response = app.post(&headers, tampered).await;
     assert_eq!(response.status(), 401);
-    let error: Value = response.json().await.unwrap();
+    let error: Value = response.json().await?;
     assert!(error["error"].as_str().unwrap().contains("signature"));
 
     // Signed with another secret.
@@ -170,10 +175,11 @@ async fn wrong_signature_is_401() {
 
     assert!(app.drain_queue().await.is_empty());
     app.cleanup().await;
+    Ok(())
 }
 
 #[tokio::test]
-async fn timestamp_outside_tolerance_is_401_both_ways() {
+async fn timestamp_outside_tolerance_is_401_both_ways() -> anyhow::Result<()> {
     let mut app = spawn_connected().await;
     for (label, timestamp) in [
         ("old", now_secs() - 301 - 5),
@@ -182,7 +188,7 @@ async fn timestamp_outside_tolerance_is_401_both_ways() {
         let headers = app.signed_headers("msg_tolerance", timestamp, SUCCEEDED);
         let response = app.post(&headers, SUCCEEDED).await;
         assert_eq!(response.status(), 401, "{label}");
-        let error: Value = response.json().await.unwrap();
+        let error: Value = response.json().await?;
         assert!(
             error["error"]
                 .as_str()
@@ -196,10 +202,11 @@ async fn timestamp_outside_tolerance_is_401_both_ways() {
     assert_eq!(app.post(&headers, SUCCEEDED).await.status(), 200);
     assert_eq!(app.drain_queue().await.len(), 1);
     app.cleanup().await;
+    Ok(())
 }
 
 #[tokio::test]
-async fn body_over_the_limit_is_413() {
+async fn body_over_the_limit_is_413() -> anyhow::Result<()> {
     let mut app = spawn_connected().await;
     // The test instance allows 64 KiB.
     let body =
@@ -209,10 +216,11 @@ async fn body_over_the_limit_is_413() {
     assert_eq!(response.status(), 413);
     assert!(app.drain_queue().await.is_empty());
     app.cleanup().await;
+    Ok(())
 }
 
 #[tokio::test]
-async fn verified_but_not_an_object_with_string_id_and_status_is_400() {
+async fn verified_but_not_an_object_with_string_id_and_status_is_400() -> anyhow::Result<()> {
     let mut app = spawn_connected().await;
     let bodies: [&[u8]; 6] = [
         b"not json at all",
@@ -225,15 +233,16 @@ async fn verified_but_not_an_object_with_string_id_and_status_is_400() {
     for body in bodies {
         let response = app.post_signed("msg_shape", body).await;
         assert_eq!(response.status(), 400, "{}", String::from_utf8_lossy(body));
-        let error: Value = response.json().await.unwrap();
+        let error: Value = response.json().await?;
         assert!(error["error"].is_string());
     }
     assert!(app.drain_queue().await.is_empty());
     app.cleanup().await;
+    Ok(())
 }
 
 #[tokio::test]
-async fn concurrent_webhooks_are_all_confirmed_and_enqueued() {
+async fn concurrent_webhooks_are_all_confirmed_and_enqueued() -> anyhow::Result<()> {
     let mut app = spawn_connected().await;
     let requests = (0..200).map(|i| {
         let body = format!(r#"{{"id":"p-{i}","status":"processing"}}"#);
@@ -255,14 +264,15 @@ async fn concurrent_webhooks_are_all_confirmed_and_enqueued() {
     expected.sort();
     assert_eq!(ids, expected);
     app.cleanup().await;
+    Ok(())
 }
 
 #[tokio::test]
-async fn health_and_metrics() {
+async fn health_and_metrics() -> anyhow::Result<()> {
     let app = spawn_connected().await;
     let health = app.get("/api/health").await;
     assert_eq!(health.status(), 200);
-    let health: Value = health.json().await.unwrap();
+    let health: Value = health.json().await?;
     assert_eq!(
         health,
         serde_json::json!({"status": "healthy", "webhook": "configured", "broker": "connected"})
@@ -272,7 +282,7 @@ async fn health_and_metrics() {
         app.post_signed("msg_metrics", SUCCEEDED).await.status(),
         200
     );
-    let metrics = app.get("/metrics").await.text().await.unwrap();
+    let metrics = app.get("/metrics").await.text().await?;
     assert!(
         metrics.contains(r#"ingest_webhooks_total{outcome="accepted"}"#),
         "{metrics}"
@@ -282,4 +292,5 @@ async fn health_and_metrics() {
         "{metrics}"
     );
     app.cleanup().await;
+    Ok(())
 }

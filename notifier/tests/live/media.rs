@@ -25,7 +25,7 @@ async fn raw_get(address: &str, path: &str) -> (u16, Vec<u8>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn media_is_served_without_path_traversal() {
+async fn media_is_served_without_path_traversal() -> anyhow::Result<()> {
     let env = TestEnv::new().await;
     let running = env.start().await;
     std::fs::create_dir_all(env.media_dir.join("generations/g1")).unwrap();
@@ -65,10 +65,11 @@ async fn media_is_served_without_path_traversal() {
     std::fs::remove_file(secret).unwrap();
     running.stop().await;
     env.cleanup().await;
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_svg_is_served_sandboxed_and_never_sniffed() {
+async fn an_svg_is_served_sandboxed_and_never_sniffed() -> anyhow::Result<()> {
     let env = TestEnv::new().await;
     let running = env.start().await;
     std::fs::create_dir_all(env.media_dir.join("generations/g2")).unwrap();
@@ -85,8 +86,7 @@ async fn an_svg_is_served_sandboxed_and_never_sniffed() {
             running.address
         ))
         .send()
-        .await
-        .unwrap();
+        .await?;
     assert_eq!(response.status(), 200);
     let headers = response.headers();
     assert_eq!(headers["content-type"], "image/svg+xml");
@@ -98,4 +98,5 @@ async fn an_svg_is_served_sandboxed_and_never_sniffed() {
     );
     running.stop().await;
     env.cleanup().await;
+    Ok(())
 }

@@ -55,7 +55,7 @@ fn start_replicate(replicate: Arc<Replicate>) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn jobs_without_news_are_asked_about_and_end_as_replicate_says_once() {
+async fn jobs_without_news_are_asked_about_and_end_as_replicate_says_once() -> anyhow::Result<()> {
     let images = images::start().await;
     let env = TestEnv::new(&images.host).await;
     let replicate = Arc::new(Replicate::default());
@@ -92,8 +92,7 @@ async fn jobs_without_news_are_asked_about_and_end_as_replicate_says_once() {
             generations::updated_at.eq(chrono::Utc::now() - chrono::Duration::minutes(20)),
         ))
         .execute(&mut env.conn().await)
-        .await
-        .unwrap();
+        .await?;
 
     // A job the jobs API debited but never got to create on Replicate (no job_id).
     diesel::insert_into(generations::table)
@@ -105,8 +104,7 @@ async fn jobs_without_news_are_asked_about_and_end_as_replicate_says_once() {
             generations::created_at.eq(chrono::Utc::now() - chrono::Duration::minutes(20)),
         ))
         .execute(&mut env.conn().await)
-        .await
-        .unwrap();
+        .await?;
     diesel::insert_into(shared::db::schema::credit_transactions::table)
         .values((
             shared::db::schema::credit_transactions::user_id.eq("u1"),
@@ -115,8 +113,7 @@ async fn jobs_without_news_are_asked_about_and_end_as_replicate_says_once() {
             shared::db::schema::credit_transactions::job_id.eq("abandoned"),
         ))
         .execute(&mut env.conn().await)
-        .await
-        .unwrap();
+        .await?;
 
     // Two workers, one reconciler.
     let mut config = env.config.clone();
@@ -164,4 +161,5 @@ async fn jobs_without_news_are_asked_about_and_end_as_replicate_says_once() {
     first.stop().await;
     second.stop().await;
     env.cleanup().await;
+    Ok(())
 }
