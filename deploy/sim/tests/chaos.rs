@@ -258,15 +258,9 @@ async fn nothing_is_lost_under_crashes_restarts_and_cut_webhooks() {
     let decided = oracle::settle(&pipeline.deployment(), Duration::from_secs(240)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let verdict = oracle::check(&pipeline.deployment(), &decided, START_CREDITS, &inboxes).await;
-    let stats: serde_json::Value = pipeline
-        .http
-        .get(format!("http://{}/sim/stats", pipeline.sim))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats: serde_json::Value =
+        shared::testing::get_json(&pipeline.http, format!("http://{}/sim/stats", pipeline.sim))
+            .await;
     let reconnects: usize = inboxes.values().map(|i| i.lock().unwrap().reconnects).sum();
     let webhooks_sent: u64 = decided
         .values()

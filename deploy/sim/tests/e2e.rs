@@ -51,14 +51,8 @@ async fn a_few_hundred_jobs_with_faults_end_exactly_as_the_simulator_decided() {
         pipeline.pool.clone(),
         pipeline.notifier.clone(),
     );
-    let health: Value = http
-        .get(format!("http://{notifier}/api/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value =
+        shared::testing::get_json(&http, format!("http://{notifier}/api/health")).await;
     assert_eq!(health["webhook"], "configured", "{health}");
     assert_eq!(health["database"], "connected", "{health}");
 

@@ -97,14 +97,7 @@ async fn memory_per_idle_socket_is_reported() {
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = rss_kib(pid);
-    let reported: serde_json::Value = client
-        .get(&health)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let reported: serde_json::Value = shared::testing::get_json(&client, &health).await;
     assert_eq!(reported["connections"], count);
 
     let per_socket = (after.saturating_sub(before)) * 1024 / (count as u64 - 10);

@@ -180,3 +180,19 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// `GET url` and its JSON body; panics (with the URL) when either fails.
+#[cfg(feature = "http")]
+pub async fn get_json<T: serde::de::DeserializeOwned>(
+    http: &reqwest::Client,
+    url: impl AsRef<str>,
+) -> T {
+    let url = url.as_ref();
+    http.get(url)
+        .send()
+        .await
+        .unwrap_or_else(|err| panic!("GET {url}: {err}"))
+        .json()
+        .await
+        .unwrap_or_else(|err| panic!("GET {url}: not JSON: {err}"))
+}

@@ -150,14 +150,8 @@ async fn out_of_order_and_late_webhooks_change_nothing() {
 
     let client = shared::http::client_builder().build().unwrap();
     let base = format!("http://127.0.0.1:{}", worker.metrics_port);
-    let health: serde_json::Value = client
-        .get(format!("{base}/api/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: serde_json::Value =
+        shared::testing::get_json(&client, format!("{base}/api/health")).await;
     assert_eq!(
         health,
         json!({"status": "healthy", "broker": "connected", "database": "connected"})

@@ -82,15 +82,9 @@ pub async fn watch_user(
 pub async fn settle(pipeline: &Deployment<'_>, timeout: Duration) -> HashMap<String, Value> {
     let deadline = Instant::now() + timeout;
     loop {
-        let report: Vec<Value> = pipeline
-            .http
-            .get(format!("http://{}/sim/jobs", pipeline.sim))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let report: Vec<Value> =
+            shared::testing::get_json(pipeline.http, format!("http://{}/sim/jobs", pipeline.sim))
+                .await;
         let ended = report
             .iter()
             .filter(|job| {
