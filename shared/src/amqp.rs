@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
@@ -234,7 +234,16 @@ pub async fn publish_confirmed(
         Ok(Ok(Confirmation::Ack(Some(returned)))) => {
             Err(PublishError::Unroutable(returned.reply_text.to_string()))
         }
-        Ok(Ok(Confirmation::Nack(_) | Confirmation::NotRequested)) => Err(PublishError::Nacked),
+        Ok(Ok(Confirmation::Nack(_) | Confirmation::NotRequested)) => {
+            // On RabbitMQ 3.10 a channel that published while a quorum queue's new leader
+            // was not yet known keeps nacking every publish. Closing it makes the link
+            // rebuild itself with a fresh channel (on the next node if this one is gone);
+            // the caller answers or retries as for any failed publish.
+            let _ = channel
+                .close(200, "nacked: opening a new channel".into())
+                .await;
+            Err(PublishError::Nacked)
+        }
     }
 }
 
@@ -318,9 +327,17 @@ impl<T: Link> Reconnecting<T> {
     {
         let (slot_tx, current) = watch::channel(None);
         let (stop, stop_rx) = watch::channel(false);
+        let nodes = config
+            .url
+            .nodes()
+            .iter()
+            .map(|node| Node {
+                url: node.as_str().to_owned(),
+                shown: node.to_string(),
+            })
+            .collect();
         let supervisor = tokio::spawn(supervise(
-            config.url.as_str().to_owned(),
-            config.url.to_string(),
+            nodes,
             connection_name.to_owned(),
             setup,
             slot_tx,
@@ -375,9 +392,16 @@ impl<T> Drop for Reconnecting<T> {
     }
 }
 
-async fn supervise<T, F, Fut>(
+/// One broker node: its URL, and the same with the password hidden.
+struct Node {
     url: String,
-    printable_url: String,
+    shown: String,
+}
+
+/// Connects to the nodes in turn: after a failure or a lost connection, the next one is
+/// tried at once; only when a whole round failed does it wait (backoff).
+async fn supervise<T, F, Fut>(
+    nodes: Vec<Node>,
     connection_name: String,
     setup: F,
     slot: watch::Sender<Slot<T>>,
@@ -389,11 +413,15 @@ async fn supervise<T, F, Fut>(
 {
     let mut backoff = MIN_BACKOFF;
     let mut failures: u32 = 0;
+    let mut index = 0;
+    // Since when the service has had no broker (none before the first connection).
+    let mut lost_at: Option<Instant> = None;
     loop {
+        let node = &nodes[index % nodes.len()];
         let attempt = async {
             let properties = ConnectionProperties::default()
                 .with_connection_name(connection_name.clone().into());
-            let connection = Arc::new(Connection::connect(&url, properties).await?);
+            let connection = Arc::new(Connection::connect(&node.url, properties).await?);
             let link = Arc::new(setup(connection.clone()).await?);
             Ok::<_, lapin::Error>(Live { connection, link })
         };
@@ -403,7 +431,14 @@ async fn supervise<T, F, Fut>(
         };
         match outcome {
             Ok(Ok(live)) => {
-                tracing::info!(broker = %printable_url, connection = %connection_name, "connected to RabbitMQ");
+                match lost_at.take() {
+                    Some(lost) => {
+                        tracing::info!(broker = %node.shown, connection = %connection_name, failover_ms = lost.elapsed().as_millis() as u64, "connected to RabbitMQ again")
+                    }
+                    None => {
+                        tracing::info!(broker = %node.shown, connection = %connection_name, "connected to RabbitMQ")
+                    }
+                }
                 let live = Arc::new(live);
                 slot.send_replace(Some(live.clone()));
                 backoff = MIN_BACKOFF;
@@ -414,17 +449,25 @@ async fn supervise<T, F, Fut>(
                     let _ = live.connection.close(200, "shutting down".into()).await;
                     return;
                 }
-                tracing::warn!(broker = %printable_url, connection = %connection_name, "lost the RabbitMQ connection, reconnecting");
+                lost_at = Some(Instant::now());
+                tracing::warn!(broker = %node.shown, connection = %connection_name, "lost the RabbitMQ connection, reconnecting");
                 let _ = live.connection.close(200, "reconnecting".into()).await;
+                // The next node first: the one just lost may be the one that is down.
+                index += 1;
+                continue;
             }
             Ok(Err(err)) => {
                 failures += 1;
-                tracing::warn!(broker = %printable_url, connection = %connection_name, failures, retry_in = ?backoff, error = %err, "cannot connect to RabbitMQ");
+                tracing::warn!(broker = %node.shown, connection = %connection_name, failures, error = %err, "cannot connect to RabbitMQ");
             }
             Err(_) => {
                 failures += 1;
-                tracing::warn!(broker = %printable_url, connection = %connection_name, failures, retry_in = ?backoff, "connecting to RabbitMQ timed out");
+                tracing::warn!(broker = %node.shown, connection = %connection_name, failures, "connecting to RabbitMQ timed out");
             }
+        }
+        index += 1;
+        if index % nodes.len() != 0 {
+            continue; // the rest of the round first
         }
         tokio::select! {
             _ = stop.changed() => return,

@@ -220,6 +220,61 @@ impl FromStr for AmqpUrl {
     }
 }
 
+/// `AMQP_URL`: one broker node, or several nodes of one cluster separated by spaces or
+/// commas. A service connects to the first that answers and, when it loses it, fails over
+/// to the next.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AmqpNodes(Vec<AmqpUrl>);
+
+impl AmqpNodes {
+    pub fn nodes(&self) -> &[AmqpUrl] {
+        &self.0
+    }
+
+    /// The first node: for tools and tests that need one connection.
+    pub fn first(&self) -> &AmqpUrl {
+        &self.0[0]
+    }
+
+    /// The first node's URL.
+    pub fn as_str(&self) -> &str {
+        self.first().as_str()
+    }
+}
+
+impl FromStr for AmqpNodes {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let nodes = s
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|node| !node.is_empty())
+            .enumerate()
+            .map(|(index, node)| {
+                node.parse::<AmqpUrl>()
+                    .map_err(|err| format!("node {}: {err}", index + 1))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if nodes.is_empty() {
+            return Err("no AMQP URL given".into());
+        }
+        Ok(Self(nodes))
+    }
+}
+
+impl fmt::Debug for AmqpNodes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl fmt::Display for AmqpNodes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        f.write_str(&shown.join(", "))
+    }
+}
+
 /// `Debug` and `Display` of a URL type print it with the password replaced.
 macro_rules! redacted_url_formatting {
     ($url:ty) => {
@@ -356,7 +411,8 @@ pub struct StorageConfig {
 
 #[derive(Debug, Clone, Args)]
 pub struct AmqpConfig {
-    /// RabbitMQ URL.
+    /// RabbitMQ URL; for a cluster, the URL of each node, separated by spaces or commas
+    /// (the service fails over from one to the next).
     #[arg(
         id = "amqp_url",
         long = "amqp-url",
@@ -364,7 +420,7 @@ pub struct AmqpConfig {
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
         hide_env_values = true
     )]
-    pub url: AmqpUrl,
+    pub url: AmqpNodes,
 
     /// Prefix for every queue and exchange name, so that isolated runs (tests, staging) can
     /// share one broker. Empty in production: the names are then exactly the contract's.
@@ -422,6 +478,23 @@ impl WebhookConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn amqp_url_lists_cluster_nodes() {
+        let nodes: AmqpNodes =
+            "amqp://guest:s3cret@r1:5672/%2f, amqp://guest:s3cret@r2:5672/%2f amqp://r3:5672"
+                .parse()
+                .unwrap();
+        assert_eq!(nodes.nodes().len(), 3);
+        assert_eq!(nodes.as_str(), "amqp://guest:s3cret@r1:5672/%2f");
+        assert_eq!(
+            nodes.to_string(),
+            "amqp://guest:<redacted>@r1:5672/%2f, amqp://guest:<redacted>@r2:5672/%2f, amqp://r3:5672"
+        );
+        let bad = "amqp://r1:5672 http://r2".parse::<AmqpNodes>().unwrap_err();
+        assert!(bad.starts_with("node 2: not an AMQP URL"), "{bad}");
+        assert!(" , ".parse::<AmqpNodes>().is_err());
+    }
 
     #[test]
     fn amqp_url_password_is_redacted() {
