@@ -219,40 +219,17 @@ pub async fn broker(amqp_url: &str, seconds: u64, concurrency: usize) -> anyhow:
 
     // Half that rate, paced as the ingest run is: publish → confirm latency, the floor of
     // ingest's own latency at half rate.
-    let interval = Duration::from_secs_f64(concurrency.max(1) as f64 / (per_second / 2.0).max(1.0));
-    let paced = Arc::new(AtomicU64::new(0));
-    let done = Arc::new(AtomicBool::new(false));
-    tick(
-        bar(seconds, "broker: half rate, paced"),
-        done.clone(),
-        paced.clone(),
-    );
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs(seconds);
-    let mut publishers = Vec::new();
-    for index in 0..concurrency.max(1) {
-        let (channel, queue, body, paced) =
-            (channel.clone(), queue.clone(), body.clone(), paced.clone());
-        publishers.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let mut due = started + interval.mul_f64(index as f64 / concurrency.max(1) as f64);
-            while due < deadline {
-                tokio::time::sleep_until(due.into()).await;
-                if publish_persistent(&channel, &queue, &body).await {
-                    paced.fetch_add(1, Ordering::Relaxed);
-                    latencies.push(due.elapsed().as_secs_f64() * 1000.0);
-                }
-                due += interval;
-            }
-            latencies
-        }));
-    }
-    let mut latencies = Vec::new();
-    for publisher in publishers {
-        latencies.extend(publisher.await?);
-    }
-    done.store(true, Ordering::Relaxed);
-    latencies.sort_by(f64::total_cmp);
+    let publishers = (0..concurrency.max(1))
+        .map(|_| (channel.clone(), queue.clone(), body.clone()))
+        .collect();
+    let (latencies, _) = paced(
+        "broker: half rate, paced",
+        publishers,
+        per_second / 2.0,
+        seconds,
+        |(channel, queue, body)| Box::pin(publish_persistent(channel, queue, body)),
+    )
+    .await?;
     channel
         .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
         .await?;
@@ -266,6 +243,57 @@ pub async fn broker(amqp_url: &str, seconds: u64, concurrency: usize) -> anyhow:
         "half_rate_p50_ms": percentile(&latencies, 0.5),
         "half_rate_p99_ms": percentile(&latencies, 0.99),
     }))
+}
+
+/// `senders` send on staggered schedules, together `rate` per second, for `seconds`.
+/// Returns each answered send's latency in ms from when it was due (sorted), and the rate
+/// answered.
+async fn paced<S, F>(
+    label: &str,
+    senders: Vec<S>,
+    rate: f64,
+    seconds: u64,
+    send: F,
+) -> anyhow::Result<(Vec<f64>, f64)>
+where
+    S: Send + 'static,
+    F: for<'a> Fn(&'a mut S) -> futures_util::future::BoxFuture<'a, bool> + Clone + Send + 'static,
+{
+    let count = senders.len().max(1);
+    let interval = Duration::from_secs_f64(count as f64 / rate.max(1.0));
+    let done = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicU64::new(0));
+    tick(bar(seconds, label), done.clone(), answered.clone());
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let tasks: Vec<_> = senders
+        .into_iter()
+        .enumerate()
+        .map(|(index, mut sender)| {
+            let (send, answered) = (send.clone(), answered.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut due = started + interval.mul_f64(index as f64 / count as f64);
+                while due < deadline {
+                    tokio::time::sleep_until(due.into()).await;
+                    if send(&mut sender).await {
+                        answered.fetch_add(1, Ordering::Relaxed);
+                        latencies.push(due.elapsed().as_secs_f64() * 1000.0);
+                    }
+                    due += interval;
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await?);
+    }
+    done.store(true, Ordering::Relaxed);
+    latencies.sort_by(f64::total_cmp);
+    let answered_rate = answered.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+    Ok((latencies, answered_rate))
 }
 
 /// One persistent publish into `queue`, confirmed by the broker.
@@ -837,46 +865,26 @@ pub async fn ingest(
     let saturation = accepted.load(Ordering::Relaxed) as f64 / elapsed;
 
     // Half the rate, paced: each connection sends on its own schedule.
-    let rate = saturation / 2.0;
-    let interval = Duration::from_secs_f64(concurrency as f64 / rate.max(1.0));
-    let done = Arc::new(AtomicBool::new(false));
-    let answered = Arc::new(AtomicU64::new(0));
-    tick(
-        bar(seconds, "ingest: half rate, paced"),
-        done.clone(),
-        answered.clone(),
-    );
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs(seconds);
-    let mut senders = Vec::new();
-    for index in 0..concurrency {
-        let mut connection = KeptAlive::connect(url).await?;
-        let (signed, answered, next) = (signed.clone(), answered.clone(), next.clone());
-        senders.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let mut due = started + interval.mul_f64(index as f64 / concurrency as f64);
-            while due < deadline {
-                tokio::time::sleep_until(due.into()).await;
-                let i = next.fetch_add(1, Ordering::Relaxed) as usize % signed.len();
-                if connection.post(&signed[i]).await {
-                    answered.fetch_add(1, Ordering::Relaxed);
-                    latencies.push(due.elapsed().as_secs_f64() * 1000.0);
-                }
-                due += interval;
-            }
-            latencies
-        }));
+    let mut connections = Vec::with_capacity(concurrency);
+    for _ in 0..concurrency {
+        connections.push(KeptAlive::connect(url).await?);
     }
-    let mut latencies = Vec::new();
-    for sender in senders {
-        latencies.extend(sender.await?);
-    }
-    done.store(true, Ordering::Relaxed);
-    latencies.sort_by(f64::total_cmp);
+    let (latencies, half_rate) = paced(
+        "ingest: half rate, paced",
+        connections,
+        saturation / 2.0,
+        seconds,
+        move |connection| {
+            let i = next.fetch_add(1, Ordering::Relaxed) as usize % signed.len();
+            let signed = signed.clone();
+            Box::pin(async move { connection.post(&signed[i]).await })
+        },
+    )
+    .await?;
     Ok(json!({
         "part": "ingest",
         "saturation_per_second": saturation,
-        "half_rate_per_second": answered.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64(),
+        "half_rate_per_second": half_rate,
         "p50_ms": percentile(&latencies, 0.5),
         "p99_ms": percentile(&latencies, 0.99),
         "max_ms": latencies.last().copied().unwrap_or_default(),

@@ -196,3 +196,19 @@ pub async fn get_json<T: serde::de::DeserializeOwned>(
         .await
         .unwrap_or_else(|err| panic!("GET {url}: not JSON: {err}"))
 }
+
+/// Messages ready in `queue` (a passive declare: the queue must exist).
+pub async fn queue_depth(channel: &lapin::Channel, queue: &str) -> u32 {
+    channel
+        .queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap_or_else(|err| panic!("queue {queue}: {err}"))
+        .message_count()
+}

@@ -174,18 +174,7 @@ impl TestEnv {
     }
 
     pub async fn queue_depth(&self, queue: &str) -> u32 {
-        self.channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap()
-            .message_count()
+        shared::testing::queue_depth(&self.channel, queue).await
     }
 
     /// Starts a worker in this process.

@@ -9,8 +9,6 @@ use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use replicate_sim::images;
 use serde_json::Value;
 use shared::db::schema::{ai_models, credit_transactions, generations, users};
@@ -350,20 +348,7 @@ pub async fn check(
     let topology = shared::amqp::Topology::new(pipeline.prefix);
     let depth = |queue: String| {
         let channel = channel.clone();
-        async move {
-            channel
-                .queue_declare(
-                    queue.as_str().into(),
-                    QueueDeclareOptions {
-                        passive: true,
-                        ..Default::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await
-                .unwrap()
-                .message_count()
-        }
+        async move { shared::testing::queue_depth(&channel, &queue).await }
     };
     // Late duplicates may still wait in a retry queue for a few seconds.
     let mut waiting = 0;
