@@ -36,7 +36,7 @@ impl Publisher {
             let topology = topology.clone();
             async move {
                 let channel = connection.create_channel().await?;
-                topology.declare(&channel).await?;
+                topology.declare(&connection).await?;
                 channel
                     .confirm_select(ConfirmSelectOptions::default())
                     .await?;

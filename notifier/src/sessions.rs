@@ -129,8 +129,8 @@ impl Sessions {
     }
 
     async fn open_link(&self, connection: &Connection) -> lapin::Result<EventsLink> {
+        self.topology.declare(connection).await?;
         let channel = connection.create_channel().await?;
-        self.topology.declare(&channel).await?;
         let declared = channel
             .queue_declare(
                 "".into(),

@@ -5,7 +5,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicPublishOptions, ExchangeDeclareOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
@@ -53,8 +56,20 @@ impl Topology {
         format!("{}replicate.webhooks.dead", self.prefix)
     }
 
-    /// The delay queue for one of [`RETRY_DELAYS`].
+    /// The delay queue for one of [`RETRY_DELAYS`]: a quorum queue, so that a retry
+    /// waiting in it survives the loss of any one broker node.
     pub fn retry_queue(&self, delay: Duration) -> String {
+        format!(
+            "{}replicate.webhooks.delay.{}s",
+            self.prefix,
+            delay.as_secs()
+        )
+    }
+
+    /// The delay queues of earlier versions: classic queues, which live on one node only
+    /// (when that node is down nobody can declare or use them). See
+    /// [`Topology::retire_legacy_retry_queues`].
+    fn legacy_retry_queue(&self, delay: Duration) -> String {
         format!(
             "{}replicate.webhooks.retry.{}s",
             self.prefix,
@@ -67,45 +82,34 @@ impl Topology {
         format!("{}jobs.events", self.prefix)
     }
 
-    /// Declares every queue and exchange (idempotent). A queue that exists with other
-    /// arguments fails here, loudly, instead of misbehaving later.
-    pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
-        let durable = QueueDeclareOptions {
-            durable: true,
-            ..QueueDeclareOptions::default()
-        };
+    /// Declares every queue and exchange, from any node of a cluster, any number of times.
+    ///
+    /// Every queue is a quorum queue asking for [`QUORUM_REPLICAS`] replicas (the broker
+    /// gives as many as it has nodes), dead-lettering at least once so that a retry due
+    /// while the work queue elects a new leader is not dropped. A queue an earlier version
+    /// declared with other arguments is used as it is, with a warning: RabbitMQ cannot
+    /// change a queue's arguments, and refusing to start would stop the pipeline.
+    pub async fn declare(&self, connection: &Connection) -> lapin::Result<()> {
+        let mut declarer = Declarer::open(connection).await?;
         let mut work_args = quorum();
-        work_args.insert("x-dead-letter-exchange".into(), string(""));
-        work_args.insert(
-            "x-dead-letter-routing-key".into(),
-            string(&self.dead_letter_queue()),
-        );
+        dead_letter_to(&mut work_args, &self.dead_letter_queue());
         work_args.insert(
             "x-delivery-limit".into(),
             AMQPValue::LongLongInt(DELIVERY_LIMIT),
         );
-        channel
-            .queue_declare(self.webhooks_queue().into(), durable, work_args)
-            .await?;
-        channel
-            .queue_declare(self.dead_letter_queue().into(), durable, quorum())
-            .await?;
+        declarer.queue(&self.webhooks_queue(), work_args).await?;
+        declarer.queue(&self.dead_letter_queue(), quorum()).await?;
         for delay in RETRY_DELAYS {
-            let mut args = FieldTable::default();
+            let mut args = quorum();
             args.insert(
                 "x-message-ttl".into(),
                 AMQPValue::LongLongInt(delay.as_millis() as i64),
             );
-            args.insert("x-dead-letter-exchange".into(), string(""));
-            args.insert(
-                "x-dead-letter-routing-key".into(),
-                string(&self.webhooks_queue()),
-            );
-            channel
-                .queue_declare(self.retry_queue(*delay).into(), durable, args)
-                .await?;
+            dead_letter_to(&mut args, &self.webhooks_queue());
+            declarer.queue(&self.retry_queue(*delay), args).await?;
         }
-        channel
+        declarer
+            .channel
             .exchange_declare(
                 self.events_exchange().into(),
                 ExchangeKind::Topic,
@@ -116,7 +120,46 @@ impl Topology {
                 FieldTable::default(),
             )
             .await?;
+        let _ = declarer.channel.close(200, "declared".into()).await;
         Ok(())
+    }
+
+    /// Deletes the classic delay queues of earlier versions once they are empty. A message
+    /// still waiting in one goes back to the work queue when its delay expires (their
+    /// dead-letter settings are unchanged), so one that is not empty yet is left for the
+    /// next start; so is one whose node is down. Nothing here stops the service. Workers,
+    /// who publish retries, call it.
+    pub async fn retire_legacy_retry_queues(&self, connection: &Connection) {
+        for delay in RETRY_DELAYS {
+            let queue = self.legacy_retry_queue(*delay);
+            let Ok(channel) = connection.create_channel().await else {
+                return;
+            };
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            };
+            if channel
+                .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+                .await
+                .is_err()
+            {
+                continue; // none (the usual case), or its node is down: nothing to do now
+            }
+            let options = QueueDeleteOptions {
+                if_empty: true,
+                ..QueueDeleteOptions::default()
+            };
+            match channel.queue_delete(queue.as_str().into(), options).await {
+                Ok(_) => {
+                    tracing::info!(%queue, "retired a classic delay queue of an earlier version");
+                    let _ = channel.close(200, "retired".into()).await;
+                }
+                Err(err) => {
+                    tracing::info!(%queue, error = %err, "a classic delay queue of an earlier version still holds messages; left for now");
+                }
+            }
+        }
     }
 
     /// Deletes everything [`Topology::declare`] made (for isolated test runs).
@@ -135,10 +178,74 @@ impl Topology {
     }
 }
 
+/// How many replicas each quorum queue asks for: a majority survives one node lost.
+pub const QUORUM_REPLICAS: i64 = 3;
+
+/// Declares queues one by one on a channel, replacing the channel when the broker closed
+/// it over a queue that exists with other arguments.
+struct Declarer<'a> {
+    connection: &'a Connection,
+    channel: Channel,
+}
+
+impl<'a> Declarer<'a> {
+    async fn open(connection: &'a Connection) -> lapin::Result<Self> {
+        Ok(Self {
+            connection,
+            channel: connection.create_channel().await?,
+        })
+    }
+
+    async fn queue(&mut self, name: &str, args: FieldTable) -> lapin::Result<()> {
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        let err = match self.channel.queue_declare(name.into(), durable, args).await {
+            Ok(_) => return Ok(()),
+            Err(err) if is_precondition_failed(&err) => err,
+            Err(err) => return Err(err),
+        };
+        // The broker closed the channel; the queue exists, with other arguments.
+        self.channel = self.connection.create_channel().await?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        self.channel
+            .queue_declare(name.into(), passive, FieldTable::default())
+            .await?;
+        tracing::warn!(queue = name, error = %err, "the queue exists with other arguments than this version declares; used as it is (delete it while empty to take the new ones)");
+        Ok(())
+    }
+}
+
+fn is_precondition_failed(err: &lapin::Error) -> bool {
+    matches!(
+        err.kind(),
+        lapin::ErrorKind::ProtocolError(amqp)
+            if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED))
+    )
+}
+
 fn quorum() -> FieldTable {
     let mut args = FieldTable::default();
     args.insert("x-queue-type".into(), string("quorum"));
+    args.insert(
+        "x-quorum-initial-group-size".into(),
+        AMQPValue::LongLongInt(QUORUM_REPLICAS),
+    );
     args
+}
+
+/// Dead-letters to `queue` through the default exchange, at least once: the message
+/// leaves this queue only once the target queue confirmed it (this needs `reject-publish`
+/// as the overflow behaviour; no length limit is set, so it never applies).
+fn dead_letter_to(args: &mut FieldTable, queue: &str) {
+    args.insert("x-dead-letter-exchange".into(), string(""));
+    args.insert("x-dead-letter-routing-key".into(), string(queue));
+    args.insert("x-dead-letter-strategy".into(), string("at-least-once"));
+    args.insert("x-overflow".into(), string("reject-publish"));
 }
 
 fn string(value: &str) -> AMQPValue {
@@ -338,7 +445,7 @@ impl<T: Link> Reconnecting<T> {
             .collect();
         let supervisor = tokio::spawn(supervise(
             nodes,
-            connection_name.to_owned(),
+            connection_name_of_this_process(connection_name),
             setup,
             slot_tx,
             stop_rx,
@@ -396,6 +503,14 @@ impl<T> Drop for Reconnecting<T> {
 struct Node {
     url: String,
     shown: String,
+}
+
+/// The name the broker shows for a connection (`rabbitmqctl list_connections
+/// user_provided_name`): the service, this host (the pod's name under Kubernetes) and the
+/// process id, so that an operator can tell which replica sits on which node.
+pub fn connection_name_of_this_process(service: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{service} {} pid {}", host.trim(), std::process::id())
 }
 
 /// Connects to the nodes in turn: after a failure or a lost connection, the next one is
@@ -504,7 +619,7 @@ mod tests {
         assert_eq!(topology.events_exchange(), "jobs.events");
         assert_eq!(
             topology.retry_queue(Duration::from_secs(5)),
-            "replicate.webhooks.retry.5s"
+            "replicate.webhooks.delay.5s"
         );
         assert_eq!(
             Topology::new("t1.").webhooks_queue(),

@@ -51,8 +51,9 @@ async fn open(
     topology: Topology,
     prefetch: u16,
 ) -> lapin::Result<BrokerLink> {
+    topology.declare(&connection).await?;
+    topology.retire_legacy_retry_queues(&connection).await;
     let publish = connection.create_channel().await?;
-    topology.declare(&publish).await?;
     publish
         .confirm_select(ConfirmSelectOptions::default())
         .await?;

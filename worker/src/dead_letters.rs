@@ -45,9 +45,9 @@ pub async fn open(config: &AmqpConfig) -> Result<(Connection, Channel, Topology)
         ConnectionProperties::default().with_connection_name("worker dead-letters".into()),
     )
     .await?;
-    let channel = connection.create_channel().await?;
     let topology = config.topology();
-    topology.declare(&channel).await?;
+    topology.declare(&connection).await?;
+    let channel = connection.create_channel().await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;

@@ -327,9 +327,9 @@ pub async fn worker(
 
     // The queue, preloaded before any worker runs.
     let connection = Connection::connect(amqp_url, ConnectionProperties::default()).await?;
-    let channel = connection.create_channel().await?;
     let topology = shared::amqp::Topology::new(&prefix);
-    topology.declare(&channel).await?;
+    topology.declare(&connection).await?;
+    let channel = connection.create_channel().await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;

@@ -75,9 +75,12 @@ impl Isolated {
             lapin::Connection::connect(amqp.url.as_str(), lapin::ConnectionProperties::default())
                 .await
                 .expect("the test connects to the real RabbitMQ");
-        let channel = connection.create_channel().await.expect("a channel");
         let topology = amqp.topology();
-        topology.declare(&channel).await.expect("topology declared");
+        topology
+            .declare(&connection)
+            .await
+            .expect("topology declared");
+        let channel = connection.create_channel().await.expect("a channel");
         channel
             .confirm_select(Default::default())
             .await
