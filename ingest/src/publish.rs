@@ -3,9 +3,16 @@
 //! Every request publishes on the shared channel and waits for its own confirm, so many
 //! confirms are in flight at once (pipelined): there is no lock around publishing and no
 //! request waits for another's confirm.
+//!
+//! When the shared channel fails under a request (the broker nacked a publish while a
+//! quorum queue elected a new leader, and the channel was closed to shed RabbitMQ 3.10's
+//! stuck-nack state; the node went away), the webhook is published once more as soon as
+//! the link is rebuilt — on the next node of a cluster if this one is gone — and only if
+//! that fails too does Replicate get a 503. A webhook published twice is harmless:
+//! workers apply each one idempotently.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lapin::options::ConfirmSelectOptions;
 use lapin::{Channel, Connection};
@@ -20,6 +27,10 @@ pub struct VerifiedWebhook<'a> {
     pub timestamp: &'a str,
     pub body: &'a [u8],
 }
+
+/// How long a webhook whose channel failed waits for the link to be rebuilt before it is
+/// refused (a failover to another node took 30–420 ms in `deploy/cluster`).
+pub const REPUBLISH_WAIT: Duration = Duration::from_secs(1);
 
 pub struct Publisher {
     link: Reconnecting<Channel>,
@@ -59,22 +70,61 @@ impl Publisher {
         self.link.wait_connected(timeout).await.is_some()
     }
 
-    /// Publishes persistently and mandatorily and returns once the broker confirmed it.
+    /// Publishes persistently and mandatorily and returns once the broker confirmed it;
+    /// publishes once more on a rebuilt link when the first channel failed.
     pub async fn publish(&self, webhook: VerifiedWebhook<'_>) -> Result<(), PublishError> {
-        let channel = self.link.current().ok_or(PublishError::BrokerUnavailable)?;
-        let properties = webhook_properties(webhook.id, webhook.timestamp);
+        let first_channel = self.link.current();
+        let first = match &first_channel {
+            Some(channel) => self.publish_on(channel, webhook).await,
+            None => Err(PublishError::BrokerUnavailable),
+        };
+        let error = match first {
+            Err(error) if error.may_succeed_on_another_channel() => error,
+            outcome => return outcome,
+        };
+        let Some(channel) = self.rebuilt_channel(first_channel.as_ref()).await else {
+            return Err(error);
+        };
+        let outcome = self.publish_on(&channel, webhook).await;
+        tracing::info!(webhook_id = webhook.id, first_error = %error, ok = outcome.is_ok(), "published again on a rebuilt broker link");
+        outcome
+    }
+
+    async fn publish_on(
+        &self,
+        channel: &Channel,
+        webhook: VerifiedWebhook<'_>,
+    ) -> Result<(), PublishError> {
         publish_confirmed(
-            &channel,
+            channel,
             Outgoing {
                 exchange: "",
                 routing_key: &self.queue,
                 body: webhook.body,
-                properties,
+                properties: webhook_properties(webhook.id, webhook.timestamp),
                 mandatory: true,
             },
             self.confirm_timeout,
         )
         .await
+    }
+
+    /// A working channel other than `failed`, once the link has been rebuilt; `None` when
+    /// that takes longer than [`REPUBLISH_WAIT`].
+    async fn rebuilt_channel(&self, failed: Option<&Arc<Channel>>) -> Option<Arc<Channel>> {
+        let deadline = Instant::now() + REPUBLISH_WAIT;
+        loop {
+            if let Some(channel) = self.link.current()
+                && failed.is_none_or(|failed| !Arc::ptr_eq(failed, &channel))
+                && channel.status().connected()
+            {
+                return Some(channel);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Closes the broker connection once in-flight publishes have finished.

@@ -297,6 +297,15 @@ pub enum PublishError {
     Amqp(#[from] lapin::Error),
 }
 
+impl PublishError {
+    /// Whether the same message may go through on a fresh channel: the broker was away,
+    /// nacked it, or the channel or connection failed. Not after a timeout (the time is
+    /// spent) or an unroutable message (no queue; another channel changes nothing).
+    pub fn may_succeed_on_another_channel(&self) -> bool {
+        matches!(self, Self::BrokerUnavailable | Self::Nacked | Self::Amqp(_))
+    }
+}
+
 /// One message to publish.
 #[derive(Debug, Clone)]
 pub struct Outgoing<'a> {
@@ -565,7 +574,14 @@ async fn supervise<T, F, Fut>(
                     return;
                 }
                 lost_at = Some(Instant::now());
-                tracing::warn!(broker = %node.shown, connection = %connection_name, "lost the RabbitMQ connection, reconnecting");
+                // A channel closed while the connection stays up: after a nack (see
+                // `publish_confirmed`) or a channel error the broker raised.
+                let lost = if live.connection.status().connected() {
+                    "a channel"
+                } else {
+                    "the connection"
+                };
+                tracing::warn!(broker = %node.shown, connection = %connection_name, lost, "lost the RabbitMQ link, reconnecting");
                 let _ = live.connection.close(200, "reconnecting".into()).await;
                 // The next node first: the one just lost may be the one that is down.
                 index += 1;

@@ -12,14 +12,14 @@ mod common;
 
 use std::collections::HashMap;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::creations::Creations;
 use common::oracle::{self, Inbox, watch_user};
-use common::{JWT_SECRET, Pipeline};
+use common::{FAULTY_REPLICATE, JWT_SECRET, Pipeline};
 use replicate_sim::accounts;
-use replicate_sim::jobs_client::{JobsClient, random_prompt};
+use replicate_sim::jobs_client::JobsClient;
 
 const USERS: usize = 8;
 const START_CREDITS: i32 = 1_000_000;
@@ -58,59 +58,6 @@ fn restart_postgresql() {
     );
 }
 
-/// Creates `rate` jobs a second through the jobs API while `creating` is set, until
-/// `done`; a refusal (the notifier or the database away) is retried.
-#[allow(clippy::too_many_arguments)]
-fn drive(
-    client: Arc<JobsClient>,
-    users: Vec<String>,
-    rate: f64,
-    creating: Arc<AtomicBool>,
-    done: Arc<AtomicBool>,
-    in_flight: Arc<AtomicUsize>,
-    created: Arc<AtomicUsize>,
-    refused: Arc<AtomicUsize>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut i = 0;
-        let pace = Duration::from_secs_f64(1.0 / rate.max(0.1));
-        while !done.load(Ordering::SeqCst) {
-            if !creating.load(Ordering::SeqCst) {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-            in_flight.fetch_add(1, Ordering::SeqCst);
-            let user = &users[i % users.len()];
-            let result = if i % 10 == 3 {
-                client.train(user, "chaos portraits").await
-            } else {
-                client.generate(user, random_prompt()).await
-            };
-            in_flight.fetch_sub(1, Ordering::SeqCst);
-            match result {
-                Ok(_) => {
-                    created.fetch_add(1, Ordering::SeqCst);
-                    i += 1;
-                }
-                Err(_) => {
-                    refused.fetch_add(1, Ordering::SeqCst);
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-            tokio::time::sleep(pace).await;
-        }
-    })
-}
-
-/// Stops creating and waits for creations under way to finish: the faults that follow
-/// could otherwise leave a job created on Replicate without its id stored.
-async fn pause(creating: &AtomicBool, in_flight: &AtomicUsize) {
-    creating.store(false, Ordering::SeqCst);
-    while in_flight.load(Ordering::SeqCst) > 0 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "restarts this machine's RabbitMQ and PostgreSQL: run by deploy/chaos"]
 async fn nothing_is_lost_under_crashes_restarts_and_cut_webhooks() {
@@ -120,25 +67,7 @@ async fn nothing_is_lost_under_crashes_restarts_and_cut_webhooks() {
         .unwrap_or(15.0);
     let started = Instant::now();
     let mut pipeline = Pipeline::start_with(
-        &[
-            "--step-ms",
-            "40",
-            "--duplicate-rate",
-            "0.2",
-            "--reorder-rate",
-            "0.2",
-            "--max-delay-ms",
-            "200",
-            "--fail-rate",
-            "0.1",
-            "--cancel-rate",
-            "0.1",
-            "--missing-output-rate",
-            "0.05",
-            // Replicate's terminal retries (1 + 2 + … + 32 s) compressed tenfold.
-            "--retry-scale",
-            "0.1",
-        ],
+        FAULTY_REPLICATE,
         2,
         &[
             ("RECONCILE_AFTER_SECS", "8"),
@@ -172,21 +101,7 @@ async fn nothing_is_lost_under_crashes_restarts_and_cut_webhooks() {
         )));
     }
 
-    let creating = Arc::new(AtomicBool::new(true));
-    let done = Arc::new(AtomicBool::new(false));
-    let in_flight = Arc::new(AtomicUsize::new(0));
-    let created = Arc::new(AtomicUsize::new(0));
-    let refused = Arc::new(AtomicUsize::new(0));
-    let driver = drive(
-        client.clone(),
-        users.clone(),
-        rate,
-        creating.clone(),
-        done.clone(),
-        in_flight.clone(),
-        created.clone(),
-        refused.clone(),
-    );
+    let (creations, creating) = Creations::start(vec![client.clone()], users.clone(), rate);
     let mut faults: Vec<String> = Vec::new();
     let worker_health = |pipeline: &Pipeline, i: usize| {
         format!("http://127.0.0.1:{}/api/health", pipeline.worker_ports[i])
@@ -215,7 +130,7 @@ async fn nothing_is_lost_under_crashes_restarts_and_cut_webhooks() {
 
     // PostgreSQL restarted (job creation paused: see `pause`).
     moment().await;
-    pause(&creating, &in_flight).await;
+    creations.pause().await;
     restart_postgresql();
     faults.push("restart PostgreSQL".into());
     pipeline
@@ -224,11 +139,11 @@ async fn nothing_is_lost_under_crashes_restarts_and_cut_webhooks() {
             &format!("http://{}/api/health", pipeline.notifier),
         )
         .await;
-    creating.store(true, Ordering::SeqCst);
+    creations.resume();
 
     // The notifier SIGKILLed under connected browsers; they come back with `since`.
     moment().await;
-    pause(&creating, &in_flight).await;
+    creations.pause().await;
     pipeline.kill("notifier").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     pipeline.restart("notifier");
@@ -239,7 +154,7 @@ async fn nothing_is_lost_under_crashes_restarts_and_cut_webhooks() {
         )
         .await;
     faults.push("SIGKILL notifier, restart".into());
-    creating.store(true, Ordering::SeqCst);
+    creations.resume();
 
     // Ingest cut for longer than Replicate retries: those jobs' webhooks are lost for good
     // and only the reconciler can finish them.
@@ -253,8 +168,7 @@ async fn nothing_is_lost_under_crashes_restarts_and_cut_webhooks() {
     faults.push("ingest cut for 8 s (Replicate's retries span 6.3 s here)".into());
 
     moment().await;
-    done.store(true, Ordering::SeqCst);
-    driver.await.unwrap();
+    creations.finish(creating).await;
     let decided = oracle::settle(&pipeline.deployment(), Duration::from_secs(240)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let verdict = oracle::check(&pipeline.deployment(), &decided, START_CREDITS, &inboxes).await;
@@ -270,11 +184,11 @@ async fn nothing_is_lost_under_crashes_restarts_and_cut_webhooks() {
     println!("| what | count |\n|---|---|");
     println!(
         "| jobs created through the jobs API | {} |",
-        created.load(Ordering::SeqCst)
+        creations.created()
     );
     println!(
         "| job creations refused and retried | {} |",
-        refused.load(Ordering::SeqCst)
+        creations.refused()
     );
     println!("| webhooks sent by the simulator | {webhooks_sent} |");
     println!("| webhooks accepted by ingest | {} |", stats["accepted"]);
@@ -304,6 +218,6 @@ async fn nothing_is_lost_under_crashes_restarts_and_cut_webhooks() {
         verdict.mismatches,
         pipeline.logs.display()
     );
-    assert_eq!(verdict.jobs_checked, created.load(Ordering::SeqCst));
+    assert_eq!(verdict.jobs_checked, creations.created());
     pipeline.stop().await;
 }

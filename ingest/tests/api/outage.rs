@@ -66,6 +66,31 @@ async fn broker_going_away_and_coming_back_needs_no_restart() {
 }
 
 #[tokio::test]
+async fn a_webhook_whose_node_goes_away_under_it_is_published_on_the_next() {
+    // Two nodes: a proxy in front of the broker first, the broker itself second.
+    let proxy = ServiceProxy::start(upstream_of(&broker_url())).await;
+    let nodes = format!("{} {}", proxy.url(&broker_url()), broker_url());
+    let (config, secret) = test_config(&nodes);
+    let mut app = spawn_app(config, secret, true).await;
+    assert_eq!(app.post_signed("msg_first_node", BODY).await.status(), 200);
+
+    // The node in use goes away just before the webhook comes: no 503 for Replicate, the
+    // webhook waits for the link on the second node and is enqueued there.
+    proxy.set(Mode::Down);
+    let response = app.post_signed("msg_failed_over", BODY).await;
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+
+    let ids: Vec<String> = app
+        .drain_queue()
+        .await
+        .iter()
+        .map(|m| m.properties.message_id().as_ref().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, ["msg_first_node", "msg_failed_over"]);
+    app.cleanup().await;
+}
+
+#[tokio::test]
 async fn confirm_not_received_in_time_is_503() {
     let proxy = ServiceProxy::start(upstream_of(&broker_url())).await;
     let (config, secret) = test_config(&proxy.url(&broker_url()));

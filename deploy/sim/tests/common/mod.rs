@@ -4,6 +4,7 @@
 
 #![allow(dead_code)] // each test binary uses its own part
 
+pub mod creations;
 pub mod oracle;
 
 use std::path::{Path, PathBuf};
@@ -18,6 +19,28 @@ use tokio::process::{Child, Command};
 pub const JWT_SECRET: &str = "pipeline-test-jwt-secret-32-bytes!";
 /// The token the simulator expects and the notifier sends.
 pub const REPLICATE_TOKEN: &str = "pipeline-test-token";
+
+/// The simulator's arguments for runs under faults: duplicated, reordered and late
+/// webhooks, failures, cancellations and outputs that cannot be fetched; Replicate's
+/// terminal retries (1 + 2 + … + 32 s) compressed tenfold.
+pub const FAULTY_REPLICATE: &[&str] = &[
+    "--step-ms",
+    "40",
+    "--duplicate-rate",
+    "0.2",
+    "--reorder-rate",
+    "0.2",
+    "--max-delay-ms",
+    "200",
+    "--fail-rate",
+    "0.1",
+    "--cancel-rate",
+    "0.1",
+    "--missing-output-rate",
+    "0.05",
+    "--retry-scale",
+    "0.1",
+];
 
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -40,6 +63,26 @@ fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// How many of each program run, and the broker nodes they are given.
+pub struct Shape<'a> {
+    pub ingests: usize,
+    pub workers: usize,
+    pub notifiers: usize,
+    /// Every node of a RabbitMQ cluster: each program gets all of them, starting at a
+    /// different one so that the programs spread over the cluster. Empty: this machine's
+    /// broker.
+    pub amqp_nodes: &'a [String],
+}
+
+/// The name of the `index`th replica of a program: `ingest`, `ingest-2`, …
+pub fn replica_name(program: &str, index: usize) -> String {
+    if index == 0 {
+        program.to_owned()
+    } else {
+        format!("{program}-{}", index + 1)
+    }
+}
+
 pub struct Pipeline {
     pub name: String,
     /// Every process's log, `<name>.log`.
@@ -50,10 +93,12 @@ pub struct Pipeline {
     pub amqp_url: String,
     /// Queue and exchange name prefix of this pipeline.
     pub prefix: String,
-    /// `host:port` of each program.
+    /// `host:port` of each program; `ingest` and `notifier` are the first replicas.
     pub sim: String,
     pub ingest: String,
     pub notifier: String,
+    pub ingests: Vec<String>,
+    pub notifiers: Vec<String>,
     pub worker_ports: Vec<u16>,
     pub http: reqwest::Client,
     children: Vec<(String, Child)>,
@@ -91,6 +136,20 @@ impl Pipeline {
 
     /// [`Pipeline::start`] with extra environment for every program.
     pub async fn start_with(sim_args: &[&str], workers: usize, extra: &[(&str, &str)]) -> Self {
+        let shape = Shape {
+            ingests: 1,
+            workers,
+            notifiers: 1,
+            amqp_nodes: &[],
+        };
+        Self::start_shaped(sim_args, shape, extra).await
+    }
+
+    /// Starts the simulator and the programs `shape` asks for, with extra environment for
+    /// each. Notifier `i` gives Replicate ingest `i mod ingests` as its webhook URL, so
+    /// jobs created through different notifiers spread their webhooks over the ingests.
+    pub async fn start_shaped(sim_args: &[&str], shape: Shape<'_>, extra: &[(&str, &str)]) -> Self {
+        let workers = shape.workers;
         shared::telemetry::init(shared::config::LogFormat::Pretty);
         let name = shared::testing::unique_name("e2e");
         let logs = Path::new(env!("CARGO_TARGET_TMPDIR")).join(&name);
@@ -101,13 +160,21 @@ impl Pipeline {
             pool_size: 8,
         };
         let pool = shared::db::prepare(&database).await.unwrap();
-        let amqp_url = shared::testing::amqp_url();
+        let amqp_url = shape
+            .amqp_nodes
+            .first()
+            .cloned()
+            .unwrap_or_else(shared::testing::amqp_url);
         let prefix = format!("{name}.");
         let secret =
             WebhookSecret::from_bytes(b"e2e-webhook-secret-of-32-bytes!!".to_vec()).to_whsec();
         let sim = format!("127.0.0.1:{}", free_port());
-        let ingest = format!("127.0.0.1:{}", free_port());
-        let notifier = format!("127.0.0.1:{}", free_port());
+        let ingests: Vec<String> = (0..shape.ingests.max(1))
+            .map(|_| format!("127.0.0.1:{}", free_port()))
+            .collect();
+        let notifiers: Vec<String> = (0..shape.notifiers.max(1))
+            .map(|_| format!("127.0.0.1:{}", free_port()))
+            .collect();
         let mut pipeline = Self {
             name,
             logs,
@@ -117,8 +184,10 @@ impl Pipeline {
             amqp_url,
             prefix,
             sim,
-            ingest,
-            notifier,
+            ingest: ingests[0].clone(),
+            notifier: notifiers[0].clone(),
+            ingests,
+            notifiers,
             worker_ports: (0..workers).map(|_| free_port()).collect(),
             http: shared::http::client_builder().build().unwrap(),
             children: Vec::new(),
@@ -144,9 +213,21 @@ impl Pipeline {
             ("DOWNLOAD_ALLOWED_HOSTS", pipeline.sim.clone()),
             ("DOWNLOAD_ALLOW_HTTP", "true".to_owned()),
         ];
+        // Each program's broker nodes, the list turned by one for each program started.
+        let started = std::cell::Cell::new(0usize);
         let with = |own: &[(&'static str, String)]| {
             let mut env = common.clone();
             env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+            let nodes = shape.amqp_nodes;
+            if !nodes.is_empty() {
+                let first = started.replace(started.get() + 1) % nodes.len();
+                let turned: Vec<&str> = nodes[first..]
+                    .iter()
+                    .chain(&nodes[..first])
+                    .map(String::as_str)
+                    .collect();
+                env.push(("AMQP_URL", turned.join(" ")));
+            }
             env.extend_from_slice(own);
             env
         };
@@ -158,12 +239,14 @@ impl Pipeline {
             &sim_command,
             &with(&[("SIM_ADDR", pipeline.sim.clone())]),
         );
-        pipeline.spawn(
-            "ingest",
-            "ingest",
-            &[],
-            &with(&[("INGEST_ADDR", pipeline.ingest.clone())]),
-        );
+        for (i, addr) in pipeline.ingests.clone().iter().enumerate() {
+            pipeline.spawn(
+                &replica_name("ingest", i),
+                "ingest",
+                &[],
+                &with(&[("INGEST_ADDR", addr.clone())]),
+            );
+        }
         for (i, port) in pipeline.worker_ports.clone().into_iter().enumerate() {
             pipeline.spawn(
                 &format!("worker-{i}"),
@@ -172,34 +255,44 @@ impl Pipeline {
                 &with(&[("WORKER_METRICS_ADDR", format!("127.0.0.1:{port}"))]),
             );
         }
-        pipeline.spawn(
-            "notifier",
-            "notifier",
-            &[],
-            &with(&[
-                ("NOTIFIER_ADDR", pipeline.notifier.clone()),
-                (
-                    "PUBLIC_WEBHOOK_URL",
-                    format!("http://{}/api/webhooks/replicate", pipeline.ingest),
-                ),
-                ("TRAINING_DESTINATION", "e2e/portraits".to_owned()),
-                ("INGEST_URL", format!("http://{}", pipeline.ingest)),
-            ]),
-        );
-        pipeline
-            .wait_healthy("ingest", &format!("http://{}/api/health", pipeline.ingest))
-            .await;
+        for (i, addr) in pipeline.notifiers.clone().iter().enumerate() {
+            let ingest = &pipeline.ingests[i % pipeline.ingests.len()];
+            pipeline.spawn(
+                &replica_name("notifier", i),
+                "notifier",
+                &[],
+                &with(&[
+                    ("NOTIFIER_ADDR", addr.clone()),
+                    (
+                        "PUBLIC_WEBHOOK_URL",
+                        format!("http://{ingest}/api/webhooks/replicate"),
+                    ),
+                    ("TRAINING_DESTINATION", "e2e/portraits".to_owned()),
+                    ("INGEST_URL", format!("http://{ingest}")),
+                ]),
+            );
+        }
+        for (i, addr) in pipeline.ingests.iter().enumerate() {
+            pipeline
+                .wait_healthy(
+                    &replica_name("ingest", i),
+                    &format!("http://{addr}/api/health"),
+                )
+                .await;
+        }
         for port in pipeline.worker_ports.clone() {
             pipeline
                 .wait_healthy("worker", &format!("http://127.0.0.1:{port}/api/health"))
                 .await;
         }
-        pipeline
-            .wait_healthy(
-                "notifier",
-                &format!("http://{}/api/health", pipeline.notifier),
-            )
-            .await;
+        for (i, addr) in pipeline.notifiers.iter().enumerate() {
+            pipeline
+                .wait_healthy(
+                    &replica_name("notifier", i),
+                    &format!("http://{addr}/api/health"),
+                )
+                .await;
+        }
         pipeline
     }
 
@@ -248,6 +341,14 @@ impl Pipeline {
             .unwrap_or_else(|| panic!("no program {name}"))
             .1;
         child.kill().await.unwrap();
+    }
+
+    /// The process id of a running program.
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.children
+            .iter()
+            .find(|(existing, _)| existing == name)
+            .and_then(|(_, child)| child.id())
     }
 
     /// Starts a killed program again, as it was started first.

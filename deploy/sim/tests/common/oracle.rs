@@ -140,12 +140,13 @@ pub struct Verdict {
 }
 
 /// Compares every job row with the simulator's decisions, the credits with their
-/// movements, and what each browser received with each user's log.
-pub async fn check(
+/// movements, and what each browser received with each user's log. `browsers` pairs
+/// each browser's inbox with its user (a user may have several browsers).
+pub async fn check<'b>(
     pipeline: &Deployment<'_>,
     decided: &HashMap<String, Value>,
     start_credits: i32,
-    inboxes: &HashMap<String, Arc<Mutex<Inbox>>>,
+    browsers: impl IntoIterator<Item = (&'b String, &'b Arc<Mutex<Inbox>>)>,
 ) -> Verdict {
     let mut verdict = Verdict::default();
     let mut conn = shared::db::connection(pipeline.pool).await.unwrap();
@@ -282,7 +283,7 @@ pub async fn check(
     }
 
     // Credits: start + every movement, per user; each browser got its user's log exactly.
-    for (user, inbox) in inboxes {
+    for (user, inbox) in browsers {
         let (balance, latest): (i32, i64) = users::table
             .find(user)
             .select((users::credits, users::event_seq))

@@ -1,0 +1,297 @@
+//! Past one machine: a 3-node RabbitMQ cluster, two ingests, three workers and two
+//! notifiers, each given every node. Jobs are created through both notifiers (so their
+//! webhooks arrive at both ingests, duplicated, reordered, failing and cancelled) and
+//! watched by a browser on each notifier for every user. Under that load the leader node
+//! of `replicate.webhooks` is killed and later restarted, the node a notifier is on is
+//! killed and restarted, and one ingest is SIGKILLed. Then the chaos oracle: every job in
+//! the state the simulator decided, refunds once, credits balancing, every browser with
+//! each of its user's events once in `seq` order, the queues drained.
+//!
+//! `deploy/cluster` runs it: it starts the cluster and names it in `RABBITMQ_CLUSTER` (the
+//! control script) and `CLUSTER_AMQP_NODES` (the nodes' URLs, space separated). Jobs are
+//! created `CLUSTER_RATE` a second (default 10).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::creations::Creations;
+use common::oracle::{self, Inbox, watch_user};
+use common::{FAULTY_REPLICATE, JWT_SECRET, Pipeline, Shape, replica_name};
+use replicate_sim::accounts;
+use replicate_sim::jobs_client::JobsClient;
+
+const USERS: usize = 8;
+const START_CREDITS: i32 = 1_000_000;
+const NODES: [&str; 3] = ["r1", "r2", "r3"];
+
+/// The cluster's control script (`deploy/lib/rabbitmq-cluster`).
+struct Cluster {
+    script: String,
+}
+
+impl Cluster {
+    fn from_env() -> Self {
+        Self {
+            script: std::env::var("RABBITMQ_CLUSTER")
+                .expect("RABBITMQ_CLUSTER names the cluster's control script (deploy/cluster)"),
+        }
+    }
+
+    /// Runs the script; `None` when it failed.
+    fn try_run(&self, args: &[&str]) -> Option<String> {
+        let output = Command::new(&self.script).args(args).output().ok()?;
+        output
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        self.try_run(args)
+            .unwrap_or_else(|| panic!("{} {args:?} failed", self.script))
+    }
+
+    /// The node leading a quorum queue.
+    fn leader(&self, queue: &str) -> String {
+        self.run(&["leader", queue])
+    }
+
+    fn kill(&self, node: &str) {
+        self.run(&["kill", node]);
+    }
+
+    fn restart(&self, node: &str) {
+        self.run(&["restart", node]);
+    }
+
+    /// The node a process's broker connection is on, from the connection's name (which
+    /// ends with the process id, in the client properties) and the port it connected to
+    /// (5701 is r1, …).
+    fn node_of(&self, pid: u32) -> Option<String> {
+        let named = format!(" pid {pid}\"");
+        NODES.iter().find_map(|asked| {
+            let listing = self.try_run(&[
+                "ctl",
+                asked,
+                "-q",
+                "list_connections",
+                "client_properties",
+                "port",
+                "--no-table-headers",
+            ])?;
+            listing.lines().find_map(|line| {
+                let (properties, port) = line.rsplit_once('\t')?;
+                if !properties.contains(&named) {
+                    return None;
+                }
+                let port: u16 = port.trim().parse().ok()?;
+                Some(format!("r{}", port.checked_sub(5700)?))
+            })
+        })
+    }
+}
+
+/// Every `failover_ms` a program logged (JSON logs), by program.
+fn failovers(pipeline: &Pipeline, programs: &[String]) -> BTreeMap<String, Vec<u64>> {
+    programs
+        .iter()
+        .map(|program| {
+            let times = pipeline
+                .log(program)
+                .lines()
+                .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+                .filter_map(|line| line["failover_ms"].as_u64())
+                .collect();
+            (program.clone(), times)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the 3-node RabbitMQ cluster deploy/cluster starts"]
+async fn losing_a_broker_node_or_an_ingest_under_load_loses_nothing() {
+    let cluster = Cluster::from_env();
+    let nodes: Vec<String> = std::env::var("CLUSTER_AMQP_NODES")
+        .expect("CLUSTER_AMQP_NODES lists the cluster's nodes (deploy/cluster)")
+        .split_whitespace()
+        .map(|url| format!("{url}?heartbeat=5"))
+        .collect();
+    let rate: f64 = std::env::var("CLUSTER_RATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10.0);
+    let started = Instant::now();
+    let shape = Shape {
+        ingests: 2,
+        workers: 3,
+        notifiers: 2,
+        amqp_nodes: &nodes,
+    };
+    let mut pipeline = Pipeline::start_shaped(
+        FAULTY_REPLICATE,
+        shape,
+        &[
+            ("RECONCILE_AFTER_SECS", "8"),
+            ("RECONCILE_INTERVAL_SECS", "2"),
+            ("OUTBOX_SWEEP_SECS", "1"),
+            ("LOG_FORMAT", "json"),
+        ],
+    )
+    .await;
+    let clients: Vec<Arc<JobsClient>> = pipeline
+        .notifiers
+        .iter()
+        .map(|notifier| Arc::new(JobsClient::new(&format!("http://{notifier}"), JWT_SECRET)))
+        .collect();
+    let users: Vec<String> = (0..USERS).map(|i| format!("cluster-{i}")).collect();
+    // One browser per user on each notifier.
+    let mut browsers: Vec<(String, Arc<Mutex<Inbox>>)> = Vec::new();
+    let mut watchers = Vec::new();
+    for user in &users {
+        accounts::ensure_user(&pipeline.pool, user, START_CREDITS)
+            .await
+            .unwrap();
+        for notifier in &pipeline.notifiers {
+            let inbox = Arc::new(Mutex::new(Inbox::default()));
+            browsers.push((user.clone(), inbox.clone()));
+            watchers.push(tokio::spawn(watch_user(
+                notifier.clone(),
+                clients[0].token(user, Duration::from_secs(3600)),
+                inbox,
+                None,
+            )));
+        }
+    }
+
+    let (creations, creating) = Creations::start(clients.clone(), users.clone(), rate);
+    let mut faults: Vec<String> = Vec::new();
+    let moment = || tokio::time::sleep(Duration::from_secs(4));
+
+    // The leader of the work queue's replicas killed as a crash, restarted later.
+    moment().await;
+    let work_queue = format!("{}replicate.webhooks", pipeline.prefix);
+    let leader = cluster.leader(&work_queue);
+    cluster.kill(&leader);
+    faults.push(format!("kill -9 {leader}, leader of replicate.webhooks"));
+    moment().await;
+    let new_leader = cluster.leader(&work_queue);
+    cluster.restart(&leader);
+    faults.push(format!(
+        "restart {leader} (the queue's leader meanwhile: {new_leader})"
+    ));
+
+    // The node the second notifier is on killed, restarted later.
+    moment().await;
+    let notifier = replica_name("notifier", 1);
+    let pid = pipeline.pid(&notifier).expect("the notifier runs");
+    let node = cluster
+        .node_of(pid)
+        .unwrap_or_else(|| panic!("{notifier} (pid {pid}) has no broker connection"));
+    cluster.kill(&node);
+    faults.push(format!("kill -9 {node}, the node {notifier} was on"));
+    moment().await;
+    cluster.restart(&node);
+    faults.push(format!("restart {node}"));
+
+    // One ingest SIGKILLed and started again; Replicate retries what it refused.
+    moment().await;
+    let ingest = replica_name("ingest", 1);
+    pipeline.kill(&ingest).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    pipeline.restart(&ingest);
+    pipeline
+        .wait_healthy(
+            &ingest,
+            &format!("http://{}/api/health", pipeline.ingests[1]),
+        )
+        .await;
+    faults.push(format!("SIGKILL {ingest}, started again 1 s later"));
+
+    moment().await;
+    creations.finish(creating).await;
+    let decided = oracle::settle(&pipeline.deployment(), Duration::from_secs(240)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let verdict = oracle::check(
+        &pipeline.deployment(),
+        &decided,
+        START_CREDITS,
+        browsers.iter().map(|(user, inbox)| (user, inbox)),
+    )
+    .await;
+    let stats: serde_json::Value =
+        shared::testing::get_json(&pipeline.http, format!("http://{}/sim/stats", pipeline.sim))
+            .await;
+    let reconnects: usize = browsers
+        .iter()
+        .map(|(_, inbox)| inbox.lock().unwrap().reconnects)
+        .sum();
+    let webhooks_sent: u64 = decided
+        .values()
+        .map(|job| job["webhooks_sent"].as_u64().unwrap_or_default())
+        .sum();
+    let programs: Vec<String> = (0..2)
+        .map(|i| replica_name("ingest", i))
+        .chain((0..3).map(|i| format!("worker-{i}")))
+        .chain((0..2).map(|i| replica_name("notifier", i)))
+        .collect();
+
+    println!(
+        "\ncluster run: 3 RabbitMQ nodes, 2 ingests, 3 workers, 2 notifiers ({:.0} s)",
+        started.elapsed().as_secs_f64()
+    );
+    println!("| what | count |\n|---|---|");
+    println!(
+        "| jobs created through the jobs API (both notifiers) | {} |",
+        creations.created()
+    );
+    println!(
+        "| job creations refused and retried | {} |",
+        creations.refused()
+    );
+    println!("| webhooks sent by the simulator | {webhooks_sent} |");
+    println!(
+        "| webhooks accepted by the ingests | {} |",
+        stats["accepted"]
+    );
+    println!(
+        "| webhook posts refused or unanswered (retried by Replicate) | {} |",
+        stats["refused"]
+    );
+    println!(
+        "| terminal webhooks given up (recovered by the reconciler) | {} |",
+        stats["given_up"]
+    );
+    println!("| faults injected | {} |", faults.len());
+    for fault in &faults {
+        println!("|   {fault} | 1 |");
+    }
+    for (program, times) in failovers(&pipeline, &programs) {
+        let shown: Vec<String> = times.iter().map(|ms| format!("{ms} ms")).collect();
+        let shown = if shown.is_empty() {
+            "none (its node stayed up)".to_owned()
+        } else {
+            shown.join(", ")
+        };
+        println!("| failovers seen by {program} | {shown} |");
+    }
+    println!("| browsers (2 per user) reconnects | {reconnects} |");
+    println!("| jobs checked | {} |", verdict.jobs_checked);
+    println!("| browser events checked | {} |", verdict.events_checked);
+    println!("| mismatches | {} |", verdict.mismatches.len());
+    for watcher in watchers {
+        watcher.abort();
+    }
+    assert!(
+        verdict.mismatches.is_empty(),
+        "{} mismatches: {:#?}; logs in {}",
+        verdict.mismatches.len(),
+        verdict.mismatches,
+        pipeline.logs.display()
+    );
+    assert_eq!(verdict.jobs_checked, creations.created());
+    pipeline.stop().await;
+}
