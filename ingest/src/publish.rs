@@ -71,22 +71,26 @@ impl Publisher {
     }
 
     /// Publishes persistently and mandatorily and returns once the broker confirmed it;
-    /// publishes once more on a rebuilt link when the first channel failed.
+    /// when the channel failed, publishes again on each rebuilt link for up to
+    /// [`REPUBLISH_WAIT`] (a survivor may nack until the new leader is known).
     pub async fn publish(&self, webhook: VerifiedWebhook<'_>) -> Result<(), PublishError> {
-        let first_channel = self.link.current();
-        let first = match &first_channel {
+        let mut channel = self.link.current();
+        let mut outcome = match &channel {
             Some(channel) => self.publish_on(channel, webhook).await,
             None => Err(PublishError::BrokerUnavailable),
         };
-        let error = match first {
-            Err(error) if error.may_succeed_on_another_channel() => error,
-            outcome => return outcome,
-        };
-        let Some(channel) = self.rebuilt_channel(first_channel.as_ref()).await else {
-            return Err(error);
-        };
-        let outcome = self.publish_on(&channel, webhook).await;
-        tracing::info!(webhook_id = webhook.id, first_error = %error, ok = outcome.is_ok(), "published again on a rebuilt broker link");
+        let deadline = Instant::now() + REPUBLISH_WAIT;
+        while let Err(error) = &outcome
+            && error.may_succeed_on_another_channel()
+        {
+            let Some(rebuilt) = self.rebuilt_channel(channel.as_ref(), deadline).await else {
+                break;
+            };
+            let again = self.publish_on(&rebuilt, webhook).await;
+            tracing::info!(webhook_id = webhook.id, previous_error = %error, ok = again.is_ok(), "published again on a rebuilt broker link");
+            channel = Some(rebuilt);
+            outcome = again;
+        }
         outcome
     }
 
@@ -110,9 +114,12 @@ impl Publisher {
     }
 
     /// A working channel other than `failed`, once the link has been rebuilt; `None` when
-    /// that takes longer than [`REPUBLISH_WAIT`].
-    async fn rebuilt_channel(&self, failed: Option<&Arc<Channel>>) -> Option<Arc<Channel>> {
-        let deadline = Instant::now() + REPUBLISH_WAIT;
+    /// that is not so by `deadline`.
+    async fn rebuilt_channel(
+        &self,
+        failed: Option<&Arc<Channel>>,
+        deadline: Instant,
+    ) -> Option<Arc<Channel>> {
         loop {
             if let Some(channel) = self.link.current()
                 && failed.is_none_or(|failed| !Arc::ptr_eq(failed, &channel))

@@ -95,20 +95,35 @@ impl Cluster {
     }
 }
 
-/// Every `failover_ms` a program logged (JSON logs), by program.
+/// A program's log lines (JSON logs).
+fn log_lines(pipeline: &Pipeline, program: &str) -> Vec<serde_json::Value> {
+    pipeline
+        .log(program)
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect()
+}
+
+/// Every `failover_ms` a program logged, by program.
 fn failovers(pipeline: &Pipeline, programs: &[String]) -> BTreeMap<String, Vec<u64>> {
     programs
         .iter()
         .map(|program| {
-            let times = pipeline
-                .log(program)
-                .lines()
-                .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            let times = log_lines(pipeline, program)
+                .iter()
                 .filter_map(|line| line["failover_ms"].as_u64())
                 .collect();
             (program.clone(), times)
         })
         .collect()
+}
+
+/// How many lines with `message` the ingests logged.
+fn ingest_lines(pipeline: &Pipeline, message: &str) -> usize {
+    (0..pipeline.ingests.len())
+        .flat_map(|i| log_lines(pipeline, &replica_name("ingest", i)))
+        .filter(|line| line["message"] == message)
+        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -260,6 +275,14 @@ async fn losing_a_broker_node_or_an_ingest_under_load_loses_nothing() {
     println!(
         "| webhook posts refused or unanswered (retried by Replicate) | {} |",
         stats["refused"]
+    );
+    println!(
+        "|   of which answered 503 by an ingest (not confirmed by the broker) | {} |",
+        ingest_lines(&pipeline, "webhook not enqueued")
+    );
+    println!(
+        "| publishes repeated by an ingest on a rebuilt broker link | {} |",
+        ingest_lines(&pipeline, "published again on a rebuilt broker link")
     );
     println!(
         "| terminal webhooks given up (recovered by the reconciler) | {} |",
