@@ -101,6 +101,7 @@ async fn nothing_is_lost_under_crashes_restarts_and_cut_webhooks() {
         )));
     }
 
+    oracle::wait_greeted(inboxes.values()).await;
     let (creations, creating) = Creations::start(vec![client.clone()], users.clone(), rate);
     let mut faults: Vec<String> = Vec::new();
     let worker_health = |pipeline: &Pipeline, i: usize| {

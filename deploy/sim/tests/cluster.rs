@@ -68,6 +68,36 @@ impl Cluster {
         self.run(&["restart", node]);
     }
 
+    /// The queues whose names start with `prefix`, each with its type and how many of its
+    /// replicas are online, as the first node that answers reports them.
+    fn queues(&self, prefix: &str) -> Vec<(String, String, usize)> {
+        let listing = NODES
+            .iter()
+            .find_map(|asked| {
+                self.try_run(&[
+                    "ctl",
+                    asked,
+                    "-q",
+                    "list_queues",
+                    "name",
+                    "type",
+                    "online",
+                    "--no-table-headers",
+                ])
+            })
+            .expect("a node lists the queues");
+        listing
+            .lines()
+            .filter_map(|line| {
+                let mut fields = line.split('\t');
+                let (name, kind, online) = (fields.next()?, fields.next()?, fields.next()?);
+                let online = online.matches("@localhost").count();
+                name.starts_with(prefix)
+                    .then(|| (name.to_owned(), kind.to_owned(), online))
+            })
+            .collect()
+    }
+
     /// The node a process's broker connection is on, from the connection's name (which
     /// ends with the process id, in the client properties) and the port it connected to
     /// (5701 is r1, …).
@@ -116,6 +146,31 @@ fn failovers(pipeline: &Pipeline, programs: &[String]) -> BTreeMap<String, Vec<u
             (program.clone(), times)
         })
         .collect()
+}
+
+/// How long the ingests took to answer the webhooks they accepted (their log lines'
+/// `elapsed`, a `Duration` in debug form), in milliseconds, sorted.
+fn ingest_answer_times(pipeline: &Pipeline) -> Vec<f64> {
+    let mut times: Vec<f64> = (0..pipeline.ingests.len())
+        .flat_map(|i| log_lines(pipeline, &replica_name("ingest", i)))
+        .filter(|line| line["message"] == "webhook accepted")
+        .filter_map(|line| {
+            let elapsed = line["elapsed"].as_str()?.to_owned();
+            let split = elapsed.find(|c: char| c.is_ascii_alphabetic() || c == 'µ')?;
+            let (value, unit) = elapsed.split_at(split);
+            let value: f64 = value.parse().ok()?;
+            let scale = match unit {
+                "ns" => 1e-6,
+                "µs" => 1e-3,
+                "ms" => 1.0,
+                "s" => 1e3,
+                _ => return None,
+            };
+            Some(value * scale)
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times
 }
 
 /// How many lines with `message` the ingests logged.
@@ -182,6 +237,7 @@ async fn losing_a_broker_node_or_an_ingest_under_load_loses_nothing() {
         }
     }
 
+    oracle::wait_greeted(browsers.iter().map(|(_, inbox)| inbox)).await;
     let (creations, creating) = Creations::start(clients.clone(), users.clone(), rate);
     let mut faults: Vec<String> = Vec::new();
     let moment = || tokio::time::sleep(Duration::from_secs(4));
@@ -237,6 +293,16 @@ async fn losing_a_broker_node_or_an_ingest_under_load_loses_nothing() {
         browsers.iter().map(|(user, inbox)| (user, inbox)),
     )
     .await;
+    // Every queue on all three nodes again, the restarted ones caught up.
+    let queues = cluster.queues(&pipeline.prefix);
+    let replicated = queues
+        .iter()
+        .filter(|(_, kind, online)| kind == "quorum" && *online == 3)
+        .count();
+    let mut mismatches = verdict.mismatches.clone();
+    if queues.len() != 7 || replicated != queues.len() {
+        mismatches.push(format!("queues not quorum on 3 nodes: {queues:?}"));
+    }
     let stats: serde_json::Value =
         shared::testing::get_json(&pipeline.http, format!("http://{}/sim/stats", pipeline.sim))
             .await;
@@ -284,6 +350,19 @@ async fn losing_a_broker_node_or_an_ingest_under_load_loses_nothing() {
         "| publishes repeated by an ingest on a rebuilt broker link | {} |",
         ingest_lines(&pipeline, "published again on a rebuilt broker link")
     );
+    let answers = ingest_answer_times(&pipeline);
+    let quantile = |q: f64| {
+        answers
+            .get(((answers.len() as f64 * q) as usize).min(answers.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    println!(
+        "| ingest answer time of accepted webhooks, p50 / p99 / max | {:.1} / {:.1} / {:.0} ms |",
+        quantile(0.5),
+        quantile(0.99),
+        answers.last().copied().unwrap_or_default()
+    );
     println!(
         "| terminal webhooks given up (recovered by the reconciler) | {} |",
         stats["given_up"]
@@ -301,18 +380,22 @@ async fn losing_a_broker_node_or_an_ingest_under_load_loses_nothing() {
         };
         println!("| failovers seen by {program} | {shown} |");
     }
+    println!(
+        "| queues quorum with 3 replicas online at the end | {replicated} of {} |",
+        queues.len()
+    );
     println!("| browsers (2 per user) reconnects | {reconnects} |");
     println!("| jobs checked | {} |", verdict.jobs_checked);
     println!("| browser events checked | {} |", verdict.events_checked);
-    println!("| mismatches | {} |", verdict.mismatches.len());
+    println!("| mismatches | {} |", mismatches.len());
     for watcher in watchers {
         watcher.abort();
     }
     assert!(
-        verdict.mismatches.is_empty(),
+        mismatches.is_empty(),
         "{} mismatches: {:#?}; logs in {}",
-        verdict.mismatches.len(),
-        verdict.mismatches,
+        mismatches.len(),
+        mismatches,
         pipeline.logs.display()
     );
     assert_eq!(verdict.jobs_checked, creations.created());

@@ -104,6 +104,7 @@ async fn through_the_front_door_with_a_worker_killed() -> anyhow::Result<()> {
         let token = client.token(user, Duration::from_secs(3600));
         watchers.push(tokio::spawn(watch_user(front.clone(), token, inbox, None)));
     }
+    oracle::wait_greeted(inboxes.values()).await;
 
     // Jobs through the jobs API until every worker has processed some of their webhooks.
     let mut created = 0;

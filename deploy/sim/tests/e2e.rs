@@ -75,6 +75,7 @@ async fn a_few_hundred_jobs_with_faults_end_exactly_as_the_simulator_decided() {
             disconnect_after,
         )));
     }
+    oracle::wait_greeted(inboxes.values()).await;
 
     // Generations and trainings through the jobs API; now and then an upscale of a
     // generation that has completed meanwhile, as a user would.

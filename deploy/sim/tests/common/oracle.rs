@@ -35,6 +35,20 @@ pub struct Deployment<'a> {
 pub struct Inbox {
     pub events: Vec<Value>,
     pub reconnects: usize,
+    /// Whether the browser got its first `hello`: subscribed, so it misses nothing after.
+    pub greeted: bool,
+}
+
+/// Waits until every browser got its `hello`: events published before a browser
+/// subscribed are not its (the `hello`'s `seq` says where it starts), so a run creates
+/// jobs only after this.
+pub async fn wait_greeted<'b>(browsers: impl IntoIterator<Item = &'b Arc<Mutex<Inbox>>>) {
+    let browsers: Vec<_> = browsers.into_iter().collect();
+    let greeted = shared::testing::eventually(Duration::from_secs(30), || async {
+        browsers.iter().all(|inbox| inbox.lock().unwrap().greeted)
+    })
+    .await;
+    assert!(greeted.is_ok(), "a browser never got its hello");
 }
 
 /// A browser: connects, keeps the last `seq`, and whenever the connection ends (the
@@ -58,7 +72,11 @@ pub async fn watch_user(
         };
         let mut received_here = 0;
         while let Some(event) = browser::next_json(&mut socket, Duration::from_secs(3600)).await {
-            if event["seq"].is_null() || event["type"] == "hello" {
+            if event["type"] == "hello" {
+                inbox.lock().unwrap().greeted = true;
+                continue;
+            }
+            if event["seq"].is_null() {
                 continue;
             }
             since = event["seq"].as_i64();
