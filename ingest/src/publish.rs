@@ -87,6 +87,8 @@ impl Publisher {
                 break;
             };
             let again = self.publish_on(&rebuilt, webhook).await;
+            let ok = if again.is_ok() { "true" } else { "false" };
+            metrics::counter!("ingest_publish_repeats_total", "ok" => ok).increment(1);
             tracing::info!(webhook_id = webhook.id, previous_error = %error, ok = again.is_ok(), "published again on a rebuilt broker link");
             channel = Some(rebuilt);
             outcome = again;

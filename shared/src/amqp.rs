@@ -557,6 +557,8 @@ async fn supervise<T, F, Fut>(
             Ok(Ok(live)) => {
                 match lost_at.take() {
                     Some(lost) => {
+                        metrics::histogram!("amqp_failover_seconds")
+                            .record(lost.elapsed().as_secs_f64());
                         tracing::info!(broker = %node.shown, connection = %connection_name, failover_ms = lost.elapsed().as_millis() as u64, "connected to RabbitMQ again")
                     }
                     None => {
@@ -577,10 +579,11 @@ async fn supervise<T, F, Fut>(
                 // A channel closed while the connection stays up: after a nack (see
                 // `publish_confirmed`) or a channel error the broker raised.
                 let lost = if live.connection.status().connected() {
-                    "a channel"
+                    "channel"
                 } else {
-                    "the connection"
+                    "connection"
                 };
+                metrics::counter!("amqp_links_lost_total", "lost" => lost).increment(1);
                 tracing::warn!(broker = %node.shown, connection = %connection_name, lost, "lost the RabbitMQ link, reconnecting");
                 let _ = live.connection.close(200, "reconnecting".into()).await;
                 // The next node first: the one just lost may be the one that is down.
