@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::creations::Creations;
 use common::oracle::{self, Inbox, watch_user};
+use common::report::RunReport;
 use common::{FAULTY_REPLICATE, JWT_SECRET, Pipeline};
 use replicate_sim::accounts;
 use replicate_sim::jobs_client::JobsClient;
@@ -173,42 +174,14 @@ async fn nothing_is_lost_under_crashes_restarts_and_cut_webhooks() {
     let decided = oracle::settle(&pipeline.deployment(), Duration::from_secs(240)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let verdict = oracle::check(&pipeline.deployment(), &decided, START_CREDITS, &inboxes).await;
-    let stats: serde_json::Value =
-        shared::testing::get_json(&pipeline.http, format!("http://{}/sim/stats", pipeline.sim))
-            .await;
     let reconnects: usize = inboxes.values().map(|i| i.lock().unwrap().reconnects).sum();
-    let webhooks_sent: u64 = decided
-        .values()
-        .map(|j| j["webhooks_sent"].as_u64().unwrap_or_default())
-        .sum();
-    println!("\nchaos run ({:.0} s)", started.elapsed().as_secs_f64());
-    println!("| what | count |\n|---|---|");
-    println!(
-        "| jobs created through the jobs API | {} |",
-        creations.created()
-    );
-    println!(
-        "| job creations refused and retried | {} |",
-        creations.refused()
-    );
-    println!("| webhooks sent by the simulator | {webhooks_sent} |");
-    println!("| webhooks accepted by ingest | {} |", stats["accepted"]);
-    println!(
-        "| webhook posts refused or unanswered | {} |",
-        stats["refused"]
-    );
-    println!(
-        "| terminal webhooks given up (recovered by the reconciler) | {} |",
-        stats["given_up"]
-    );
-    println!("| faults injected | {} |", faults.len());
-    for fault in &faults {
-        println!("|   {fault} | 1 |");
-    }
-    println!("| browser reconnects | {reconnects} |");
-    println!("| jobs checked | {} |", verdict.jobs_checked);
-    println!("| browser events checked | {} |", verdict.events_checked);
-    println!("| mismatches | {} |", verdict.mismatches.len());
+    let mut report = RunReport::new(&pipeline, &decided, &creations).await;
+    report.faults(&faults);
+    report.verdict(reconnects, &verdict);
+    report.print(&format!(
+        "chaos run ({:.0} s)",
+        started.elapsed().as_secs_f64()
+    ));
     for watcher in watchers {
         watcher.abort();
     }

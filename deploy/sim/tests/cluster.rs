@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use common::creations::Creations;
 use common::oracle::{self, Inbox, watch_user};
+use common::report::RunReport;
 use common::{FAULTY_REPLICATE, JWT_SECRET, Pipeline, Shape, replica_name};
 use replicate_sim::accounts;
 use replicate_sim::jobs_client::JobsClient;
@@ -286,7 +287,7 @@ async fn losing_a_broker_node_or_an_ingest_under_load_loses_nothing() {
     creations.finish(creating).await;
     let decided = oracle::settle(&pipeline.deployment(), Duration::from_secs(240)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let verdict = oracle::check(
+    let mut verdict = oracle::check(
         &pipeline.deployment(),
         &decided,
         START_CREDITS,
@@ -299,20 +300,12 @@ async fn losing_a_broker_node_or_an_ingest_under_load_loses_nothing() {
         .iter()
         .filter(|(_, kind, online)| kind == "quorum" && *online == 3)
         .count();
-    let mut mismatches = verdict.mismatches.clone();
     if queues.len() != 7 || replicated != queues.len() {
-        mismatches.push(format!("queues not quorum on 3 nodes: {queues:?}"));
+        (verdict.mismatches).push(format!("queues not quorum on 3 nodes: {queues:?}"));
     }
-    let stats: serde_json::Value =
-        shared::testing::get_json(&pipeline.http, format!("http://{}/sim/stats", pipeline.sim))
-            .await;
     let reconnects: usize = browsers
         .iter()
         .map(|(_, inbox)| inbox.lock().unwrap().reconnects)
-        .sum();
-    let webhooks_sent: u64 = decided
-        .values()
-        .map(|job| job["webhooks_sent"].as_u64().unwrap_or_default())
         .sum();
     let programs: Vec<String> = (0..2)
         .map(|i| replica_name("ingest", i))
@@ -320,35 +313,14 @@ async fn losing_a_broker_node_or_an_ingest_under_load_loses_nothing() {
         .chain((0..2).map(|i| replica_name("notifier", i)))
         .collect();
 
-    println!(
-        "\ncluster run: 3 RabbitMQ nodes, 2 ingests, 3 workers, 2 notifiers ({:.0} s)",
-        started.elapsed().as_secs_f64()
+    let mut report = RunReport::new(&pipeline, &decided, &creations).await;
+    report.row(
+        "webhooks answered 503 by an ingest (no confirm from the broker)",
+        ingest_lines(&pipeline, "webhook not enqueued"),
     );
-    println!("| what | count |\n|---|---|");
-    println!(
-        "| jobs created through the jobs API (both notifiers) | {} |",
-        creations.created()
-    );
-    println!(
-        "| job creations refused and retried | {} |",
-        creations.refused()
-    );
-    println!("| webhooks sent by the simulator | {webhooks_sent} |");
-    println!(
-        "| webhooks accepted by the ingests | {} |",
-        stats["accepted"]
-    );
-    println!(
-        "| webhook posts refused or unanswered (retried by Replicate) | {} |",
-        stats["refused"]
-    );
-    println!(
-        "|   of which answered 503 by an ingest (not confirmed by the broker) | {} |",
-        ingest_lines(&pipeline, "webhook not enqueued")
-    );
-    println!(
-        "| publishes repeated by an ingest on a rebuilt broker link | {} |",
-        ingest_lines(&pipeline, "published again on a rebuilt broker link")
+    report.row(
+        "publishes repeated by an ingest on a rebuilt broker link",
+        ingest_lines(&pipeline, "published again on a rebuilt broker link"),
     );
     let answers = ingest_answer_times(&pipeline);
     let quantile = |q: f64| {
@@ -357,20 +329,16 @@ async fn losing_a_broker_node_or_an_ingest_under_load_loses_nothing() {
             .copied()
             .unwrap_or_default()
     };
-    println!(
-        "| ingest answer time of accepted webhooks, p50 / p99 / max | {:.1} / {:.1} / {:.0} ms |",
-        quantile(0.5),
-        quantile(0.99),
-        answers.last().copied().unwrap_or_default()
+    report.row(
+        "ingest answer time of accepted webhooks, p50 / p99 / max",
+        format!(
+            "{:.1} / {:.1} / {:.0} ms",
+            quantile(0.5),
+            quantile(0.99),
+            answers.last().copied().unwrap_or_default()
+        ),
     );
-    println!(
-        "| terminal webhooks given up (recovered by the reconciler) | {} |",
-        stats["given_up"]
-    );
-    println!("| faults injected | {} |", faults.len());
-    for fault in &faults {
-        println!("|   {fault} | 1 |");
-    }
+    report.faults(&faults);
     for (program, times) in failovers(&pipeline, &programs) {
         let shown: Vec<String> = times.iter().map(|ms| format!("{ms} ms")).collect();
         let shown = if shown.is_empty() {
@@ -378,24 +346,25 @@ async fn losing_a_broker_node_or_an_ingest_under_load_loses_nothing() {
         } else {
             shown.join(", ")
         };
-        println!("| failovers seen by {program} | {shown} |");
+        report.row(format!("failovers seen by {program}"), shown);
     }
-    println!(
-        "| queues quorum with 3 replicas online at the end | {replicated} of {} |",
-        queues.len()
+    report.row(
+        "queues quorum with 3 replicas online at the end",
+        format!("{replicated} of {}", queues.len()),
     );
-    println!("| browsers (2 per user) reconnects | {reconnects} |");
-    println!("| jobs checked | {} |", verdict.jobs_checked);
-    println!("| browser events checked | {} |", verdict.events_checked);
-    println!("| mismatches | {} |", mismatches.len());
+    report.verdict(reconnects, &verdict);
+    report.print(&format!(
+        "cluster run: 3 RabbitMQ nodes, 2 ingests, 3 workers, 2 notifiers, 2 browsers per user ({:.0} s)",
+        started.elapsed().as_secs_f64()
+    ));
     for watcher in watchers {
         watcher.abort();
     }
     assert!(
-        mismatches.is_empty(),
+        verdict.mismatches.is_empty(),
         "{} mismatches: {:#?}; logs in {}",
-        mismatches.len(),
-        mismatches,
+        verdict.mismatches.len(),
+        verdict.mismatches,
         pipeline.logs.display()
     );
     assert_eq!(verdict.jobs_checked, creations.created());

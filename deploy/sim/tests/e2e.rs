@@ -18,7 +18,7 @@ use shared::events::JobKind;
 mod common;
 
 use common::oracle::{self, Inbox, watch_user};
-use common::{JWT_SECRET, Pipeline};
+use common::{FAULTY_REPLICATE, JWT_SECRET, Pipeline};
 
 const JOBS: usize = 300;
 const USERS: usize = 10;
@@ -26,26 +26,7 @@ const START_CREDITS: i32 = 10_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_few_hundred_jobs_with_faults_end_exactly_as_the_simulator_decided() {
-    let pipeline = Pipeline::start(
-        &[
-            "--step-ms",
-            "40",
-            "--duplicate-rate",
-            "0.2",
-            "--reorder-rate",
-            "0.2",
-            "--max-delay-ms",
-            "300",
-            "--fail-rate",
-            "0.15",
-            "--cancel-rate",
-            "0.1",
-            "--missing-output-rate",
-            "0.05",
-        ],
-        2,
-    )
-    .await;
+    let pipeline = Pipeline::start(FAULTY_REPLICATE, 2).await;
     let (http, pool, notifier) = (
         pipeline.http.clone(),
         pipeline.pool.clone(),

@@ -166,6 +166,15 @@ impl TestApp {
         messages
     }
 
+    /// The `message_id`s (webhook-ids) of every message in the webhook queue, taken out.
+    pub async fn drain_queued_ids(&mut self) -> Vec<String> {
+        self.drain_queue()
+            .await
+            .iter()
+            .map(|m| m.properties.message_id().as_ref().unwrap().to_string())
+            .collect()
+    }
+
     /// Stops the server gracefully and deletes this instance's queues and exchange.
     pub async fn cleanup(mut self) {
         self.handle.stop(true).await;

@@ -6,6 +6,7 @@
 
 pub mod creations;
 pub mod oracle;
+pub mod report;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -272,26 +273,20 @@ impl Pipeline {
                 ]),
             );
         }
-        for (i, addr) in pipeline.ingests.iter().enumerate() {
-            pipeline
-                .wait_healthy(
-                    &replica_name("ingest", i),
-                    &format!("http://{addr}/api/health"),
-                )
-                .await;
-        }
-        for port in pipeline.worker_ports.clone() {
-            pipeline
-                .wait_healthy("worker", &format!("http://127.0.0.1:{port}/api/health"))
-                .await;
-        }
-        for (i, addr) in pipeline.notifiers.iter().enumerate() {
-            pipeline
-                .wait_healthy(
-                    &replica_name("notifier", i),
-                    &format!("http://{addr}/api/health"),
-                )
-                .await;
+        let health = |addr: &String| format!("http://{addr}/api/health");
+        let ingests: Vec<String> = pipeline.ingests.iter().map(health).collect();
+        let notifiers: Vec<String> = pipeline.notifiers.iter().map(health).collect();
+        let workers: Vec<String> = (pipeline.worker_ports.iter())
+            .map(|port| health(&format!("127.0.0.1:{port}")))
+            .collect();
+        for (program, urls) in [
+            ("ingest", ingests),
+            ("worker", workers),
+            ("notifier", notifiers),
+        ] {
+            for (i, url) in urls.iter().enumerate() {
+                pipeline.wait_healthy(&replica_name(program, i), url).await;
+            }
         }
         pipeline
     }
