@@ -103,14 +103,7 @@ async fn a_few_hundred_jobs_with_faults_end_exactly_as_the_simulator_decided() {
     assert_eq!(decided.len(), total, "one Replicate job per job created");
     tokio::time::sleep(Duration::from_secs(1)).await;
     let verdict = oracle::check(&pipeline.deployment(), &decided, START_CREDITS, &inboxes).await;
-    assert!(
-        verdict.mismatches.is_empty(),
-        "{} mismatches: {:#?}; logs in {}",
-        verdict.mismatches.len(),
-        verdict.mismatches,
-        pipeline.logs.display()
-    );
-    assert_eq!(verdict.jobs_checked, total);
+    verdict.assert_clean(total, pipeline.logs.display());
     println!(
         "e2e: {total} jobs {kinds_seen:?}, {} events checked; {} webhooks sent by the simulator",
         verdict.events_checked,

@@ -157,6 +157,20 @@ pub struct Verdict {
     pub mismatches: Vec<String>,
 }
 
+impl Verdict {
+    /// Panics with every mismatch, and where the logs are, unless there is none and each
+    /// of the `jobs_created` was checked.
+    pub fn assert_clean(&self, jobs_created: usize, logs: impl std::fmt::Display) {
+        assert!(
+            self.mismatches.is_empty(),
+            "{} mismatches: {:#?}; logs in {logs}",
+            self.mismatches.len(),
+            self.mismatches,
+        );
+        assert_eq!(self.jobs_checked, jobs_created, "jobs checked");
+    }
+}
+
 /// Compares every job row with the simulator's decisions, the credits with their
 /// movements, and what each browser received with each user's log. `browsers` pairs
 /// each browser's inbox with its user (a user may have several browsers).
