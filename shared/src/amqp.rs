@@ -16,7 +16,7 @@ use lapin::{
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::AmqpConfig;
+use crate::config::{AmqpConfig, AmqpNodes};
 
 /// Delays of the retry queues, shortest first. A message waiting for a retry sits in the
 /// queue of its delay and is dead-lettered back to the work queue when it expires (the
@@ -512,6 +512,24 @@ impl<T> Drop for Reconnecting<T> {
 struct Node {
     url: String,
     shown: String,
+}
+
+/// One connection for a command-line tool: to the first node of `nodes` that answers (a
+/// service keeps a [`Reconnecting`] link instead). The last node's error when none does.
+pub async fn connect_once(nodes: &AmqpNodes, service: &str) -> lapin::Result<Connection> {
+    let mut last_error = None;
+    for node in nodes.nodes() {
+        let properties = ConnectionProperties::default()
+            .with_connection_name(connection_name_of_this_process(service).into());
+        match Connection::connect(node.as_str(), properties).await {
+            Ok(connection) => return Ok(connection),
+            Err(err) => {
+                tracing::warn!(broker = %node, error = %err, "cannot connect to RabbitMQ; trying the next node");
+                last_error = Some(err);
+            }
+        }
+    }
+    Err(last_error.expect("AMQP_URL names at least one node"))
 }
 
 /// The name the broker shows for a connection (`rabbitmqctl list_connections

@@ -65,3 +65,20 @@ async fn losing_the_node_in_use_fails_over_to_the_next() {
     );
     link.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_line_connection_passes_over_a_dead_node() {
+    let config = AmqpConfig::new(&format!("{}, {}", dead_node(), amqp_url()), "").unwrap();
+    let connection = shared::amqp::connect_once(&config.url, "failover-test")
+        .await
+        .expect("connected through the second node");
+    assert!(connection.status().connected());
+
+    let only_dead = AmqpConfig::new(&dead_node(), "").unwrap();
+    assert!(
+        shared::amqp::connect_once(&only_dead.url, "failover-test")
+            .await
+            .is_err(),
+        "no node answers: an error, not a hang"
+    );
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 use lapin::message::BasicGetMessage;
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection};
 use shared::amqp::{Outgoing, PERSISTENT, PublishError, Topology, publish_confirmed};
 use shared::config::AmqpConfig;
 
@@ -40,11 +40,7 @@ pub enum DeadLetterError {
 
 /// A channel of its own on the broker, with the topology declared.
 pub async fn open(config: &AmqpConfig) -> Result<(Connection, Channel, Topology), DeadLetterError> {
-    let connection = Connection::connect(
-        config.url.as_str(),
-        ConnectionProperties::default().with_connection_name("worker dead-letters".into()),
-    )
-    .await?;
+    let connection = shared::amqp::connect_once(&config.url, "worker dead-letters").await?;
     let topology = config.topology();
     topology.declare(&connection).await?;
     let channel = connection.create_channel().await?;

@@ -260,9 +260,18 @@ async fn losing_a_broker_node_or_an_ingest_under_load_loses_nothing() {
     moment().await;
     let notifier = replica_name("notifier", 1);
     let pid = pipeline.pid(&notifier).expect("the notifier runs");
-    let node = cluster
-        .node_of(pid)
-        .unwrap_or_else(|| panic!("{notifier} (pid {pid}) has no broker connection"));
+    // Asked until it answers: the notifier may be between two nodes right now.
+    let mut node = None;
+    let found = shared::testing::eventually(Duration::from_secs(15), || {
+        node = cluster.node_of(pid);
+        std::future::ready(node.is_some())
+    })
+    .await;
+    assert!(
+        found.is_ok(),
+        "{notifier} (pid {pid}) has no broker connection"
+    );
+    let node = node.expect("found");
     cluster.kill(&node);
     faults.push(format!("kill -9 {node}, the node {notifier} was on"));
     moment().await;
