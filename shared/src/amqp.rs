@@ -128,7 +128,7 @@ impl Topology {
     /// still waiting in one goes back to the work queue when its delay expires (their
     /// dead-letter settings are unchanged), so one that is not empty yet is left for the
     /// next start; so is one whose node is down. Nothing here stops the service. Workers,
-    /// who publish retries, call it.
+    /// who publish retries, call it once when they start.
     pub async fn retire_legacy_retry_queues(&self, connection: &Connection) {
         for delay in RETRY_DELAYS {
             let queue = self.legacy_retry_queue(*delay);

@@ -50,9 +50,12 @@ async fn open(
     connection: Arc<Connection>,
     topology: Topology,
     prefetch: u16,
+    legacy_queues_retired: Arc<AtomicBool>,
 ) -> lapin::Result<BrokerLink> {
     topology.declare(&connection).await?;
-    topology.retire_legacy_retry_queues(&connection).await;
+    if !legacy_queues_retired.swap(true, Ordering::Relaxed) {
+        topology.retire_legacy_retry_queues(&connection).await;
+    }
     let publish = connection.create_channel().await?;
     publish
         .confirm_select(ConfirmSelectOptions::default())
@@ -98,8 +101,11 @@ impl Broker {
     pub fn start(config: &AmqpConfig, prefetch: u16) -> Self {
         let topology = config.topology();
         let for_link = topology.clone();
+        // Old delay queues are looked for once per process, not on every reconnect: each
+        // look at a queue that is not there is a channel error in the broker's log.
+        let retired = Arc::new(AtomicBool::new(false));
         let link = Reconnecting::spawn(config, "worker", move |connection| {
-            open(connection, for_link.clone(), prefetch)
+            open(connection, for_link.clone(), prefetch, retired.clone())
         });
         Self {
             link,
