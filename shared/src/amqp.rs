@@ -135,12 +135,8 @@ impl Topology {
             let Ok(channel) = connection.create_channel().await else {
                 return;
             };
-            let passive = QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            };
             if channel
-                .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+                .queue_declare(queue.as_str().into(), passive(), FieldTable::default())
                 .await
                 .is_err()
             {
@@ -208,15 +204,19 @@ impl<'a> Declarer<'a> {
         };
         // The broker closed the channel; the queue exists, with other arguments.
         self.channel = self.connection.create_channel().await?;
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::default()
-        };
         self.channel
-            .queue_declare(name.into(), passive, FieldTable::default())
+            .queue_declare(name.into(), passive(), FieldTable::default())
             .await?;
         tracing::warn!(queue = name, error = %err, "the queue exists with other arguments than this version declares; used as it is (delete it while empty to take the new ones)");
         Ok(())
+    }
+}
+
+/// A declare that only checks the queue exists (the channel closes with 404 if not).
+fn passive() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
     }
 }
 
@@ -517,10 +517,10 @@ struct Node {
 /// One connection for a command-line tool: to the first node of `nodes` that answers (a
 /// service keeps a [`Reconnecting`] link instead). The last node's error when none does.
 pub async fn connect_once(nodes: &AmqpNodes, service: &str) -> lapin::Result<Connection> {
+    let name = connection_name_of_this_process(service);
     let mut last_error = None;
     for node in nodes.nodes() {
-        let properties = ConnectionProperties::default()
-            .with_connection_name(connection_name_of_this_process(service).into());
+        let properties = ConnectionProperties::default().with_connection_name(name.clone().into());
         match Connection::connect(node.as_str(), properties).await {
             Ok(connection) => return Ok(connection),
             Err(err) => {
@@ -532,8 +532,8 @@ pub async fn connect_once(nodes: &AmqpNodes, service: &str) -> lapin::Result<Con
     Err(last_error.expect("AMQP_URL names at least one node"))
 }
 
-/// The name the broker shows for a connection (`rabbitmqctl list_connections
-/// user_provided_name`): the service, this host (the pod's name under Kubernetes) and the
+/// The name the broker shows for a connection (`connection_name` in `rabbitmqctl
+/// list_connections client_properties`): the service, this host (the pod's name under Kubernetes) and the
 /// process id, so that an operator can tell which replica sits on which node.
 pub fn connection_name_of_this_process(service: &str) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();

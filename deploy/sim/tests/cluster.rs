@@ -126,60 +126,71 @@ impl Cluster {
     }
 }
 
-/// A program's log lines (JSON logs).
-fn log_lines(pipeline: &Pipeline, program: &str) -> Vec<serde_json::Value> {
-    pipeline
-        .log(program)
-        .lines()
-        .filter_map(|line| serde_json::from_str(line).ok())
-        .collect()
-}
+/// Every program's log lines (JSON logs), read once after the run, by program name.
+struct Logs(BTreeMap<String, Vec<serde_json::Value>>);
 
-/// Every `failover_ms` a program logged, by program.
-fn failovers(pipeline: &Pipeline, programs: &[String]) -> BTreeMap<String, Vec<u64>> {
-    programs
-        .iter()
-        .map(|program| {
-            let times = log_lines(pipeline, program)
+impl Logs {
+    fn read(pipeline: &Pipeline, programs: &[String]) -> Self {
+        let parsed = programs.iter().map(|program| {
+            let lines = pipeline
+                .log(program)
+                .lines()
+                .filter_map(|line| serde_json::from_str(line).ok())
+                .collect();
+            (program.clone(), lines)
+        });
+        Self(parsed.collect())
+    }
+
+    /// Every `failover_ms` each program logged.
+    fn failovers(&self) -> impl Iterator<Item = (&String, Vec<u64>)> {
+        self.0.iter().map(|(program, lines)| {
+            let times = lines
                 .iter()
                 .filter_map(|line| line["failover_ms"].as_u64())
                 .collect();
-            (program.clone(), times)
+            (program, times)
         })
-        .collect()
-}
+    }
 
-/// How long the ingests took to answer the webhooks they accepted (their log lines'
-/// `elapsed`, a `Duration` in debug form), in milliseconds, sorted.
-fn ingest_answer_times(pipeline: &Pipeline) -> Vec<f64> {
-    let mut times: Vec<f64> = (0..pipeline.ingests.len())
-        .flat_map(|i| log_lines(pipeline, &replica_name("ingest", i)))
-        .filter(|line| line["message"] == "webhook accepted")
-        .filter_map(|line| {
-            let elapsed = line["elapsed"].as_str()?.to_owned();
-            let split = elapsed.find(|c: char| c.is_ascii_alphabetic() || c == 'µ')?;
-            let (value, unit) = elapsed.split_at(split);
-            let value: f64 = value.parse().ok()?;
-            let scale = match unit {
-                "ns" => 1e-6,
-                "µs" => 1e-3,
-                "ms" => 1.0,
-                "s" => 1e3,
-                _ => return None,
-            };
-            Some(value * scale)
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    times
-}
+    /// The ingests' log lines.
+    fn ingests(&self) -> impl Iterator<Item = &serde_json::Value> {
+        (self.0.iter())
+            .filter(|(program, _)| program.starts_with("ingest"))
+            .flat_map(|(_, lines)| lines)
+    }
 
-/// How many lines with `message` the ingests logged.
-fn ingest_lines(pipeline: &Pipeline, message: &str) -> usize {
-    (0..pipeline.ingests.len())
-        .flat_map(|i| log_lines(pipeline, &replica_name("ingest", i)))
-        .filter(|line| line["message"] == message)
-        .count()
+    /// How many lines with `message` the ingests logged.
+    fn ingest_lines(&self, message: &str) -> usize {
+        self.ingests()
+            .filter(|line| line["message"] == message)
+            .count()
+    }
+
+    /// How long the ingests took to answer the webhooks they accepted (their log lines'
+    /// `elapsed`, a `Duration` in debug form), in milliseconds, sorted.
+    fn ingest_answer_times(&self) -> Vec<f64> {
+        let mut times: Vec<f64> = self
+            .ingests()
+            .filter(|line| line["message"] == "webhook accepted")
+            .filter_map(|line| {
+                let elapsed = line["elapsed"].as_str()?;
+                let split = elapsed.find(|c: char| c.is_ascii_alphabetic() || c == 'µ')?;
+                let (value, unit) = elapsed.split_at(split);
+                let value: f64 = value.parse().ok()?;
+                let scale = match unit {
+                    "ns" => 1e-6,
+                    "µs" => 1e-3,
+                    "ms" => 1.0,
+                    "s" => 1e3,
+                    _ => return None,
+                };
+                Some(value * scale)
+            })
+            .collect();
+        times.sort_by(f64::total_cmp);
+        times
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -321,17 +332,18 @@ async fn losing_a_broker_node_or_an_ingest_under_load_loses_nothing() {
         .chain((0..3).map(|i| format!("worker-{i}")))
         .chain((0..2).map(|i| replica_name("notifier", i)))
         .collect();
+    let logs = Logs::read(&pipeline, &programs);
 
     let mut report = RunReport::new(&pipeline, &decided, &creations).await;
     report.row(
         "webhooks answered 503 by an ingest (no confirm from the broker)",
-        ingest_lines(&pipeline, "webhook not enqueued"),
+        logs.ingest_lines("webhook not enqueued"),
     );
     report.row(
         "publishes repeated by an ingest on a rebuilt broker link",
-        ingest_lines(&pipeline, "published again on a rebuilt broker link"),
+        logs.ingest_lines("published again on a rebuilt broker link"),
     );
-    let answers = ingest_answer_times(&pipeline);
+    let answers = logs.ingest_answer_times();
     let quantile = |q: f64| {
         answers
             .get(((answers.len() as f64 * q) as usize).min(answers.len().saturating_sub(1)))
@@ -348,7 +360,7 @@ async fn losing_a_broker_node_or_an_ingest_under_load_loses_nothing() {
         ),
     );
     report.faults(&faults);
-    for (program, times) in failovers(&pipeline, &programs) {
+    for (program, times) in logs.failovers() {
         let shown: Vec<String> = times.iter().map(|ms| format!("{ms} ms")).collect();
         let shown = if shown.is_empty() {
             "none (its node stayed up)".to_owned()
