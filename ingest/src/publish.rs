@@ -26,6 +26,8 @@ pub struct VerifiedWebhook<'a> {
     pub id: &'a str,
     pub timestamp: &'a str,
     pub body: &'a [u8],
+    /// The jobs API's tag from the webhook URL's query string, if any.
+    pub tag: Option<&'a str>,
 }
 
 /// How long a webhook whose channel failed waits for the link to be rebuilt before it is
@@ -107,7 +109,7 @@ impl Publisher {
                 exchange: "",
                 routing_key: &self.queue,
                 body: webhook.body,
-                properties: webhook_properties(webhook.id, webhook.timestamp),
+                properties: webhook_properties(webhook.id, webhook.timestamp, webhook.tag),
                 mandatory: true,
             },
             self.confirm_timeout,

@@ -126,6 +126,15 @@ pub struct JobsConfig {
 
     #[arg(long, env = "TRAINING_COST", default_value_t = 40)]
     pub training_cost: u16,
+
+    /// Creations one user may have waiting on Replicate at once (beyond: `429`).
+    #[arg(long, env = "MAX_CREATIONS_PER_USER", default_value_t = 8)]
+    pub max_creations_per_user: usize,
+
+    /// Creations this instance has waiting on Replicate at once, all users together
+    /// (beyond: `429`).
+    #[arg(long, env = "MAX_CREATIONS_IN_FLIGHT", default_value_t = 256)]
+    pub max_creations_in_flight: usize,
 }
 
 /// A Replicate model: `owner/name` (official models run without a version) or

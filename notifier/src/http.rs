@@ -40,10 +40,11 @@ pub struct AppState {
     /// Open WebSocket and SSE connections (for health and graceful shutdown).
     pub open_connections: AtomicUsize,
     pub jobs: JobsApi,
-    /// Ingest's `/api/health`, which decides the `webhook` field of ours.
-    pub ingest_health_url: String,
-    /// For asking ingest how it is.
-    pub http: reqwest::Client,
+    /// The most a creation can take (Replicate's answer, then storing its id): how long a
+    /// shutdown waits for creations under way.
+    pub creation_deadline: std::time::Duration,
+    /// The database's and ingest's health, checked at most once a second whoever asks.
+    pub dependencies: health::Dependencies,
 }
 
 const INDEX_HTML: &str = include_str!("gallery/index.html");
@@ -54,17 +55,28 @@ pub async fn route(
     request: Request<Incoming>,
     state: Arc<AppState>,
 ) -> Result<Response<Body>, Infallible> {
+    let mut response = answer(request, state).await;
+    // The page's address carries the browser's token: no request the page makes (images,
+    // scripts, links followed) may repeat it in a `Referer`.
+    response.headers_mut().insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    Ok(response)
+}
+
+async fn answer(request: Request<Incoming>, state: Arc<AppState>) -> Response<Body> {
     let path = request.uri().path().to_owned();
     if path.starts_with("/api/") && path != "/api/health" {
-        return Ok(jobs_api(request, state).await);
+        return jobs_api(request, state).await;
     }
     if request.method() != Method::GET && request.method() != Method::HEAD {
-        return Ok(json(
+        return json(
             StatusCode::METHOD_NOT_ALLOWED,
             serde_json::json!({"error": "only GET"}),
-        ));
+        );
     }
-    Ok(match path.as_str() {
+    match path.as_str() {
         "/ws" => ws::upgrade(request, state).await,
         "/events" => sse::stream(request, state).await,
         "/api/health" => health::health(&state).await,
@@ -73,13 +85,19 @@ pub async fn route(
         "/app.js" => text(StatusCode::OK, "text/javascript; charset=utf-8", APP_JS),
         "/style.css" => text(StatusCode::OK, "text/css; charset=utf-8", STYLE_CSS),
         _ => match path.strip_prefix("/media/") {
-            Some(key) => media::serve(&state, key).await,
+            Some(key) => {
+                let range = request
+                    .headers()
+                    .get(header::RANGE)
+                    .and_then(|v| v.to_str().ok());
+                media::serve(&state, key, range).await
+            }
             None => json(
                 StatusCode::NOT_FOUND,
                 serde_json::json!({"error": "not found"}),
             ),
         },
-    })
+    }
 }
 
 /// The query string's parameters, percent-decoded.
@@ -147,26 +165,20 @@ async fn jobs_api(request: Request<Incoming>, state: Arc<AppState>) -> Response<
         (&Method::POST, ["generations"]) => match read_json::<PromptBody>(request).await {
             Ok(body) => state
                 .jobs
-                .create_generation(&state.pool, &state.sessions, &user_id, &body.prompt)
+                .create_generation(&user_id, &body.prompt)
                 .await
                 .map(created),
             Err(err) => Err(err),
         },
         (&Method::POST, ["generations", source_id, "upscale"]) => state
             .jobs
-            .create_upscale(&state.pool, &state.sessions, &user_id, source_id)
+            .create_upscale(&user_id, source_id)
             .await
             .map(created),
         (&Method::POST, ["models"]) => match read_json::<TrainingBody>(request).await {
             Ok(body) => state
                 .jobs
-                .create_training(
-                    &state.pool,
-                    &state.sessions,
-                    &user_id,
-                    &body.name,
-                    &body.input_images,
-                )
+                .create_training(&user_id, &body.name, &body.input_images)
                 .await
                 .map(created),
             Err(err) => Err(err),

@@ -7,6 +7,10 @@
 //! `FAILED` through the same ledger call as a failed webhook ([`shared::jobs::apply`]),
 //! which refunds it exactly once.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
@@ -14,21 +18,20 @@ use serde_json::{Value, json};
 use shared::db::schema::{ai_models, credit_transactions, generations, users};
 use shared::db::{self, Connection, DbError, Pool};
 use shared::events::{Event, JobKind, JobState};
-use shared::jobs::apply::{self, ApplyError, ApplyOutcome, Change};
+use shared::jobs::apply::ApplyError;
+use shared::jobs::bind::{self, Binding};
 use shared::jobs::event_log::{self, StoredEvent};
-use shared::jobs::{GenerationRow, Job, TrainingRow, UPSCALE_MARKER};
-use shared::replicate::Status;
+use shared::jobs::{DEBIT, GenerationRow, Job, TrainingRow, UPSCALE_MARKER};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::config::{JobsConfig, ModelRef};
-use crate::replicate::{CreateError, ReplicateApi};
+use crate::config::JobsConfig;
+use crate::replicate::{CreateError, ReplicateApi, Request};
 use crate::sessions::Sessions;
 
 pub const MAX_PROMPT_CHARS: usize = 2000;
 pub const MAX_NAME_CHARS: usize = 100;
 const DEFAULT_PAGE: i64 = 30;
 const MAX_PAGE: i64 = 100;
-/// The `kind` of the debit in `credit_transactions`.
-pub const DEBIT: &str = "DEBIT";
 
 /// Why a call of the jobs API did not do what it was asked; each maps to one status.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +53,13 @@ pub enum JobsError {
     },
     #[error("{0}")]
     NotConfigured(String),
+    /// This user, or everyone together, has as many creations waiting on Replicate as
+    /// allowed.
+    #[error("{0}")]
+    TooMany(String),
+    /// The creation's task ended without an answer (a bug, or shutdown).
+    #[error("{0}")]
+    Interrupted(String),
     #[error("the database is unavailable: {0}")]
     Database(#[from] DbError),
     /// Failing the job Replicate refused did not go through (a stored status this version
@@ -71,8 +81,11 @@ impl JobsError {
             Self::InsufficientCredits(_) => 402,
             Self::NotFound(_) => 404,
             Self::Conflict(_) => 409,
+            Self::TooMany(_) => 429,
             Self::Replicate { .. } => 502,
-            Self::NotConfigured(_) | Self::Database(_) | Self::Ledger(_) => 503,
+            Self::NotConfigured(_) | Self::Database(_) | Self::Ledger(_) | Self::Interrupted(_) => {
+                503
+            }
         }
     }
 
@@ -110,10 +123,21 @@ pub fn features(config: &JobsConfig, enabled: bool) -> Value {
     })
 }
 
+/// The jobs API. Cheap to clone: a creation runs in a task of its own, so that once its
+/// debit is committed the job's fate no longer depends on the request (a client hanging up
+/// drops only the wait for the answer).
+#[derive(Clone)]
 pub struct JobsApi {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     config: JobsConfig,
     /// `None` without `REPLICATE_API_TOKEN`: creation answers 503.
     replicate: Option<ReplicateApi>,
+    pool: Pool,
+    sessions: Arc<Sessions>,
+    in_flight: InFlight,
 }
 
 /// One job to create.
@@ -125,37 +149,50 @@ struct NewJob {
 }
 
 impl JobsApi {
-    pub fn new(config: &JobsConfig) -> Self {
+    pub fn new(config: &JobsConfig, pool: Pool, sessions: Arc<Sessions>) -> Self {
+        let timeout = Duration::from_secs(config.replicate.create_timeout_secs);
         let replicate = config.replicate.token.get().cloned().map(|token| {
-            ReplicateApi::new(&config.replicate.url, token, &config.public_webhook_url)
+            ReplicateApi::new(
+                &config.replicate.url,
+                token,
+                &config.public_webhook_url,
+                timeout,
+            )
         });
         Self {
-            config: config.clone(),
-            replicate,
+            inner: Arc::new(Inner {
+                config: config.clone(),
+                replicate,
+                pool,
+                sessions,
+                in_flight: InFlight::new(
+                    config.max_creations_per_user,
+                    config.max_creations_in_flight,
+                ),
+            }),
         }
     }
 
     pub fn features(&self) -> Value {
-        features(&self.config, self.replicate.is_some())
+        features(&self.inner.config, self.inner.replicate.is_some())
     }
 
-    fn replicate(&self) -> Result<&ReplicateApi, JobsError> {
-        self.replicate.as_ref().ok_or_else(|| {
-            JobsError::NotConfigured(
+    fn check_configured(&self) -> Result<(), JobsError> {
+        match self.inner.replicate {
+            Some(_) => Ok(()),
+            None => Err(JobsError::NotConfigured(
                 "job creation is not configured: the notifier has no REPLICATE_API_TOKEN".into(),
-            )
-        })
+            )),
+        }
     }
 
     /// `POST /api/generations {"prompt": …}`
     pub async fn create_generation(
         &self,
-        pool: &Pool,
-        sessions: &Sessions,
         user_id: &str,
         prompt: &str,
     ) -> Result<Created, JobsError> {
-        let replicate = self.replicate()?;
+        self.check_configured()?;
         let prompt = prompt.trim();
         if prompt.is_empty() {
             return Err(JobsError::Invalid("the prompt is empty".into()));
@@ -166,30 +203,28 @@ impl JobsApi {
                 "the prompt has {length} characters; at most {MAX_PROMPT_CHARS} are allowed"
             )));
         }
+        check_no_nul("the prompt", prompt)?;
         let new = NewJob {
             kind: JobKind::Generation,
             text: prompt.to_owned(),
-            cost: self.config.generation_cost.into(),
+            cost: self.inner.config.generation_cost.into(),
         };
-        let model = &self.config.generation_model;
-        let input = json!({"prompt": prompt});
-        self.create(pool, sessions, user_id, new, |id| async move {
-            tracing::debug!(%id, %model, "creating the prediction");
-            replicate.create_prediction(model, input).await
-        })
-        .await
+        let request = Request::Prediction {
+            model: self.inner.config.generation_model.clone(),
+            input: json!({"prompt": prompt}),
+        };
+        self.create(user_id, new, request).await
     }
 
     /// `POST /api/generations/{id}/upscale`: the source's first image, upscaled.
     pub async fn create_upscale(
         &self,
-        pool: &Pool,
-        sessions: &Sessions,
         user_id: &str,
         source_id: &str,
     ) -> Result<Created, JobsError> {
-        let replicate = self.replicate()?;
-        let mut conn = db::connection(pool).await?;
+        self.check_configured()?;
+        check_no_nul("the generation id", source_id)?;
+        let mut conn = db::connection(&self.inner.pool).await?;
         let source: Option<GenerationRow> = generations::table
             .find(source_id)
             .filter(generations::user_id.eq(user_id))
@@ -217,27 +252,24 @@ impl JobsApi {
         let new = NewJob {
             kind: JobKind::Upscale,
             text: format!("{UPSCALE_MARKER} {}", source.prompt),
-            cost: self.config.upscale_cost.into(),
+            cost: self.inner.config.upscale_cost.into(),
         };
-        let model = &self.config.upscale_model;
-        let input = json!({"image": image});
-        self.create(pool, sessions, user_id, new, |_| async move {
-            replicate.create_prediction(model, input).await
-        })
-        .await
+        let request = Request::Prediction {
+            model: self.inner.config.upscale_model.clone(),
+            input: json!({"image": image}),
+        };
+        self.create(user_id, new, request).await
     }
 
     /// `POST /api/models {"name": …, "input_images": <https URL of a zip>}`
     pub async fn create_training(
         &self,
-        pool: &Pool,
-        sessions: &Sessions,
         user_id: &str,
         name: &str,
         input_images: &str,
     ) -> Result<Created, JobsError> {
-        let replicate = self.replicate()?;
-        let Some(destination) = self.config.training_destination.as_deref() else {
+        self.check_configured()?;
+        let Some(destination) = self.inner.config.training_destination.clone() else {
             return Err(JobsError::NotConfigured(
                 "model training is not configured: the notifier has no TRAINING_DESTINATION".into(),
             ));
@@ -253,51 +285,91 @@ impl JobsApi {
         let new = NewJob {
             kind: JobKind::Training,
             text: name.to_owned(),
-            cost: self.config.training_cost.into(),
+            cost: self.inner.config.training_cost.into(),
         };
-        let model: &ModelRef = &self.config.training_model;
-        let input = json!({"input_images": input_images});
-        self.create(pool, sessions, user_id, new, |_| async move {
-            replicate.create_training(model, destination, input).await
-        })
-        .await
+        let request = Request::Training {
+            model: self.inner.config.training_model.clone(),
+            destination,
+            input: json!({"input_images": input_images.trim()}),
+        };
+        self.create(user_id, new, request).await
     }
 
-    /// Debit and row first (committed), then Replicate, then its id; a refusal fails the
-    /// job and refunds it.
-    async fn create<F, Fut>(
+    /// Takes one of the user's creation slots (`429` when none is free), then runs the
+    /// creation in its own task and waits for it. The task holds the slot until the job is
+    /// bound to Replicate's id or failed, whether or not anyone still waits for the answer.
+    async fn create(
         &self,
-        pool: &Pool,
-        sessions: &Sessions,
         user_id: &str,
         new: NewJob,
-        create_on_replicate: F,
-    ) -> Result<Created, JobsError>
-    where
-        F: FnOnce(String) -> Fut,
-        Fut: Future<Output = Result<String, CreateError>>,
-    {
+        request: Request,
+    ) -> Result<Created, JobsError> {
+        let slot = self.inner.in_flight.take(user_id)?;
+        let inner = self.inner.clone();
+        let user_id = user_id.to_owned();
+        let task = tokio::spawn(async move {
+            let outcome = inner.run_creation(&user_id, new, request).await;
+            drop(slot);
+            outcome
+        });
+        task.await.unwrap_or_else(|err| {
+            Err(JobsError::Interrupted(format!(
+                "the creation stopped unexpectedly ({err}); if it was debited, the job ends failed and refunded"
+            )))
+        })
+    }
+
+    /// Waits until no creation is under way, for at most `timeout` (graceful shutdown: a
+    /// job whose debit is committed is bound to its Replicate id or failed before exit).
+    pub async fn drain(&self, timeout: Duration) -> bool {
+        self.inner.in_flight.drain(timeout).await
+    }
+}
+
+impl Inner {
+    fn replicate(&self) -> Result<&ReplicateApi, JobsError> {
+        self.replicate.as_ref().ok_or_else(|| {
+            JobsError::NotConfigured(
+                "job creation is not configured: the notifier has no REPLICATE_API_TOKEN".into(),
+            )
+        })
+    }
+
+    /// Debit and row first (committed), then Replicate — with no database connection held
+    /// while it answers — then its id. A refusal fails the job and refunds it.
+    async fn run_creation(
+        &self,
+        user_id: &str,
+        new: NewJob,
+        request: Request,
+    ) -> Result<Created, JobsError> {
+        let replicate = self.replicate()?;
         let started = std::time::Instant::now();
-        let mut conn = db::connection(pool).await?;
-        let job = record_pending(&mut conn, user_id, &new).await?;
+        let job = {
+            let mut conn = db::connection(&self.pool).await?;
+            record_pending(&mut conn, user_id, &new).await?
+        };
         let kind = new.kind;
-        match create_on_replicate(job.id.clone()).await {
+        let answer = replicate.create(&job.id, &request).await;
+        let mut conn = db::connection(&self.pool).await?;
+        match answer {
             Ok(replicate_id) => {
-                let stored = attach_replicate_id(&mut conn, &job, &replicate_id).await?;
-                publish(sessions, &mut conn, &stored).await;
-                let (Event::GenerationStatusChanged { credits, .. }
-                | Event::ModelStatusChanged { credits, .. }) = stored.event
-                else {
-                    unreachable!("a status event was stored")
+                let created = match bind::bind(&mut conn, &job.id, &replicate_id).await? {
+                    Binding::Bound { event, .. } => {
+                        publish(&self.sessions, &mut conn, &event).await;
+                        created_from(&event)
+                    }
+                    // The job's first webhook got here first (the worker bound it), or it
+                    // has moved on since: answer with the job as it stands.
+                    Binding::AlreadyBound(_) | Binding::NotWaiting(_) | Binding::NoRow => Created {
+                        job: job_state(&mut conn, &job).await?,
+                        credits: credits_of(&mut conn, user_id).await?,
+                    },
                 };
-                let state = stored.event.job().expect("a status event");
                 metrics::counter!("notifier_jobs_created_total", "kind" => kind.as_str())
                     .increment(1);
                 tracing::info!(%user_id, id = %job.id, job_id = %replicate_id, %kind, cost = new.cost, elapsed_ms = started.elapsed().as_millis() as u64, "job created on Replicate");
-                Ok(Created {
-                    job: state,
-                    credits,
-                })
+                Ok(created)
             }
             Err(err) => {
                 let message = match &err {
@@ -312,29 +384,116 @@ impl JobsApi {
                 };
                 metrics::counter!("notifier_jobs_refused_total", "kind" => kind.as_str())
                     .increment(1);
-                tracing::warn!(%user_id, id = %job.id, %kind, error = %err, elapsed_ms = started.elapsed().as_millis() as u64, "Replicate did not create the job; refunded");
-                let change = Change::Failed {
-                    error: err.to_string(),
+                tracing::warn!(%user_id, id = %job.id, %kind, error = %shared::telemetry::error_chain(&err), elapsed_ms = started.elapsed().as_millis() as u64, "Replicate did not create the job; refunded");
+                let state = match bind::fail_unbound(&mut conn, &job.id, err.to_string()).await? {
+                    Some(applied) => {
+                        publish(&self.sessions, &mut conn, &applied.event).await;
+                        applied.event.event.job().expect("a status event")
+                    }
+                    // A webhook bound the job meanwhile (Replicate did create it): it goes
+                    // on like any other.
+                    None => job_state(&mut conn, &job).await?,
                 };
-                let (state, credits) =
-                    match apply::apply(&mut conn, &job, &Status::Failed, change).await? {
-                        ApplyOutcome::Applied(applied) => {
-                            publish(sessions, &mut conn, &applied.event).await;
-                            let state = applied.event.event.job().expect("a status event");
-                            (state, credits_of(&mut conn, user_id).await?)
-                        }
-                        // Nothing else knows the job (it has no Replicate id), so this does not
-                        // happen; answer with the job as it stands.
-                        ApplyOutcome::Ignored(_) => (
-                            job_state(&mut conn, &job).await?,
-                            credits_of(&mut conn, user_id).await?,
-                        ),
-                    };
+                let credits = credits_of(&mut conn, user_id).await?;
                 Err(JobsError::Replicate {
                     message,
                     job: Box::new(state),
                     credits,
                 })
+            }
+        }
+    }
+}
+
+/// The answer to a creation from the job's first stored event.
+fn created_from(stored: &StoredEvent) -> Created {
+    let (Event::GenerationStatusChanged { credits, .. }
+    | Event::ModelStatusChanged { credits, .. }) = stored.event
+    else {
+        unreachable!("a status event was stored")
+    };
+    Created {
+        job: stored.event.job().expect("a status event"),
+        credits,
+    }
+}
+
+/// PostgreSQL refuses NUL in text: that is the client's mistake, answered `400`.
+fn check_no_nul(what: &str, text: &str) -> Result<(), JobsError> {
+    if text.contains('\0') {
+        return Err(JobsError::Invalid(format!(
+            "{what} contains a NUL character"
+        )));
+    }
+    Ok(())
+}
+
+/// Creations waiting on Replicate: at most `per_user` for one user and `total` for all.
+struct InFlight {
+    per_user: usize,
+    total: usize,
+    permits: Arc<Semaphore>,
+    users: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// One creation's place; given back when dropped.
+struct Slot {
+    user_id: String,
+    users: Arc<Mutex<HashMap<String, usize>>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl InFlight {
+    fn new(per_user: usize, total: usize) -> Self {
+        Self {
+            per_user: per_user.max(1),
+            total: total.max(1),
+            permits: Arc::new(Semaphore::new(total.max(1))),
+            users: Arc::default(),
+        }
+    }
+
+    fn take(&self, user_id: &str) -> Result<Slot, JobsError> {
+        let mut users = self.users.lock().expect("not poisoned");
+        let mine = users.get(user_id).copied().unwrap_or(0);
+        if mine >= self.per_user {
+            metrics::counter!("notifier_creations_refused_total", "reason" => "user_busy")
+                .increment(1);
+            return Err(JobsError::TooMany(format!(
+                "you already have {mine} jobs being created; try again once one has started"
+            )));
+        }
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            metrics::counter!("notifier_creations_refused_total", "reason" => "busy").increment(1);
+            return Err(JobsError::TooMany(
+                "too many jobs are being created right now; try again in a moment".into(),
+            ));
+        };
+        users.insert(user_id.to_owned(), mine + 1);
+        metrics::gauge!("notifier_creations_in_flight").increment(1.0);
+        Ok(Slot {
+            user_id: user_id.to_owned(),
+            users: self.users.clone(),
+            _permit: permit,
+        })
+    }
+
+    async fn drain(&self, timeout: Duration) -> bool {
+        let all = u32::try_from(self.total).unwrap_or(u32::MAX);
+        tokio::time::timeout(timeout, self.permits.acquire_many(all))
+            .await
+            .is_ok_and(|permits| permits.is_ok())
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        metrics::gauge!("notifier_creations_in_flight").decrement(1.0);
+        let mut users = self.users.lock().expect("not poisoned");
+        if let Some(count) = users.get_mut(&self.user_id) {
+            *count -= 1;
+            if *count == 0 {
+                users.remove(&self.user_id);
             }
         }
     }
@@ -443,45 +602,6 @@ async fn record_pending(
     .await
 }
 
-/// Stores Replicate's id on the row and on its debit, so every credit movement of the job
-/// carries the id its webhooks (and refunds) use, and the job's first event (`PENDING`,
-/// with the balance after the debit): an event's `job_id` is always Replicate's id.
-async fn attach_replicate_id(
-    conn: &mut Connection,
-    job: &Job,
-    replicate_id: &str,
-) -> Result<StoredEvent, JobsError> {
-    conn.transaction(async |conn| {
-        diesel::update(
-            credit_transactions::table
-                .filter(credit_transactions::job_id.eq(&job.id))
-                .filter(credit_transactions::kind.eq(DEBIT)),
-        )
-        .set(credit_transactions::job_id.eq(replicate_id))
-        .execute(conn)
-        .await?;
-        let state: JobState = if job.is_training() {
-            diesel::update(ai_models::table.find(&job.id))
-                .set(ai_models::job_id.eq(replicate_id))
-                .returning(TrainingRow::as_returning())
-                .get_result(conn)
-                .await?
-                .into()
-        } else {
-            diesel::update(generations::table.find(&job.id))
-                .set(generations::job_id.eq(replicate_id))
-                .returning(GenerationRow::as_returning())
-                .get_result(conn)
-                .await?
-                .into()
-        };
-        let (seq, credits) = event_log::next_seq(conn, &job.user_id, 0).await?;
-        let event = Event::status_changed(seq, &job.user_id, credits, 0, state);
-        Ok(event_log::append(conn, &event).await?)
-    })
-    .await
-}
-
 async fn job_state(conn: &mut Connection, job: &Job) -> Result<JobState, JobsError> {
     Ok(if job.is_training() {
         ai_models::table
@@ -540,6 +660,9 @@ impl Cursor {
     fn parse(text: &str) -> Result<Self, JobsError> {
         let invalid = || JobsError::Invalid(format!("before={text:?} is not a cursor from `next`"));
         let (micros, id) = text.split_once('_').ok_or_else(invalid)?;
+        if id.is_empty() || id.chars().any(char::is_control) {
+            return Err(invalid());
+        }
         let created_at = micros
             .parse::<i64>()
             .ok()

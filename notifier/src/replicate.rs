@@ -12,19 +12,43 @@ use crate::config::ModelRef;
 /// Every event a job's webhook is subscribed to.
 pub const WEBHOOK_EVENTS: [&str; 4] = ["start", "output", "logs", "completed"];
 
-/// Longest wait for Replicate to answer a creation.
-const CREATE_TIMEOUT: Duration = Duration::from_secs(30);
-
+/// Why Replicate did not create a job. The text is what the person is told (and what the
+/// job's `error_message` says): it never carries our addresses; the log line adds the cause.
 #[derive(Debug, thiserror::Error)]
 pub enum CreateError {
     /// Replicate answered with an error status; `detail` is its explanation.
     #[error("Replicate refused the job ({status}): {detail}")]
     Refused { status: u16, detail: String },
     /// No answer: the job may or may not exist on Replicate.
-    #[error("Replicate could not be reached: {0}")]
+    #[error("Replicate {}", unreachable_words(.0))]
     Unreachable(#[source] reqwest::Error),
     #[error("Replicate's answer has no job id: {0}")]
     NoId(String),
+}
+
+/// What went wrong on the way to Replicate, in words (reqwest's own text names the URL).
+fn unreachable_words(err: &reqwest::Error) -> &'static str {
+    if err.is_timeout() {
+        "did not answer in time"
+    } else if err.is_connect() {
+        "could not be reached"
+    } else {
+        "broke off the connection before answering"
+    }
+}
+
+/// What to create on Replicate.
+#[derive(Debug, Clone)]
+pub enum Request {
+    Prediction {
+        model: ModelRef,
+        input: Value,
+    },
+    Training {
+        model: ModelRef,
+        destination: String,
+        input: Value,
+    },
 }
 
 /// Replicate's API, as the jobs API uses it.
@@ -36,10 +60,11 @@ pub struct ReplicateApi {
 }
 
 impl ReplicateApi {
-    pub fn new(base_url: &str, token: SecretString, webhook_url: &str) -> Self {
+    /// A client whose creations give up after `timeout`.
+    pub fn new(base_url: &str, token: SecretString, webhook_url: &str, timeout: Duration) -> Self {
         Self {
             http: shared::http::client_builder()
-                .timeout(CREATE_TIMEOUT)
+                .timeout(timeout)
                 .build()
                 .expect("an HTTP client with default settings builds"),
             base_url: base_url.trim_end_matches('/').to_owned(),
@@ -48,15 +73,35 @@ impl ReplicateApi {
         }
     }
 
+    /// Creates the job for row `row_id`, its webhook URL tagged with the row's id; returns
+    /// Replicate's id.
+    pub async fn create(&self, row_id: &str, request: &Request) -> Result<String, CreateError> {
+        let webhook = shared::replicate::tagged_webhook_url(&self.webhook_url, row_id);
+        match request {
+            Request::Prediction { model, input } => {
+                self.create_prediction(model, input, &webhook).await
+            }
+            Request::Training {
+                model,
+                destination,
+                input,
+            } => {
+                self.create_training(model, destination, input, &webhook)
+                    .await
+            }
+        }
+    }
+
     /// Creates a prediction of `model` with `input`; returns Replicate's id.
-    pub async fn create_prediction(
+    async fn create_prediction(
         &self,
         model: &ModelRef,
-        input: Value,
+        input: &Value,
+        webhook: &str,
     ) -> Result<String, CreateError> {
         let mut body = json!({
             "input": input,
-            "webhook": self.webhook_url,
+            "webhook": webhook,
             "webhook_events_filter": WEBHOOK_EVENTS,
         });
         let url = match &model.version {
@@ -73,11 +118,12 @@ impl ReplicateApi {
     }
 
     /// Creates a training of `model` (which needs a version) into `destination`.
-    pub async fn create_training(
+    async fn create_training(
         &self,
         model: &ModelRef,
         destination: &str,
-        input: Value,
+        input: &Value,
+        webhook: &str,
     ) -> Result<String, CreateError> {
         let version = model.version.as_deref().unwrap_or("latest");
         let url = format!(
@@ -87,7 +133,7 @@ impl ReplicateApi {
         let body = json!({
             "destination": destination,
             "input": input,
-            "webhook": self.webhook_url,
+            "webhook": webhook,
             "webhook_events_filter": WEBHOOK_EVENTS,
         });
         self.post(&url, &body).await

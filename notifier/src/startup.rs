@@ -50,19 +50,23 @@ impl Notifier {
         let port = listener.local_addr()?.port();
         shared::metrics::prometheus();
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let sessions = Sessions::start(&config.amqp, &config.sockets);
         let state = Arc::new(AppState {
             auth: Auth::new(config.jwt_secret.expose()),
-            sessions: Sessions::start(&config.amqp, &config.sockets),
+            jobs: JobsApi::new(&config.jobs, pool.clone(), sessions.clone()),
+            creation_deadline: config.jobs.replicate.creation_deadline(),
+            sessions,
             pool,
             sockets: config.sockets,
             media_root,
             shutdown: shutdown_rx,
             open_connections: AtomicUsize::new(0),
-            jobs: JobsApi::new(&config.jobs),
-            ingest_health_url: format!("{}/api/health", config.ingest_url.trim_end_matches('/')),
-            http: shared::http::client_builder()
-                .build()
-                .context("building the HTTP client")?,
+            dependencies: crate::health::Dependencies::new(
+                format!("{}/api/health", config.ingest_url.trim_end_matches('/')),
+                shared::http::client_builder()
+                    .build()
+                    .context("building the HTTP client")?,
+            ),
         });
         tracing::info!(
             addr = %config.addr,
@@ -121,6 +125,11 @@ impl Notifier {
         let deadline = Instant::now() + CLOSE_WAIT;
         while self.state.open_connections.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Creations under way end bound to their Replicate id or failed and refunded
+        // before the exit (a debit is never left waiting for the reconciler).
+        if !self.state.jobs.drain(self.state.creation_deadline).await {
+            tracing::warn!("creations still under way at exit; the reconciler finishes them");
         }
         self.state.sessions.close().await;
         tracing::info!("notifier stopped");

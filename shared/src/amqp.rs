@@ -264,9 +264,14 @@ pub fn string_headers<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -
 /// AMQP delivery mode 2: the broker writes the message to disk.
 pub const PERSISTENT: u8 = 2;
 
+/// The header that carries the jobs API's tag from the webhook URL's query string
+/// (`?job=<row id>`), when the URL had one: the row the job was created for.
+pub const HEADER_JOB_TAG: &str = "job-tag";
+
 /// The properties of a webhook message in `replicate.webhooks` (the contract): persistent,
-/// `message_id` = `webhook-id`, and the `webhook-id` and `webhook-timestamp` headers.
-pub fn webhook_properties(webhook_id: &str, timestamp: &str) -> BasicProperties {
+/// `message_id` = `webhook-id`, the `webhook-id` and `webhook-timestamp` headers, and
+/// [`HEADER_JOB_TAG`] when the webhook URL carried a tag.
+pub fn webhook_properties(webhook_id: &str, timestamp: &str, tag: Option<&str>) -> BasicProperties {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -276,10 +281,14 @@ pub fn webhook_properties(webhook_id: &str, timestamp: &str) -> BasicProperties 
         .with_message_id(webhook_id.into())
         .with_content_type("application/json".into())
         .with_timestamp(now)
-        .with_headers(string_headers([
-            (crate::webhook::HEADER_ID, webhook_id),
-            (crate::webhook::HEADER_TIMESTAMP, timestamp),
-        ]))
+        .with_headers(string_headers(
+            [
+                (crate::webhook::HEADER_ID, webhook_id),
+                (crate::webhook::HEADER_TIMESTAMP, timestamp),
+            ]
+            .into_iter()
+            .chain(tag.map(|tag| (HEADER_JOB_TAG, tag))),
+        ))
 }
 
 /// Why a message was not confirmed by the broker.

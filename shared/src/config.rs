@@ -144,7 +144,31 @@ pub struct ReplicateApiConfig {
         hide_env_values = true
     )]
     pub token: OptionalSecret,
+
+    /// Longest wait for Replicate to answer the creation of a job. The worker's
+    /// `RECONCILE_AFTER_SECS` must exceed it: a job still waiting for Replicate's id after
+    /// that is known to be abandoned, never one whose creation is still under way.
+    #[arg(
+        id = "replicate_create_timeout_secs",
+        long = "replicate-create-timeout-secs",
+        env = "REPLICATE_CREATE_TIMEOUT_SECS",
+        value_name = "SECONDS",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..=600)
+    )]
+    pub create_timeout_secs: u64,
 }
+
+impl ReplicateApiConfig {
+    /// How long a creation can take at most: Replicate's answer, then storing its id.
+    pub fn creation_deadline(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.create_timeout_secs + CREATION_MARGIN_SECS)
+    }
+}
+
+/// What storing a job's Replicate id may take after Replicate answered (a database
+/// connection, one short transaction), with room to spare.
+pub const CREATION_MARGIN_SECS: u64 = 5;
 
 /// A secret that may be absent: unset and empty (as `${VAR:-}` in compose files gives) both
 /// mean none. Never printed.

@@ -92,6 +92,10 @@ pub struct Prediction {
     /// Replicate deleted the outputs (an hour after an API prediction completed).
     #[serde(default)]
     pub data_removed: bool,
+    /// The webhook URL the job was created with (signed with the rest of the body): the
+    /// jobs API's tag in it names the job's row.
+    #[serde(default)]
+    pub webhook: Option<String>,
 }
 
 /// The two fields every webhook must carry, read without copying the rest.
@@ -128,9 +132,75 @@ impl<'a> JobRef<'a> {
     }
 }
 
+/// The query parameter of a job's webhook URL that names the job's row: the jobs API tags
+/// every job it creates, so the first webhook can bind Replicate's id to the row even when
+/// Replicate's answer to the creation was lost (see `jobs::bind`).
+pub const TAG_PARAMETER: &str = "job";
+
+/// `webhook_url` with `row_id` added to its query string (Replicate keeps the URL as given,
+/// query included, and posts every webhook of the job to it).
+pub fn tagged_webhook_url(webhook_url: &str, row_id: &str) -> String {
+    let separator = if webhook_url.contains('?') { '&' } else { '?' };
+    let pair = form_urlencoded::Serializer::new(String::new())
+        .append_pair(TAG_PARAMETER, row_id)
+        .finish();
+    format!("{webhook_url}{separator}{pair}")
+}
+
+/// The row id in a query string (`a=b&job=<row id>`), if it is a plausible one.
+pub fn tag_of_query(query: &str) -> Option<String> {
+    let tag = form_urlencoded::parse(query.as_bytes())
+        .find(|(name, _)| name == TAG_PARAMETER)?
+        .1
+        .into_owned();
+    valid_tag(&tag).then_some(tag)
+}
+
+/// The row id a tagged webhook URL names.
+pub fn tag_of_url(webhook_url: &str) -> Option<String> {
+    let (_, query) = webhook_url.split_once('?')?;
+    tag_of_query(query.split('#').next().unwrap_or_default())
+}
+
+/// Row ids the jobs API makes: short; letters, digits, `_` and `-`.
+pub fn valid_tag(tag: &str) -> bool {
+    !tag.is_empty()
+        && tag.len() <= 64
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_tag_rides_on_the_webhook_url_and_comes_back() {
+        let plain = tagged_webhook_url(
+            "https://hooks.example.com/api/webhooks/replicate",
+            "gen_abc123",
+        );
+        assert_eq!(
+            plain,
+            "https://hooks.example.com/api/webhooks/replicate?job=gen_abc123"
+        );
+        assert_eq!(tag_of_url(&plain).as_deref(), Some("gen_abc123"));
+        let with_query = tagged_webhook_url("http://127.0.0.1:8080/hook?env=prod", "mdl_x");
+        assert_eq!(with_query, "http://127.0.0.1:8080/hook?env=prod&job=mdl_x");
+        assert_eq!(tag_of_url(&with_query).as_deref(), Some("mdl_x"));
+    }
+
+    #[test]
+    fn only_plausible_row_ids_are_tags() {
+        assert_eq!(tag_of_url("https://h/p"), None);
+        assert_eq!(tag_of_url("https://h/p?job="), None);
+        assert_eq!(tag_of_url("https://h/p?job=a%27%3Bdrop"), None);
+        assert_eq!(tag_of_query(&format!("job={}", "a".repeat(65))), None);
+        assert_eq!(tag_of_query("x=1&job=gen_1").as_deref(), Some("gen_1"));
+        assert!(valid_tag("gen_0123456789abcdefghij"));
+        assert!(!valid_tag("gen 1"));
+    }
 
     #[test]
     fn invalid_utf8_anywhere_is_refused() {

@@ -148,7 +148,7 @@ impl Broker {
                 exchange: "",
                 routing_key: &self.topology.webhooks_queue(),
                 body,
-                properties: shared::amqp::webhook_properties(webhook_id, timestamp),
+                properties: shared::amqp::webhook_properties(webhook_id, timestamp, None),
                 mandatory: true,
             },
             self.confirm_timeout,

@@ -130,6 +130,22 @@ pub struct ReconcileConfig {
     pub interval_secs: u64,
 }
 
+impl ReconcileConfig {
+    /// A row still waiting for Replicate's id after `RECONCILE_AFTER_SECS` is failed and
+    /// refunded as abandoned: that must never be a creation still under way.
+    pub fn check(&self) -> anyhow::Result<()> {
+        let deadline = self.replicate.creation_deadline().as_secs();
+        anyhow::ensure!(
+            self.after_secs >= deadline,
+            "RECONCILE_AFTER_SECS={} is below what creating a job can take ({deadline} s: REPLICATE_CREATE_TIMEOUT_SECS={} plus {} s to store Replicate's id); a creation still under way would be failed and refunded",
+            self.after_secs,
+            self.replicate.create_timeout_secs,
+            shared::config::CREATION_MARGIN_SECS,
+        );
+        Ok(())
+    }
+}
+
 /// A comma-separated list of `host`, `*.domain` or `host:port`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AllowedHosts(pub Vec<HostRule>);
@@ -209,6 +225,31 @@ mod tests {
     #[test]
     fn command_line_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn reconciling_sooner_than_a_creation_can_take_is_refused() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["worker"];
+            all.extend_from_slice(args);
+            Cli::try_parse_from(all).unwrap().config.reconcile
+        };
+        assert!(parse(&[]).check().is_ok(), "the defaults fit");
+        let error = parse(&["--reconcile-after-secs", "20"])
+            .check()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("RECONCILE_AFTER_SECS=20") && error.contains("35 s"),
+            "{error}"
+        );
+        let quick = parse(&[
+            "--reconcile-after-secs",
+            "8",
+            "--replicate-create-timeout-secs",
+            "3",
+        ]);
+        assert!(quick.check().is_ok());
     }
 
     #[test]

@@ -148,7 +148,12 @@ impl Consumer {
             .unwrap_or_else(|| "-".into());
         let attempt = header_int(&delivery, HEADER_ATTEMPT).unwrap_or(0).max(0) as u32;
         let first_seen = header_int(&delivery, HEADER_FIRST_SEEN).unwrap_or_else(now_ms);
-        let result = AssertUnwindSafe(self.processor.process(&webhook_id, &delivery.data))
+        let tag = header_text(&delivery, shared::amqp::HEADER_JOB_TAG);
+        let result = AssertUnwindSafe(self.processor.process(
+            &webhook_id,
+            &delivery.data,
+            tag.as_deref(),
+        ))
             .catch_unwind()
             .await
             .unwrap_or_else(|panic| {
@@ -288,6 +293,14 @@ fn bookkeeping(
     headers.insert(HEADER_FIRST_SEEN.into(), AMQPValue::LongLongInt(first_seen));
     headers.insert(key.into(), AMQPValue::LongString(LongString::from(text)));
     headers
+}
+
+fn header_text(delivery: &Delivery, name: &str) -> Option<String> {
+    match delivery.properties.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::LongString(value) => Some(value.to_string()),
+        AMQPValue::ShortString(value) => Some(value.to_string()),
+        _ => None,
+    }
 }
 
 fn header_int(delivery: &Delivery, name: &str) -> Option<i64> {

@@ -17,6 +17,7 @@ use crate::progress::ProgressTracker;
 use crate::store::MediaStore;
 use shared::jobs::Job;
 use shared::jobs::apply::{self, ApplyError, ApplyOutcome, Change};
+use shared::jobs::bind::{self, Binding};
 use shared::jobs::event_log::StoredEvent;
 use shared::jobs::transition::{Decision, Ignored, JobStatus, decide};
 
@@ -28,6 +29,17 @@ pub enum ProcessError {
     /// No job has this Replicate id (yet): the app may still be inserting the row.
     #[error("no job with Replicate id {0}")]
     UnknownJob(String),
+    /// The webhook names (by its tag) a row that ended before Replicate's id was stored:
+    /// its creation was failed and refunded (Replicate did not answer in time), so this
+    /// job's results have nowhere to go.
+    #[error(
+        "job {row} ended {status} before Replicate's id {job_id} was stored; its results are not kept"
+    )]
+    Orphaned {
+        row: String,
+        status: String,
+        job_id: String,
+    },
     #[error(transparent)]
     Database(#[from] DbError),
     #[error(transparent)]
@@ -69,7 +81,7 @@ impl ProcessError {
         match self {
             Self::UnknownJob(_) => Failure::UnknownJob,
             Self::Panicked(_) => Failure::Panicked,
-            Self::NotAPrediction(_) => Failure::Invalid,
+            Self::NotAPrediction(_) | Self::Orphaned { .. } => Failure::Invalid,
             Self::Database(err) if !err.is_transient() => Failure::Invalid,
             Self::Apply(err) if !err.is_transient() => Failure::Invalid,
             Self::Database(_) | Self::Apply(_) | Self::Download { .. } | Self::Storage { .. } => {
@@ -80,17 +92,7 @@ impl ProcessError {
 
     /// The message with its causes, for the logs and the retry and dead-letter headers.
     pub fn report(&self) -> String {
-        let mut text = self.to_string();
-        let mut source = std::error::Error::source(self);
-        while let Some(cause) = source {
-            let shown = cause.to_string();
-            if !text.contains(&shown) {
-                text.push_str(": ");
-                text.push_str(&shown);
-            }
-            source = cause.source();
-        }
-        text
+        shared::telemetry::error_chain(self)
     }
 }
 
@@ -140,15 +142,16 @@ pub struct Processor {
 
 impl Processor {
     /// Processes one webhook body, exactly once in effect however often it arrives.
-    pub async fn process(&self, webhook_id: &str, body: &[u8]) -> Result<Processed, ProcessError> {
+    /// `tag` is the jobs API's tag from the URL the webhook was posted to, if any.
+    pub async fn process(
+        &self,
+        webhook_id: &str,
+        body: &[u8],
+        tag: Option<&str>,
+    ) -> Result<Processed, ProcessError> {
         let prediction: Prediction =
             serde_json::from_slice(body).map_err(ProcessError::NotAPrediction)?;
-        let job = {
-            let mut conn = db::connection(&self.pool).await?;
-            classify::find_job(&mut conn, &prediction.id)
-                .await?
-                .ok_or_else(|| ProcessError::UnknownJob(prediction.id.clone()))?
-        };
+        let job = self.find_or_bind(webhook_id, &prediction, tag).await?;
         tracing::info!(%webhook_id, kind = %job.kind, job_id = %job.job_id, "Detected job type: {} for job {}", job.kind, job.job_id);
         let current = classify::stored_status(&job)?;
 
@@ -191,6 +194,54 @@ impl Processor {
             status: prediction.status,
             effect,
         })
+    }
+
+    /// The job with this webhook's Replicate id; failing that, the row the jobs API tagged
+    /// the job's webhook URL with, bound to the id now if it is still waiting for one (the
+    /// jobs API had not stored Replicate's answer yet, or never will).
+    async fn find_or_bind(
+        &self,
+        webhook_id: &str,
+        prediction: &Prediction,
+        header_tag: Option<&str>,
+    ) -> Result<Job, ProcessError> {
+        let mut conn = db::connection(&self.pool).await?;
+        if let Some(job) = classify::find_job(&mut conn, &prediction.id).await? {
+            return Ok(job);
+        }
+        let unknown = || ProcessError::UnknownJob(prediction.id.clone());
+        // The webhook URL inside the signed body is the tag's trustworthy copy; the one
+        // ingest read from the URL it was called at serves only when the body has none.
+        let tag = match &prediction.webhook {
+            Some(url) => shared::replicate::tag_of_url(url),
+            None => header_tag
+                .filter(|tag| shared::replicate::valid_tag(tag))
+                .map(str::to_owned),
+        };
+        let Some(tag) = tag else {
+            return Err(unknown());
+        };
+        match bind::bind(&mut conn, &tag, &prediction.id).await? {
+            Binding::Bound { job, event } => {
+                drop(conn);
+                metrics::counter!("worker_jobs_bound_total").increment(1);
+                tracing::info!(%webhook_id, id = %job.id, job_id = %job.job_id, status = %prediction.status, "job bound to its Replicate id by its webhook's tag (the creation's answer was not stored yet)");
+                self.publish_stored(&event).await;
+                Ok(job)
+            }
+            Binding::AlreadyBound(job) => Ok(job),
+            Binding::NotWaiting(job)
+                if job.job_id == job.id
+                    && JobStatus::parse(&job.status).is_some_and(JobStatus::is_terminal) =>
+            {
+                Err(ProcessError::Orphaned {
+                    row: job.id,
+                    status: job.status,
+                    job_id: prediction.id.clone(),
+                })
+            }
+            Binding::NotWaiting(_) | Binding::NoRow => Err(unknown()),
+        }
     }
 
     /// Builds the change that moves the job to `target`; for a succeeded generation this

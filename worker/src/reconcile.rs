@@ -3,8 +3,15 @@
 //! `RECONCILE_AFTER_SECS` and is still not finished is asked about
 //! (`GET /predictions/{id}`, `/trainings/{id}`), and the answer goes into
 //! `replicate.webhooks` like a webhook, so it takes exactly the path a webhook takes
-//! (classify, download, transition, refund, event). A job Replicate no longer knows ends
-//! `FAILED` the same way.
+//! (classify, download, transition, refund, event). The reconciler acts only on what
+//! Replicate *says* about a job: a 404 is not an outcome (a wrong API URL, a proxy or another
+//! account's token answer 404 too), so such a job is reported — a log line, a metric, a row
+//! in `unconfirmed_jobs` saying since when — and left for an operator, never refunded.
+//!
+//! It also fails and refunds creations abandoned before Replicate's id was stored (the
+//! notifier stopped before even reaching Replicate): rows still waiting for an id after
+//! `RECONCILE_AFTER_SECS`, which start-up keeps above what a creation can take, and only
+//! those this ledger debited. That needs no Replicate token.
 //!
 //! One worker does it at a time: the one holding a PostgreSQL advisory lock on a connection
 //! of its own. If that worker dies, its connection closes, the lock is freed and another
@@ -18,11 +25,12 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Bool};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use shared::config::{DatabaseUrl, SecretString};
-use shared::db::schema::{ai_models, generations};
+use shared::db::schema::{ai_models, credit_transactions, generations, unconfirmed_jobs};
 use shared::db::{self, DbError};
-use shared::jobs::apply::{self, ApplyError, ApplyOutcome, Change};
+use shared::jobs::DEBIT;
+use shared::jobs::apply::ApplyError;
+use shared::jobs::bind;
 use shared::jobs::transition::JobStatus;
-use shared::replicate::Status;
 
 use crate::process::Processor;
 
@@ -35,7 +43,8 @@ const BATCH: i64 = 100;
 #[derive(Debug, Clone)]
 pub struct Reconciler {
     pub api_url: String,
-    pub api_token: SecretString,
+    /// Without it only abandoned creations are looked for.
+    pub api_token: Option<SecretString>,
     /// A job unchanged this long while unfinished is asked about.
     pub after: Duration,
     pub interval: Duration,
@@ -126,6 +135,9 @@ impl Reconciler {
             return Ok(0); // the answers could not be enqueued: wait for the broker
         }
         fail_abandoned_creations(processor, self.after).await?;
+        let Some(api_token) = &self.api_token else {
+            return Ok(0);
+        };
         let stale = stale_jobs(processor, self.after).await?;
         asked.forget_older_than(self.after);
         let stale: Vec<Stale> = stale
@@ -139,11 +151,7 @@ impl Reconciler {
                 job.collection,
                 job.job_id
             );
-            let answer = http
-                .get(&url)
-                .bearer_auth(self.api_token.expose())
-                .send()
-                .await;
+            let answer = http.get(&url).bearer_auth(api_token.expose()).send().await;
             let body = match answer {
                 Ok(response) if response.status().is_success() => match response.bytes().await {
                     Ok(body) => body.to_vec(),
@@ -153,13 +161,9 @@ impl Reconciler {
                     }
                 },
                 Ok(response) if response.status() == reqwest::StatusCode::NOT_FOUND => {
-                    serde_json::to_vec(&serde_json::json!({
-                        "id": job.job_id,
-                        "status": "failed",
-                        "error": format!("Replicate has no {} {} any more; it never reported an end", &job.collection[..job.collection.len() - 1], job.job_id),
-                        "output": null,
-                    }))
-                    .expect("JSON serialises")
+                    asked.record(&job.job_id);
+                    report_not_found(processor, job).await;
+                    continue;
                 }
                 Ok(response) => {
                     tracing::warn!(job_id = %job.job_id, status = %response.status(), "reconciler: Replicate answered with an error; asking again later");
@@ -194,6 +198,9 @@ impl Reconciler {
                 }
             }
         }
+        if let Err(err) = count_unconfirmed(processor).await {
+            tracing::warn!(error = %err, "reconciler: cannot count the jobs Replicate answered 404 for");
+        }
         Ok(stale.len())
     }
 }
@@ -218,9 +225,61 @@ impl Asked {
     }
 }
 
-/// Jobs debited but never given a Replicate id (the jobs API stopped between its debit and
-/// Replicate's answer): after `after` they end `FAILED` and are refunded, through the same
-/// ledger call as a failed webhook.
+/// Replicate answered 404 for an unfinished job: recorded (first and last answer, how many),
+/// logged with how long the job has been unconfirmed, counted; the job itself is untouched.
+async fn report_not_found(processor: &Processor, job: &Stale) {
+    metrics::counter!("worker_reconcile_not_found_total").increment(1);
+    let recorded = async {
+        let mut conn = db::connection(&processor.pool).await?;
+        let first_at: chrono::DateTime<Utc> = diesel::insert_into(unconfirmed_jobs::table)
+            .values(unconfirmed_jobs::job_id.eq(&job.job_id))
+            .on_conflict(unconfirmed_jobs::job_id)
+            .do_update()
+            .set((
+                unconfirmed_jobs::last_at.eq(Utc::now()),
+                unconfirmed_jobs::answers.eq(unconfirmed_jobs::answers + 1),
+            ))
+            .returning(unconfirmed_jobs::first_at)
+            .get_result(&mut conn)
+            .await?;
+        Ok::<_, DbError>(first_at)
+    };
+    match recorded.await {
+        Ok(first_at) => {
+            let unconfirmed_secs = (Utc::now() - first_at).num_seconds().max(0);
+            tracing::error!(job_id = %job.job_id, collection = job.collection, unconfirmed_secs, "reconciler: Replicate answers 404 for an unfinished job; left as it is for an operator (check REPLICATE_API_URL and the token's account)");
+        }
+        Err(err) => {
+            tracing::error!(job_id = %job.job_id, collection = job.collection, error = %err, "reconciler: Replicate answers 404 for an unfinished job; left as it is for an operator (not recorded)");
+        }
+    }
+}
+
+/// How many unfinished jobs Replicate has answered 404 for: a gauge an alert can watch.
+async fn count_unconfirmed(processor: &Processor) -> Result<(), DbError> {
+    let open = [JobStatus::Pending.as_str(), JobStatus::Processing.as_str()];
+    let mut conn = db::connection(&processor.pool).await?;
+    let unconfirmed = unconfirmed_jobs::table.select(unconfirmed_jobs::job_id.nullable());
+    let generations_open: i64 = generations::table
+        .filter(generations::status.eq_any(open))
+        .filter(generations::job_id.eq_any(unconfirmed))
+        .count()
+        .get_result(&mut conn)
+        .await?;
+    let trainings_open: i64 = ai_models::table
+        .filter(ai_models::status.eq_any(open))
+        .filter(ai_models::job_id.eq_any(unconfirmed))
+        .count()
+        .get_result(&mut conn)
+        .await?;
+    metrics::gauge!("worker_jobs_unconfirmed").set((generations_open + trainings_open) as f64);
+    Ok(())
+}
+
+/// Rows still waiting for Replicate's id `after` their debit (the notifier stopped before
+/// reaching Replicate, or crashed while it answered and no webhook has bound the job since):
+/// failed and refunded through the ledger. Only rows this ledger debited, each re-checked
+/// under its lock, so a webhook binding the job at the same moment wins.
 async fn fail_abandoned_creations(
     processor: &Processor,
     after: Duration,
@@ -228,47 +287,34 @@ async fn fail_abandoned_creations(
     let cutoff = Utc::now() - chrono::Duration::from_std(after).unwrap_or_default();
     let pending = JobStatus::Pending.as_str();
     let mut conn = db::connection(&processor.pool).await?;
-    let generations_left: Vec<(String, String, String)> = generations::table
+    let debited_unbound = credit_transactions::table
+        .filter(credit_transactions::kind.eq(DEBIT))
+        .select(credit_transactions::job_id);
+    let mut rows: Vec<String> = generations::table
         .filter(generations::status.eq(pending))
         .filter(generations::job_id.is_null())
         .filter(generations::created_at.lt(cutoff))
+        .filter(generations::id.eq_any(debited_unbound))
         .limit(BATCH)
-        .select((generations::id, generations::user_id, generations::prompt))
+        .select(generations::id)
         .load(&mut conn)
         .await?;
-    let trainings_left: Vec<(String, String)> = ai_models::table
-        .filter(ai_models::status.eq(pending))
-        .filter(ai_models::job_id.is_null())
-        .filter(ai_models::created_at.lt(cutoff))
-        .limit(BATCH)
-        .select((ai_models::id, ai_models::user_id))
-        .load(&mut conn)
-        .await?;
-    let jobs = generations_left
-        .into_iter()
-        .map(|(id, user_id, prompt)| (shared::jobs::kind_of_generation(&prompt), id, user_id))
-        .chain(
-            trainings_left
-                .into_iter()
-                .map(|(id, user_id)| (shared::events::JobKind::Training, id, user_id)),
-        );
-    for (kind, id, user_id) in jobs {
-        let job = shared::jobs::Job {
-            kind,
-            // Its debit carries the row's id until Replicate names the job.
-            job_id: id.clone(),
-            id,
-            user_id,
-            status: pending.to_owned(),
-        };
-        let change = Change::Failed {
-            error: "the job was never created on Replicate (the server stopped while creating it)"
-                .into(),
-        };
-        if let ApplyOutcome::Applied(applied) =
-            apply::apply(&mut conn, &job, &Status::Failed, change).await?
-        {
-            tracing::warn!(id = %job.id, user_id = %job.user_id, refunded = applied.refunded, "a job never created on Replicate was failed and refunded");
+    rows.extend(
+        ai_models::table
+            .filter(ai_models::status.eq(pending))
+            .filter(ai_models::job_id.is_null())
+            .filter(ai_models::created_at.lt(cutoff))
+            .filter(ai_models::id.eq_any(debited_unbound))
+            .limit(BATCH)
+            .select(ai_models::id)
+            .load::<String>(&mut conn)
+            .await?,
+    );
+    for id in rows {
+        let error = "the job could not be created on Replicate (the server stopped while creating it); your credits are refunded".to_owned();
+        if let Some(applied) = bind::fail_unbound(&mut conn, &id, error).await? {
+            tracing::warn!(%id, user_id = %applied.event.user_id, refunded = applied.refunded, "a creation abandoned before Replicate's id was stored was failed and refunded");
+            metrics::counter!("worker_abandoned_creations_total").increment(1);
             processor.publish_stored(&applied.event).await;
         }
     }

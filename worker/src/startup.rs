@@ -28,8 +28,7 @@ const PROGRESS_MEMORY: usize = 10_000;
 
 pub struct Worker {
     consumer: Arc<Consumer>,
-    /// `None` without `REPLICATE_API_TOKEN`.
-    reconciler: Option<Reconciler>,
+    reconciler: Reconciler,
     processor: Arc<Processor>,
     metrics_server: Server,
     metrics_port: u16,
@@ -39,6 +38,7 @@ pub struct Worker {
 
 impl Worker {
     pub async fn build(config: &WorkerConfig) -> anyhow::Result<Self> {
+        config.reconcile.check()?;
         let pool = db::prepare(&config.database)
             .await
             .with_context(|| format!("preparing the database {}", config.database.url))?;
@@ -81,23 +81,17 @@ impl Worker {
         .disable_signals()
         .listen(listener)?
         .run();
-        let reconciler = config
-            .reconcile
-            .replicate
-            .token
-            .get()
-            .cloned()
-            .map(|api_token| Reconciler {
-                api_url: config.reconcile.replicate.url.clone(),
-                api_token,
-                after: Duration::from_secs(config.reconcile.after_secs),
-                interval: Duration::from_secs(config.reconcile.interval_secs.max(1)),
-                database: config.database.url.clone(),
-            });
-        tracing::info!(metrics_addr = %config.metrics_addr, port = metrics_port, broker = %config.amqp.url, database = %config.database.url, reconciler = reconciler.is_some(), "worker ready");
-        if reconciler.is_none() {
+        let reconciler = Reconciler {
+            api_url: config.reconcile.replicate.url.clone(),
+            api_token: config.reconcile.replicate.token.get().cloned(),
+            after: Duration::from_secs(config.reconcile.after_secs),
+            interval: Duration::from_secs(config.reconcile.interval_secs.max(1)),
+            database: config.database.url.clone(),
+        };
+        tracing::info!(metrics_addr = %config.metrics_addr, port = metrics_port, broker = %config.amqp.url, database = %config.database.url, reconciler = reconciler.api_token.is_some(), "worker ready");
+        if reconciler.api_token.is_none() {
             tracing::warn!(
-                "no REPLICATE_API_TOKEN: jobs whose webhooks go missing are not reconciled with Replicate"
+                "no REPLICATE_API_TOKEN: jobs whose webhooks go missing are not reconciled with Replicate (abandoned creations are still failed and refunded)"
             );
         }
 
@@ -131,9 +125,7 @@ impl Worker {
             self.sweep_interval,
             stopped.clone(),
         ));
-        let reconciler = self.reconciler.map(|reconciler| {
-            tokio::spawn(reconciler.run(self.processor.clone(), stopped.clone()))
-        });
+        let reconciler = tokio::spawn(self.reconciler.run(self.processor.clone(), stopped.clone()));
         let consumer = tokio::spawn(self.consumer.clone().run(stopped, self.drain));
         shutdown.await;
         tracing::info!("shutdown requested: finishing in-flight webhooks");
@@ -141,9 +133,7 @@ impl Worker {
         let _ = consumer.await;
         let _ = sweeper.await;
         self.processor.marks.flush().await;
-        if let Some(reconciler) = reconciler {
-            let _ = reconciler.await;
-        }
+        let _ = reconciler.await;
         metrics_handle.stop(true).await;
         tracing::info!("worker stopped");
     }

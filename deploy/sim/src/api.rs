@@ -100,7 +100,12 @@ async fn create(
     if !authorized(&request, &state) {
         return unauthorized();
     }
-    HttpResponse::Created().json(state.simulator.create(kind, body.into_inner()))
+    let object = state.simulator.create(kind, body.into_inner());
+    let delay = state.simulator.create_delay();
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    HttpResponse::Created().json(object)
 }
 
 /// Replicate's `POST /v1/models/{owner}/{name}/versions/{version}/trainings`.

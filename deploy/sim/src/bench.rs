@@ -350,7 +350,7 @@ pub async fn worker(
                     topology.webhooks_queue().as_str().into(),
                     Default::default(),
                     &body,
-                    shared::amqp::webhook_properties(&id, "0"),
+                    shared::amqp::webhook_properties(&id, "0", None),
                 )
                 .await?;
             pending.push(confirm);

@@ -27,6 +27,10 @@ pub struct Faults {
     /// 1 for quick chaos runs.
     #[arg(long, default_value_t = 1.0)]
     pub retry_scale: f64,
+    /// Milliseconds the answer to a creation is held back while the job already runs and
+    /// sends its webhooks (Replicate under load: `start` arrives before the id).
+    #[arg(long, default_value_t = 0)]
+    pub create_delay_ms: u64,
 }
 
 impl Default for Faults {
@@ -39,6 +43,7 @@ impl Default for Faults {
             cancel_rate: 0.0,
             missing_output_rate: 0.0,
             retry_scale: 1.0,
+            create_delay_ms: 0,
         }
     }
 }

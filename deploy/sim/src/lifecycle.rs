@@ -131,6 +131,11 @@ impl Simulator {
         object
     }
 
+    /// How long the answer to a creation is held back (the job runs meanwhile).
+    pub fn create_delay(&self) -> Duration {
+        Duration::from_millis(self.faults.create_delay_ms)
+    }
+
     fn job(&self, id: &str) -> Option<Arc<Mutex<SimJob>>> {
         self.jobs.lock().expect("not poisoned").get(id).cloned()
     }

@@ -39,6 +39,8 @@ struct Api {
 enum Replicate {
     /// The simulator, with the right token.
     Simulator,
+    /// The simulator answering every creation this late (the job runs meanwhile).
+    Slow(Duration),
     /// The simulator, but the notifier holds a token it refuses.
     WrongToken,
     /// Nothing listens.
@@ -47,12 +49,15 @@ enum Replicate {
     NotConfigured,
 }
 
-fn simulator() -> String {
+fn simulator(create_delay: Duration) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let simulator = Simulator::new(
         WebhookSecret::from_bytes(vec![7u8; 32]),
-        Faults::default(),
+        Faults {
+            create_delay_ms: create_delay.as_millis() as u64,
+            ..Faults::default()
+        },
         base.clone(),
         // Slow enough that jobs stay running during a test.
         Duration::from_secs(30),
@@ -72,9 +77,15 @@ fn closed_port() -> u16 {
 impl Api {
     async fn start(replicate: Replicate) -> Self {
         let services = Isolated::new("jobs").await;
-        let simulator = simulator();
+        let create_delay = match replicate {
+            Replicate::Slow(delay) => delay,
+            _ => Duration::ZERO,
+        };
+        let simulator = simulator(create_delay);
         let (api_url, token) = match replicate {
-            Replicate::Simulator => (format!("{simulator}/v1"), Some(SIM_TOKEN)),
+            Replicate::Simulator | Replicate::Slow(_) => {
+                (format!("{simulator}/v1"), Some(SIM_TOKEN))
+            }
             Replicate::WrongToken => (format!("{simulator}/v1"), Some("not-the-token")),
             Replicate::Down => (
                 format!("http://127.0.0.1:{}/v1", closed_port()),
@@ -99,6 +110,7 @@ impl Api {
                 replicate: shared::config::ReplicateApiConfig {
                     url: api_url,
                     token: token.into(),
+                    create_timeout_secs: 30,
                 },
                 public_webhook_url: "http://127.0.0.1:9/api/webhooks/replicate".into(),
                 generation_model: "black-forest-labs/flux-schnell".parse().unwrap(),
@@ -108,6 +120,8 @@ impl Api {
                 generation_cost: 4,
                 upscale_cost: 2,
                 training_cost: 40,
+                max_creations_per_user: 8,
+                max_creations_in_flight: 256,
             },
             ingest_url: format!("http://127.0.0.1:{}", closed_port()),
             telemetry: TelemetryConfig {
@@ -253,9 +267,10 @@ async fn a_generation_is_debited_once_created_on_replicate_and_pushed_live() -> 
     let created = api.on_replicate("predictions", &replicate_id).await;
     assert_eq!(created["model"], "black-forest-labs/flux-schnell");
     assert_eq!(created["input"]["prompt"], "a corgi");
+    // The webhook URL is tagged with the row, so its first webhook can bind the job.
     assert_eq!(
         created["webhook"],
-        "http://127.0.0.1:9/api/webhooks/replicate"
+        format!("http://127.0.0.1:9/api/webhooks/replicate?job={id}").as_str()
     );
     assert_eq!(
         created["webhook_events_filter"],
@@ -488,6 +503,13 @@ async fn assert_failed_and_refunded_once(api: &Api, answer: &Value, reason: &str
         answer["error"].as_str().unwrap().contains(reason),
         "{answer}"
     );
+    // The person is told what happened in words; addresses stay in the log.
+    let no_address = |text: &str| !text.contains("127.0.0.1") && !text.contains("http");
+    assert!(no_address(answer["error"].as_str().unwrap()), "{answer}");
+    assert!(
+        no_address(answer["job"]["error"].as_str().unwrap()),
+        "{answer}"
+    );
     assert_eq!(answer["job"]["status"], "FAILED", "{answer}");
     assert_eq!(answer["job"]["job_id"], Value::Null);
     assert_eq!(answer["credits"], 10);
@@ -519,6 +541,14 @@ async fn assert_failed_and_refunded_once(api: &Api, answer: &Value, reason: &str
         ),
         (json!("FAILED"), json!(4), json!(10))
     );
+    assert!(no_address(events[0]["job"]["error"].as_str().unwrap()));
+    let stored: Option<String> = generations::table
+        .find(&id)
+        .select(generations::error_message)
+        .first(&mut conn)
+        .await
+        .unwrap();
+    assert!(no_address(&stored.unwrap()));
 }
 
 /// Replicate as `replicate` is, a generation asked for: `502` with `reason`, the job
@@ -612,5 +642,149 @@ async fn pages_cover_every_job_once_newest_first() -> anyhow::Result<()> {
     assert_eq!(seen, created, "every job once, newest first");
     let api = Arc::into_inner(api).unwrap();
     api.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nul_byte_is_the_clients_mistake() -> anyhow::Result<()> {
+    let api = Api::start(Replicate::Simulator).await;
+    api.user("u1", 10).await;
+    let (status, answer) = api
+        .post("/api/generations", "u1", json!({"prompt": "a \u{0}corgi"}))
+        .await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("NUL"),
+        "{answer}"
+    );
+    let (status, answer) = api
+        .get("/api/jobs?before=1764400000000000_gen%00x", "u1")
+        .await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(api.credits("u1").await, 10, "nothing debited");
+    assert!(api.movements("u1").await.is_empty());
+    api.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_hanging_up_mid_creation_leaves_the_job_bound_to_replicate() -> anyhow::Result<()>
+{
+    let api = Api::start(Replicate::Slow(Duration::from_secs(2))).await;
+    api.user("u1", 10).await;
+    let impatient = shared::http::client_builder()
+        .timeout(Duration::from_millis(500))
+        .build()?;
+    let hung_up = impatient
+        .post(format!("{}/api/generations", api.base))
+        .bearer_auth(api.auth.mint("u1", Duration::from_secs(60)))
+        .json(&json!({"prompt": "a corgi"}))
+        .send()
+        .await;
+    assert!(
+        hung_up.is_err(),
+        "the client gave up before Replicate answered"
+    );
+
+    // The creation goes on without it: Replicate's id is stored on the row and its debit.
+    let mut conn = shared::db::connection(&api.services.pool).await?;
+    let bound = shared::testing::eventually(Duration::from_secs(10), || async {
+        generations::table
+            .select(generations::job_id)
+            .first::<Option<String>>(&mut shared::db::connection(&api.services.pool).await.unwrap())
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+    })
+    .await;
+    assert!(bound.is_ok(), "Replicate's id was never stored");
+    let (id, job_id, status): (String, Option<String>, String) = generations::table
+        .select((generations::id, generations::job_id, generations::status))
+        .first(&mut conn)
+        .await?;
+    let job_id = job_id.unwrap();
+    assert_eq!(status, "PENDING");
+    assert_eq!(api.credits("u1").await, 6);
+    assert_eq!(
+        api.movements("u1").await,
+        vec![("DEBIT".to_owned(), -4, job_id.clone())]
+    );
+    let on_replicate = api.on_replicate("predictions", &job_id).await;
+    assert_eq!(
+        on_replicate["webhook"],
+        format!("http://127.0.0.1:9/api/webhooks/replicate?job={id}").as_str()
+    );
+    api.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_creations_hold_no_database_connection_and_are_bounded_per_user() -> anyhow::Result<()>
+{
+    const WAIT: Duration = Duration::from_secs(12);
+    let api = Arc::new(Api::start(Replicate::Slow(WAIT)).await);
+    let creators = ["a", "b", "c"];
+    for user in creators {
+        api.user(user, 100).await;
+    }
+    api.user("d", 100).await;
+    // 24 creations (8 per user, the per-user bound) waiting on Replicate: more than the
+    // pool has connections.
+    let mut waiting = Vec::new();
+    for user in creators {
+        for _ in 0..8 {
+            let api = api.clone();
+            waiting.push(tokio::spawn(async move {
+                api.post("/api/generations", user, json!({"prompt": "a corgi"}))
+                    .await
+            }));
+        }
+    }
+    let http = shared::http::client_builder().build()?;
+    let all_on_replicate = shared::testing::eventually(Duration::from_secs(10), || async {
+        let jobs: Vec<Value> =
+            shared::testing::get_json(&http, format!("{}/sim/jobs", api.simulator)).await;
+        jobs.len() == 24
+    })
+    .await;
+    assert!(
+        all_on_replicate.is_ok(),
+        "the 24 creations reached Replicate"
+    );
+
+    // Meanwhile another user's page and the health answer, before any creation has.
+    let (status, page) = api.get("/api/jobs", "d").await;
+    assert_eq!(status, 200, "{page}");
+    let health = http.get(format!("{}/api/health", api.base)).send().await?;
+    assert_eq!(health.status(), 200);
+    assert!(
+        waiting.iter().all(|creation| !creation.is_finished()),
+        "the other calls were answered while every creation still waited on Replicate"
+    );
+
+    // A ninth creation of one user is refused, and costs nothing.
+    let (status, answer) = api
+        .post("/api/generations", "a", json!({"prompt": "one more"}))
+        .await;
+    assert_eq!(status, 429, "{answer}");
+    assert_eq!(api.credits("a").await, 100 - 8 * 4);
+
+    for creation in waiting {
+        let (status, answer) = creation.await?;
+        assert_eq!(status, 201, "{answer}");
+    }
+    let (status, _) = api
+        .post(
+            "/api/generations",
+            "a",
+            json!({"prompt": "now there is room"}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    match Arc::try_unwrap(api) {
+        Ok(api) => api.stop().await,
+        Err(_) => panic!("the API is still shared"),
+    }
     Ok(())
 }

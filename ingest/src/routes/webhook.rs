@@ -153,6 +153,9 @@ async fn process(
         })?;
 
     let job = JobRef::parse(&body).map_err(|err| Rejection::InvalidPayload(err.to_string()))?;
+    // The row the jobs API created the job for, from `?job=`: carried for the worker,
+    // which binds only a row still waiting for its id (the query is not signed).
+    let tag = shared::replicate::tag_of_query(request.query_string());
 
     let publish_started = Instant::now();
     let published = state
@@ -161,6 +164,7 @@ async fn process(
             id: headers.id,
             timestamp: headers.timestamp,
             body: &body,
+            tag: tag.as_deref(),
         })
         .await;
     metrics::histogram!(

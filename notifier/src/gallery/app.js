@@ -4,7 +4,15 @@
 (() => {
   "use strict";
   const params = new URLSearchParams(location.search);
-  const token = params.get("token") || "";
+  // The token leaves the address bar once read (so it is not bookmarked, shared in a
+  // screenshot or kept in history); it stays for this tab's session, reloads included.
+  const token = params.get("token") || sessionStorage.getItem("gallery-token") || "";
+  if (params.has("token")) {
+    if (token) sessionStorage.setItem("gallery-token", token);
+    params.delete("token");
+    const rest = params.toString();
+    history.replaceState(null, "", location.pathname + (rest ? `?${rest}` : "") + location.hash);
+  }
   const $ = (id) => document.getElementById(id);
   const els = {
     jobs: $("jobs"), empty: $("empty"), credits: $("credits"), connection: $("connection"),

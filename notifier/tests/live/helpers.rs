@@ -27,6 +27,7 @@ pub fn jobs_without_replicate() -> JobsConfig {
         replicate: shared::config::ReplicateApiConfig {
             url: "http://127.0.0.1:9/v1".into(),
             token: Default::default(),
+            create_timeout_secs: 30,
         },
         public_webhook_url: "http://127.0.0.1:9/api/webhooks/replicate".into(),
         generation_model: "black-forest-labs/flux-schnell".parse().unwrap(),
@@ -36,6 +37,8 @@ pub fn jobs_without_replicate() -> JobsConfig {
         generation_cost: 4,
         upscale_cost: 2,
         training_cost: 40,
+        max_creations_per_user: 8,
+        max_creations_in_flight: 256,
     }
 }
 

@@ -100,3 +100,140 @@ async fn an_svg_is_served_sandboxed_and_never_sniffed() -> anyhow::Result<()> {
     env.cleanup().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranges_are_answered_206_and_out_of_range_416() -> anyhow::Result<()> {
+    let env = TestEnv::new().await;
+    let running = env.start().await;
+    std::fs::create_dir_all(env.media_dir.join("generations/g3")).unwrap();
+    let content: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(env.media_dir.join("generations/g3/0.png"), &content).unwrap();
+    let http = shared::http::client_builder().build().unwrap();
+    let url = format!("http://{}/media/generations/g3/0.png", running.address);
+    let get = |range: Option<&'static str>| {
+        let mut request = http.get(&url);
+        if let Some(range) = range {
+            request = request.header("range", range);
+        }
+        request.send()
+    };
+
+    let whole = get(None).await?;
+    assert_eq!(whole.status(), 200);
+    assert_eq!(whole.headers()["accept-ranges"], "bytes");
+    assert_eq!(whole.headers()["content-length"], "200000");
+    assert_eq!(whole.bytes().await?.as_ref(), content.as_slice());
+
+    for (range, start, end) in [
+        ("bytes=0-99", 0, 100),
+        ("bytes=150000-", 150_000, 200_000),
+        ("bytes=-10", 199_990, 200_000),
+        ("bytes=70000-70000", 70_000, 70_001),
+    ] {
+        let part = get(Some(range)).await?;
+        assert_eq!(part.status(), 206, "{range}");
+        assert_eq!(
+            part.headers()["content-range"],
+            format!("bytes {start}-{}/200000", end - 1).as_str(),
+            "{range}"
+        );
+        assert_eq!(
+            part.bytes().await?.as_ref(),
+            &content[start..end],
+            "{range}"
+        );
+    }
+    let beyond = get(Some("bytes=200000-")).await?;
+    assert_eq!(beyond.status(), 416);
+    assert_eq!(beyond.headers()["content-range"], "bytes */200000");
+    // Several ranges at once are answered with the whole file, as RFC 9110 allows.
+    assert_eq!(get(Some("bytes=0-1,5-6")).await?.status(), 200);
+    running.stop().await;
+    env.cleanup().await;
+    Ok(())
+}
+
+/// The resident memory of this process (the notifier runs inside the test), in bytes.
+fn resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmRSS:"))
+        .unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_readers_of_a_large_image_hold_little_memory() -> anyhow::Result<()> {
+    const SIZE: usize = 40 * 1024 * 1024;
+    const READERS: usize = 60;
+    let env = TestEnv::new().await;
+    let running = env.start().await;
+    std::fs::create_dir_all(env.media_dir.join("generations/big")).unwrap();
+    std::fs::write(env.media_dir.join("generations/big/0.png"), vec![7u8; SIZE]).unwrap();
+    let before = resident_bytes();
+    // Each reader asks for the image, reads its first bytes and then stops reading.
+    let mut readers = Vec::new();
+    for _ in 0..READERS {
+        let mut stream = TcpStream::connect(&running.address).await?;
+        stream
+            .write_all(b"GET /media/generations/big/0.png HTTP/1.1\r\nHost: test\r\n\r\n")
+            .await?;
+        let mut first = [0u8; 512];
+        let read = stream.read(&mut first).await?;
+        assert!(first[..read].starts_with(b"HTTP/1.1 200"));
+        readers.push(stream);
+    }
+    // Give the server every chance to read ahead into memory.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let grown = resident_bytes().saturating_sub(before);
+    // Read whole, the files alone would be 60 × 40 MiB = 2.4 GiB. Streamed, each reader
+    // holds a chunk and what the sockets buffer.
+    assert!(
+        grown < 150 * 1024 * 1024,
+        "{READERS} stalled readers grew the process by {} MiB",
+        grown / 1024 / 1024
+    );
+    drop(readers);
+    running.stop().await;
+    env.cleanup().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_the_notifier_serves_sends_a_referer() -> anyhow::Result<()> {
+    let env = TestEnv::new().await;
+    let running = env.start().await;
+    std::fs::create_dir_all(env.media_dir.join("generations/g4")).unwrap();
+    std::fs::write(env.media_dir.join("generations/g4/0.png"), b"\x89PNG").unwrap();
+    let http = shared::http::client_builder().build().unwrap();
+    let token = env.token("u1");
+    for path in [
+        format!("/?token={token}"),
+        "/app.js".to_owned(),
+        "/style.css".to_owned(),
+        "/media/generations/g4/0.png".to_owned(),
+        "/media/generations/g4/missing.png".to_owned(),
+        "/api/jobs".to_owned(),
+        "/api/health".to_owned(),
+        "/nowhere".to_owned(),
+    ] {
+        let response = http
+            .get(format!("http://{}{path}", running.address))
+            .send()
+            .await?;
+        assert_eq!(
+            response
+                .headers()
+                .get("referrer-policy")
+                .map(|v| v.to_str().unwrap()),
+            Some("no-referrer"),
+            "{path} answered {}",
+            response.status()
+        );
+    }
+    running.stop().await;
+    env.cleanup().await;
+    Ok(())
+}

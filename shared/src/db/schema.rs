@@ -73,4 +73,14 @@ diesel::allow_tables_to_appear_in_same_query!(
     ai_models,
     credit_transactions,
     job_events,
+    unconfirmed_jobs,
 );
+
+diesel::table! {
+    unconfirmed_jobs (job_id) {
+        job_id -> Text,
+        first_at -> Timestamptz,
+        last_at -> Timestamptz,
+        answers -> Int4,
+    }
+}

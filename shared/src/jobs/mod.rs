@@ -7,6 +7,7 @@
 //! user's next gapless `seq`.
 
 pub mod apply;
+pub mod bind;
 pub mod event_log;
 pub mod refund;
 pub mod transition;
@@ -16,6 +17,9 @@ use diesel::prelude::*;
 
 use crate::db::schema::{ai_models, generations};
 use crate::events::{GenerationJob, JobKind, JobState, TrainingJob};
+
+/// The `kind` of a job's debit in `credit_transactions` (written by the jobs API).
+pub const DEBIT: &str = "DEBIT";
 
 /// A `generations` row whose prompt starts with this is an upscale.
 pub const UPSCALE_MARKER: &str = "[UPSCALED]";

@@ -61,6 +61,7 @@ impl TestEnv {
                 replicate: shared::config::ReplicateApiConfig {
                     url: "http://127.0.0.1:9/v1".into(),
                     token: Default::default(),
+                    create_timeout_secs: 30,
                 },
                 after_secs: 600,
                 interval_secs: 60,

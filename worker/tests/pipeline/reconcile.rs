@@ -115,6 +115,19 @@ async fn jobs_without_news_are_asked_about_and_end_as_replicate_says_once() -> a
         .execute(&mut env.conn().await)
         .await?;
 
+    // A row written by hand (or by the app before this pipeline): never debited here, so
+    // never refunded here, however old.
+    diesel::insert_into(generations::table)
+        .values((
+            generations::id.eq("legacy"),
+            generations::user_id.eq("u1"),
+            generations::prompt.eq("a corgi"),
+            generations::credits_used.eq(4),
+            generations::created_at.eq(chrono::Utc::now() - chrono::Duration::minutes(20)),
+        ))
+        .execute(&mut env.conn().await)
+        .await?;
+
     // Two workers, one reconciler.
     let mut config = env.config.clone();
     config.reconcile.replicate.url = api_url;
@@ -128,23 +141,42 @@ async fn jobs_without_news_are_asked_about_and_end_as_replicate_says_once() -> a
     env.wait_for_statuses(&[
         ("done", "COMPLETED"),
         ("broke", "FAILED"),
-        ("gone", "FAILED"),
         ("abandoned", "FAILED"),
     ])
     .await;
+    // Replicate's 404 is reported, not acted on: recorded with since when.
+    let unconfirmed = || async {
+        shared::db::schema::unconfirmed_jobs::table
+            .select(shared::db::schema::unconfirmed_jobs::job_id)
+            .load::<String>(&mut env.conn().await)
+            .await
+            .unwrap()
+    };
+    shared::testing::eventually(std::time::Duration::from_secs(10), || async {
+        !unconfirmed().await.is_empty()
+    })
+    .await
+    .expect("the 404 is recorded");
+    assert_eq!(unconfirmed().await, ["r-gone"]);
     assert_eq!(
         env.refunds_for("abandoned").await,
         vec![4],
         "refunded under its debit's key"
     );
     assert_eq!(env.generation("done").await.image_urls.len(), 1);
-    let gone = env.generation("gone").await;
-    assert!(
-        gone.error_message.unwrap().contains("no prediction r-gone"),
-        "the reason is plain"
-    );
     assert_eq!(env.refunds_for("r-broke").await, vec![4]);
-    assert_eq!(env.refunds_for("r-gone").await, vec![4]);
+    assert_eq!(
+        env.status_of("gone").await,
+        "PROCESSING",
+        "a 404 fails nothing: it may be a wrong URL or token"
+    );
+    assert!(env.refunds_for("r-gone").await.is_empty(), "nor refunds");
+    assert_eq!(
+        env.status_of("legacy").await,
+        "PENDING",
+        "never debited here"
+    );
+    assert!(env.refunds_for("legacy").await.is_empty());
     assert_eq!(env.status_of("running").await, "PROCESSING");
     assert_eq!(
         env.status_of("fresh").await,
