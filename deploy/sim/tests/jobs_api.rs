@@ -788,3 +788,109 @@ async fn slow_creations_hold_no_database_connection_and_are_bounded_per_user() -
     }
     Ok(())
 }
+
+/// Sequential and index scans of a table so far, as PostgreSQL counts them.
+async fn scans(api: &Api, table: &str) -> (i64, i64) {
+    #[derive(diesel::QueryableByName)]
+    struct Scans {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        seq_scan: i64,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        idx_scan: i64,
+    }
+    let mut conn = shared::db::connection(&api.services.pool).await.unwrap();
+    diesel::sql_query("SELECT pg_stat_clear_snapshot()")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let scans: Scans = diesel::sql_query(
+        "SELECT seq_scan, COALESCE(idx_scan, 0) AS idx_scan FROM pg_stat_user_tables WHERE relname = $1",
+    )
+    .bind::<diesel::sql_types::Text, _>(table)
+    .get_result(&mut conn)
+    .await
+    .unwrap();
+    (scans.seq_scan, scans.idx_scan)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_reads_an_index_however_many_rows_other_users_have() -> anyhow::Result<()> {
+    let api = Api::start(Replicate::Simulator).await;
+    api.user("crowd", 0).await;
+    api.user("u1", 10).await;
+    let mut conn = shared::db::connection(&api.services.pool).await?;
+    // A million jobs of someone else in each table, and a few of ours.
+    for (table, extra) in [("generations", "prompt"), ("ai_models", "name")] {
+        diesel::sql_query(format!(
+            "INSERT INTO {table} (id, user_id, {extra}, status, created_at) \
+             SELECT 'crowd-' || i, 'crowd', 'x', 'COMPLETED', now() - i * interval '1 second' \
+             FROM generate_series(1, 1000000) AS i"
+        ))
+        .execute(&mut conn)
+        .await?;
+        diesel::sql_query(format!(
+            "INSERT INTO {table} (id, user_id, {extra}, status) \
+             SELECT 'mine-' || i, 'u1', 'x', 'COMPLETED' FROM generate_series(1, 5) AS i"
+        ))
+        .execute(&mut conn)
+        .await?;
+        diesel::sql_query(format!("ANALYZE {table}"))
+            .execute(&mut conn)
+            .await?;
+    }
+    // Statistics reach the shared counters when a session goes idle (at most once a second).
+    let settled = || async {
+        let before = (
+            scans(&api, "generations").await,
+            scans(&api, "ai_models").await,
+        );
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        before
+            == (
+                scans(&api, "generations").await,
+                scans(&api, "ai_models").await,
+            )
+    };
+    assert!(
+        shared::testing::eventually(Duration::from_secs(20), settled)
+            .await
+            .is_ok()
+    );
+    let before = (
+        scans(&api, "generations").await,
+        scans(&api, "ai_models").await,
+    );
+
+    let (status, page) = api.get("/api/jobs?limit=3", "u1").await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["jobs"].as_array().unwrap().len(), 3);
+    let next = page["next"].as_str().unwrap().to_owned();
+    let (status, page) = api
+        .get(&format!("/api/jobs?limit=3&before={next}"), "u1")
+        .await;
+    assert_eq!(status, 200, "{page}");
+
+    let after = || async {
+        (
+            scans(&api, "generations").await,
+            scans(&api, "ai_models").await,
+        )
+    };
+    let counted = shared::testing::eventually(Duration::from_secs(10), || async {
+        let now = after().await;
+        now.0.1 > before.0.1 && now.1.1 > before.1.1
+    })
+    .await;
+    assert!(
+        counted.is_ok(),
+        "the listing's index scans were never counted"
+    );
+    let now = after().await;
+    assert_eq!(
+        (now.0.0, now.1.0),
+        (before.0.0, before.1.0),
+        "GET /api/jobs scanned a whole table (sequential scans before {before:?}, after {now:?})"
+    );
+    api.stop().await;
+    Ok(())
+}

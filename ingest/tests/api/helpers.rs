@@ -114,9 +114,19 @@ impl TestApp {
         headers: &[(&str, String)],
         body: impl Into<Vec<u8>>,
     ) -> reqwest::Response {
+        self.post_to("/api/webhooks/replicate", headers, body).await
+    }
+
+    /// [`TestApp::post`] to `path` (with a query string, as Replicate calls a tagged URL).
+    pub async fn post_to(
+        &self,
+        path: &str,
+        headers: &[(&str, String)],
+        body: impl Into<Vec<u8>>,
+    ) -> reqwest::Response {
         let mut request = self
             .client
-            .post(format!("{}/api/webhooks/replicate", self.address))
+            .post(format!("{}{path}", self.address))
             .header("content-type", "application/json")
             .body(body.into());
         for (name, value) in headers {

@@ -294,3 +294,35 @@ async fn health_and_metrics() -> anyhow::Result<()> {
     app.cleanup().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn the_job_tag_of_the_url_rides_along_as_a_header() -> anyhow::Result<()> {
+    let mut app = spawn_connected().await;
+    for (query, tag) in [
+        ("?job=gen_abc123", Some("gen_abc123")),
+        ("?env=prod&job=mdl_x-1", Some("mdl_x-1")),
+        ("?job=not%20a%20row", None),
+        ("", None),
+    ] {
+        let id = format!("msg_tag_{}", query.len());
+        let headers = app.signed_headers(&id, now_secs(), SUCCEEDED);
+        let response = app
+            .post_to(
+                &format!("/api/webhooks/replicate{query}"),
+                &headers,
+                SUCCEEDED,
+            )
+            .await;
+        assert_eq!(response.status(), 200, "{query}");
+        let queued = app.drain_queue().await;
+        assert_eq!(queued.len(), 1, "{query}");
+        let carried = header(&queued[0], shared::amqp::HEADER_JOB_TAG).map(|value| match value {
+            AMQPValue::LongString(text) => text.to_string(),
+            other => panic!("{other:?}"),
+        });
+        assert_eq!(carried.as_deref(), tag, "{query}");
+        assert_eq!(queued[0].data, SUCCEEDED, "the body is untouched");
+    }
+    app.cleanup().await;
+    Ok(())
+}

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use futures_util::StreamExt;
+use lapin::Channel;
 use lapin::options::{BasicConsumeOptions, BasicGetOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel};
-use shared::amqp::{Outgoing, PERSISTENT, publish_confirmed, string_headers};
+use shared::amqp::{Outgoing, publish_confirmed};
 use shared::config::{LogFormat, TelemetryConfig};
 use shared::db;
 use shared::db::schema::{ai_models, credit_transactions, generations, job_events, users};
@@ -80,21 +80,19 @@ impl TestEnv {
 
     /// Enqueues a webhook exactly as ingest does.
     pub async fn send(&self, webhook_id: &str, body: &serde_json::Value) {
+        self.send_tagged(webhook_id, body, None).await;
+    }
+
+    /// Enqueues a webhook as ingest does when the URL it was posted to carried `?job=<tag>`.
+    pub async fn send_tagged(&self, webhook_id: &str, body: &serde_json::Value, tag: Option<&str>) {
         let body = serde_json::to_vec(body).unwrap();
-        let properties = BasicProperties::default()
-            .with_delivery_mode(PERSISTENT)
-            .with_message_id(webhook_id.into())
-            .with_headers(string_headers([
-                ("webhook-id", webhook_id),
-                ("webhook-timestamp", "0"),
-            ]));
         publish_confirmed(
             &self.channel,
             Outgoing {
                 exchange: "",
                 routing_key: &self.topology.webhooks_queue(),
                 body: &body,
-                properties,
+                properties: shared::amqp::webhook_properties(webhook_id, "0", tag),
                 mandatory: true,
             },
             Duration::from_secs(5),
