@@ -51,9 +51,14 @@ pub const TRAINING_IMAGES: &str = "https://example.com/my-input-images.zip";
 
 impl JobsClient {
     pub fn new(base_url: &str, jwt_secret: &str) -> Self {
+        Self::with_timeout(base_url, jwt_secret, Duration::from_secs(60))
+    }
+
+    /// A client that gives up on an answer after `timeout` (a browser closed mid-request).
+    pub fn with_timeout(base_url: &str, jwt_secret: &str, timeout: Duration) -> Self {
         Self {
             http: shared::http::client_builder()
-                .timeout(Duration::from_secs(60))
+                .timeout(timeout)
                 .build()
                 .expect("an HTTP client with default settings builds"),
             base_url: base_url.trim_end_matches('/').to_owned(),

@@ -1,8 +1,10 @@
 //! Chaos: while jobs are created through the jobs API (with duplicated, reordered, failing
-//! and cancelled webhooks), workers are SIGKILLed and restarted, RabbitMQ and PostgreSQL
-//! are restarted, the notifier is SIGKILLed under connected browsers, and ingest is cut
-//! for longer than Replicate retries (the reconciler must recover those jobs). Then the
-//! oracle compares everything with what the simulator decided.
+//! and cancelled webhooks, Replicate answering each creation 400 ms late while the job
+//! already runs, and one client in five hanging up before the answer), workers are
+//! SIGKILLed and restarted, RabbitMQ and PostgreSQL are restarted, the notifier is SIGKILLed
+//! mid-creation under connected browsers, and ingest is cut for longer than Replicate
+//! retries (the reconciler must recover those jobs). Then the oracle compares everything
+//! with what the simulator decided: every job Replicate ran has its row and its end.
 //!
 //! It restarts this machine's RabbitMQ and PostgreSQL, so it is not part of the normal
 //! suite: `deploy/chaos` runs it (`--quick` in `deploy/test`, after the suite).
@@ -67,10 +69,12 @@ async fn nothing_is_lost_under_crashes_restarts_and_cut_webhooks() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(15.0);
     let started = Instant::now();
+    let replicate: Vec<&str> = [FAULTY_REPLICATE, &["--create-delay-ms", "400"]].concat();
     let mut pipeline = Pipeline::start_with(
-        FAULTY_REPLICATE,
+        &replicate,
         2,
         &[
+            ("REPLICATE_CREATE_TIMEOUT_SECS", "3"),
             ("RECONCILE_AFTER_SECS", "8"),
             ("RECONCILE_INTERVAL_SECS", "2"),
             ("OUTBOX_SWEEP_SECS", "1"),
@@ -103,7 +107,14 @@ async fn nothing_is_lost_under_crashes_restarts_and_cut_webhooks() {
     }
 
     oracle::wait_greeted(inboxes.values()).await;
-    let (creations, creating) = Creations::start(vec![client.clone()], users.clone(), rate);
+    // Browsers that close the page 150 ms into a creation Replicate answers after 400 ms.
+    let impatient = Arc::new(JobsClient::with_timeout(
+        &format!("http://{}", pipeline.notifier),
+        JWT_SECRET,
+        Duration::from_millis(150),
+    ));
+    let (creations, creating) =
+        Creations::start(vec![client.clone()], vec![impatient], users.clone(), rate);
     let mut faults: Vec<String> = Vec::new();
     let worker_health = |pipeline: &Pipeline, i: usize| {
         format!("http://127.0.0.1:{}/api/health", pipeline.worker_ports[i])
@@ -143,9 +154,10 @@ async fn nothing_is_lost_under_crashes_restarts_and_cut_webhooks() {
         .await;
     creations.resume();
 
-    // The notifier SIGKILLed under connected browsers; they come back with `since`.
+    // The notifier SIGKILLed under connected browsers and creations under way (Replicate
+    // has some of them and answers into the void); browsers come back with `since`, and
+    // each of those jobs is bound by its first webhook or, never sent, failed and refunded.
     moment().await;
-    creations.pause().await;
     pipeline.kill("notifier").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     pipeline.restart("notifier");
@@ -155,8 +167,7 @@ async fn nothing_is_lost_under_crashes_restarts_and_cut_webhooks() {
             &format!("http://{}/api/health", pipeline.notifier),
         )
         .await;
-    faults.push("SIGKILL notifier, restart".into());
-    creations.resume();
+    faults.push("SIGKILL notifier mid-creation, restart".into());
 
     // Ingest cut for longer than Replicate retries: those jobs' webhooks are lost for good
     // and only the reconciler can finish them.
@@ -177,6 +188,19 @@ async fn nothing_is_lost_under_crashes_restarts_and_cut_webhooks() {
     let reconnects: usize = inboxes.values().map(|i| i.lock().unwrap().reconnects).sum();
     let mut report = RunReport::new(&pipeline, &decided, &creations).await;
     report.faults(&faults);
+    let worker_logs: String = (0..2)
+        .map(|i| pipeline.log(&format!("worker-{i}")))
+        .collect();
+    report.row(
+        "jobs bound by their webhook's tag (Replicate's answer not stored yet)",
+        worker_logs.matches("bound to its Replicate id").count(),
+    );
+    report.row(
+        "creations abandoned before reaching Replicate (failed, refunded)",
+        worker_logs
+            .matches("abandoned before Replicate's id")
+            .count(),
+    );
     report.verdict(reconnects, &verdict);
     report.print(&format!(
         "chaos run ({:.0} s)",

@@ -250,7 +250,7 @@ async fn losing_a_broker_node_or_an_ingest_under_load_loses_nothing() {
     }
 
     oracle::wait_greeted(browsers.iter().map(|(_, inbox)| inbox)).await;
-    let (creations, creating) = Creations::start(clients.clone(), users.clone(), rate);
+    let (creations, creating) = Creations::start(clients.clone(), Vec::new(), users.clone(), rate);
     let mut faults: Vec<String> = Vec::new();
     let moment = || tokio::time::sleep(Duration::from_secs(4));
 

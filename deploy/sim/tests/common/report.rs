@@ -31,7 +31,12 @@ impl RunReport {
             .sum();
         let mut report = Self { rows: Vec::new() };
         report.row("jobs created through the jobs API", creations.created());
+        report.row("jobs that ran on Replicate", decided.len());
         report.row("job creations refused and retried", creations.refused());
+        report.row(
+            "job creations left without an answer (client hung up, notifier killed)",
+            creations.unanswered(),
+        );
         report.row("webhooks sent by the simulator", sent);
         report.row("webhooks accepted by ingest", &stats["accepted"]);
         report.row(
