@@ -372,6 +372,26 @@ impl Inner {
                 Ok(created)
             }
             Err(err) => {
+                let failed = bind::fail_unbound(&mut conn, &job.id, err.to_string()).await?;
+                let Some(applied) = failed else {
+                    // A webhook bound the job meanwhile: Replicate did create it (its answer
+                    // was too slow, or lost), and it goes on like any other.
+                    let state = job_state(&mut conn, &job).await?;
+                    let credits = credits_of(&mut conn, user_id).await?;
+                    if state.job_id().is_some() {
+                        tracing::info!(%user_id, id = %job.id, %kind, error = %shared::telemetry::error_chain(&err), "Replicate's answer failed, but the job's webhook had already bound it");
+                        return Ok(Created { job: state, credits });
+                    }
+                    return Err(JobsError::Replicate {
+                        message: err.to_string(),
+                        job: Box::new(state),
+                        credits,
+                    });
+                };
+                metrics::counter!("notifier_jobs_refused_total", "kind" => kind.as_str())
+                    .increment(1);
+                tracing::warn!(%user_id, id = %job.id, %kind, error = %shared::telemetry::error_chain(&err), elapsed_ms = started.elapsed().as_millis() as u64, "Replicate did not create the job; refunded");
+                publish(&self.sessions, &mut conn, &applied.event).await;
                 let message = match &err {
                     CreateError::Unreachable(_) => format!(
                         "{err}; the job is marked failed and its {} credits are refunded (if Replicate did start it, its results are not kept)",
@@ -382,23 +402,10 @@ impl Inner {
                         new.cost
                     ),
                 };
-                metrics::counter!("notifier_jobs_refused_total", "kind" => kind.as_str())
-                    .increment(1);
-                tracing::warn!(%user_id, id = %job.id, %kind, error = %shared::telemetry::error_chain(&err), elapsed_ms = started.elapsed().as_millis() as u64, "Replicate did not create the job; refunded");
-                let state = match bind::fail_unbound(&mut conn, &job.id, err.to_string()).await? {
-                    Some(applied) => {
-                        publish(&self.sessions, &mut conn, &applied.event).await;
-                        applied.event.event.job().expect("a status event")
-                    }
-                    // A webhook bound the job meanwhile (Replicate did create it): it goes
-                    // on like any other.
-                    None => job_state(&mut conn, &job).await?,
-                };
-                let credits = credits_of(&mut conn, user_id).await?;
                 Err(JobsError::Replicate {
                     message,
-                    job: Box::new(state),
-                    credits,
+                    job: Box::new(applied.event.event.job().expect("a status event")),
+                    credits: credits_of(&mut conn, user_id).await?,
                 })
             }
         }

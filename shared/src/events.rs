@@ -96,6 +96,14 @@ impl JobState {
         }
     }
 
+    /// Replicate's id, once the job has one.
+    pub fn job_id(&self) -> Option<&str> {
+        match self {
+            Self::Generation(job) => job.job_id.as_deref(),
+            Self::Training(job) => job.job_id.as_deref(),
+        }
+    }
+
     pub fn credits_used(&self) -> i32 {
         match self {
             Self::Generation(job) => job.credits_used,

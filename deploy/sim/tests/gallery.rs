@@ -203,6 +203,9 @@ async fn a_person_generates_watches_upscales_and_sees_a_refund() {
         .wait_for("#connection.online", "the page connects")
         .await;
     assert_eq!(browser.text("#credits").await, "100");
+    // The token leaves the address bar once read (bookmarks, screenshots, history).
+    let address = browser.client.current_url().await.unwrap();
+    assert!(!address.as_str().contains("token"), "{address}");
     assert!(
         browser.text("#generate-button").await.contains("4 credits"),
         "the button says what it costs"
