@@ -380,7 +380,10 @@ impl Inner {
                     let credits = credits_of(&mut conn, user_id).await?;
                     if state.job_id().is_some() {
                         tracing::info!(%user_id, id = %job.id, %kind, error = %shared::telemetry::error_chain(&err), "Replicate's answer failed, but the job's webhook had already bound it");
-                        return Ok(Created { job: state, credits });
+                        return Ok(Created {
+                            job: state,
+                            credits,
+                        });
                     }
                     return Err(JobsError::Replicate {
                         message: err.to_string(),

@@ -27,7 +27,7 @@ use crate::replicate::Status;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Binding {
     /// Bound now: the job (with Replicate's id) and its first event (`PENDING`), to publish.
-    Bound { job: Job, event: StoredEvent },
+    Bound { job: Job, event: Box<StoredEvent> },
     /// Already bound to this id (the other side got there first).
     AlreadyBound(Job),
     /// The row is bound to another id, has ended, or was not debited by this ledger: it is
@@ -148,7 +148,10 @@ pub async fn bind(
         let event = Event::status_changed(seq, &job.user_id, credits, 0, state);
         let event = event_log::append(conn, &event).await?;
         job.job_id = replicate_id.to_owned();
-        Ok(Binding::Bound { job, event })
+        Ok(Binding::Bound {
+            job,
+            event: Box::new(event),
+        })
     })
     .await
 }
