@@ -11,7 +11,7 @@
     if (token) sessionStorage.setItem("gallery-token", token);
     params.delete("token");
     const rest = params.toString();
-    history.replaceState(null, "", location.pathname + (rest ? `?${rest}` : "") + location.hash);
+    window.history.replaceState(null, "", location.pathname + (rest ? `?${rest}` : "") + location.hash);
   }
   const $ = (id) => document.getElementById(id);
   const els = {
