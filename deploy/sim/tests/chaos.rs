@@ -146,12 +146,7 @@ async fn nothing_is_lost_under_crashes_restarts_and_cut_webhooks() {
     creations.pause().await;
     restart_postgresql();
     faults.push("restart PostgreSQL".into());
-    pipeline
-        .wait_healthy(
-            "notifier",
-            &format!("http://{}/api/health", pipeline.notifier),
-        )
-        .await;
+    pipeline.wait_notifier_healthy().await;
     creations.resume();
 
     // The notifier SIGKILLed under connected browsers and creations under way (Replicate
@@ -161,12 +156,7 @@ async fn nothing_is_lost_under_crashes_restarts_and_cut_webhooks() {
     pipeline.kill("notifier").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     pipeline.restart("notifier");
-    pipeline
-        .wait_healthy(
-            "notifier",
-            &format!("http://{}/api/health", pipeline.notifier),
-        )
-        .await;
+    pipeline.wait_notifier_healthy().await;
     faults.push("SIGKILL notifier mid-creation, restart".into());
 
     // Ingest cut for longer than Replicate retries: those jobs' webhooks are lost for good

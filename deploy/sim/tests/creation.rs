@@ -80,12 +80,7 @@ async fn a_creation_survives_its_client_hanging_up_and_its_notifier_killed() {
         "the creation's answer died with the notifier"
     );
     pipeline.restart("notifier");
-    pipeline
-        .wait_healthy(
-            "notifier",
-            &format!("http://{}/api/health", pipeline.notifier),
-        )
-        .await;
+    pipeline.wait_notifier_healthy().await;
 
     let decided = oracle::settle(&pipeline.deployment(), Duration::from_secs(60)).await;
     assert_eq!(decided.len(), 2, "two jobs ran on Replicate");

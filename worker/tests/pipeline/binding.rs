@@ -6,55 +6,17 @@
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use serde_json::{Value, json};
-use shared::db::schema::{credit_transactions, generations};
+use shared::db::schema::credit_transactions;
 
-use crate::helpers::{TestEnv, prediction};
+use crate::helpers::{Debited, TestEnv, prediction};
 use crate::images;
 
 const HOOK: &str = "https://hooks.example.com/api/webhooks/replicate";
-
-/// A row as the jobs API leaves it before Replicate answers: `PENDING`, no Replicate id,
-/// its debit under the row's id (unless `debited` is false: a row written by someone else).
-async fn insert_waiting(env: &TestEnv, id: &str, status: &str, debited: bool) {
-    let mut conn = env.conn().await;
-    diesel::insert_into(generations::table)
-        .values((
-            generations::id.eq(id),
-            generations::user_id.eq("u1"),
-            generations::prompt.eq("a corgi"),
-            generations::status.eq(status),
-            generations::credits_used.eq(4),
-        ))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    if debited {
-        diesel::insert_into(credit_transactions::table)
-            .values((
-                credit_transactions::user_id.eq("u1"),
-                credit_transactions::amount.eq(-4),
-                credit_transactions::kind.eq("DEBIT"),
-                credit_transactions::job_id.eq(id),
-            ))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-    }
-}
 
 fn tagged(job_id: &str, status: &str, output: Value, tag: &str) -> Value {
     let mut body = prediction(job_id, status, output);
     body["webhook"] = json!(format!("{HOOK}?job={tag}"));
     body
-}
-
-async fn job_id_of(env: &TestEnv, id: &str) -> Option<String> {
-    generations::table
-        .find(id)
-        .select(generations::job_id)
-        .first(&mut env.conn().await)
-        .await
-        .unwrap()
 }
 
 async fn debits_of(env: &TestEnv, key: &str) -> usize {
@@ -72,10 +34,24 @@ async fn a_webhook_binds_only_the_waiting_row_its_url_names() -> anyhow::Result<
     let images = images::start().await;
     let env = TestEnv::new(&images.host).await;
     env.insert_user("u1", 100).await;
-    insert_waiting(&env, "waiting", "PENDING", true).await;
-    insert_waiting(&env, "header-only", "PENDING", true).await;
-    insert_waiting(&env, "not-debited", "PENDING", false).await;
-    insert_waiting(&env, "gave-up", "FAILED", true).await;
+    env.insert_unbound("waiting", "PENDING", Debited::Yes, chrono::Duration::zero())
+        .await;
+    env.insert_unbound(
+        "header-only",
+        "PENDING",
+        Debited::Yes,
+        chrono::Duration::zero(),
+    )
+    .await;
+    env.insert_unbound(
+        "not-debited",
+        "PENDING",
+        Debited::No,
+        chrono::Duration::zero(),
+    )
+    .await;
+    env.insert_unbound("gave-up", "FAILED", Debited::Yes, chrono::Duration::zero())
+        .await;
     env.insert_generation("taken", "u1", "r-taken", "a corgi", 4)
         .await;
     let mut events = env.observe_events().await;
@@ -98,8 +74,8 @@ async fn a_webhook_binds_only_the_waiting_row_its_url_names() -> anyhow::Result<
     .await;
     env.wait_for_statuses(&[("waiting", "COMPLETED"), ("header-only", "PROCESSING")])
         .await;
-    assert_eq!(job_id_of(&env, "waiting").await.as_deref(), Some("r-1"));
-    assert_eq!(job_id_of(&env, "header-only").await.as_deref(), Some("r-2"));
+    assert_eq!(env.job_id_of("waiting").await.as_deref(), Some("r-1"));
+    assert_eq!(env.job_id_of("header-only").await.as_deref(), Some("r-2"));
     assert_eq!(
         debits_of(&env, "r-1").await,
         1,
@@ -175,10 +151,10 @@ async fn a_webhook_binds_only_the_waiting_row_its_url_names() -> anyhow::Result<
             "{job}: {letters:?}"
         );
     }
-    assert_eq!(job_id_of(&env, "not-debited").await, None);
+    assert_eq!(env.job_id_of("not-debited").await, None);
     assert_eq!(env.status_of("not-debited").await, "PENDING");
-    assert_eq!(job_id_of(&env, "taken").await.as_deref(), Some("r-taken"));
-    assert_eq!(job_id_of(&env, "gave-up").await, None);
+    assert_eq!(env.job_id_of("taken").await.as_deref(), Some("r-taken"));
+    assert_eq!(env.job_id_of("gave-up").await, None);
     worker.stop().await;
     env.cleanup().await;
     Ok(())

@@ -227,6 +227,53 @@ impl TestEnv {
             .unwrap();
     }
 
+    /// A generation of `u1` as the jobs API leaves it before Replicate answers: no Replicate
+    /// id, 4 credits, created `age` ago, with its debit under the row's id when `debited`
+    /// says so (otherwise a row someone else wrote).
+    pub async fn insert_unbound(
+        &self,
+        id: &str,
+        status: &str,
+        debited: Debited,
+        age: chrono::Duration,
+    ) {
+        let mut conn = self.conn().await;
+        diesel::insert_into(generations::table)
+            .values((
+                generations::id.eq(id),
+                generations::user_id.eq("u1"),
+                generations::prompt.eq("a corgi"),
+                generations::status.eq(status),
+                generations::credits_used.eq(4),
+                generations::created_at.eq(chrono::Utc::now() - age),
+            ))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        if debited == Debited::Yes {
+            diesel::insert_into(credit_transactions::table)
+                .values((
+                    credit_transactions::user_id.eq("u1"),
+                    credit_transactions::amount.eq(-4),
+                    credit_transactions::kind.eq("DEBIT"),
+                    credit_transactions::job_id.eq(id),
+                ))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+    }
+
+    /// A generation's Replicate id, if it has one.
+    pub async fn job_id_of(&self, id: &str) -> Option<String> {
+        generations::table
+            .find(id)
+            .select(generations::job_id)
+            .first(&mut self.conn().await)
+            .await
+            .unwrap()
+    }
+
     pub async fn insert_training(&self, id: &str, user: &str, job_id: &str, credits: i32) {
         diesel::insert_into(ai_models::table)
             .values((
@@ -417,6 +464,13 @@ impl EventObserver {
         }
         events
     }
+}
+
+/// Whether the jobs API debited a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Debited {
+    Yes,
+    No,
 }
 
 /// A Replicate prediction body.

@@ -10,7 +10,7 @@ use diesel_async::RunQueryDsl;
 use serde_json::{Value, json};
 use shared::db::schema::generations;
 
-use crate::helpers::TestEnv;
+use crate::helpers::{Debited, TestEnv};
 use crate::images;
 
 /// Replicate's `GET /v1/predictions/{id}`: the objects it knows, and every id asked for.
@@ -94,39 +94,14 @@ async fn jobs_without_news_are_asked_about_and_end_as_replicate_says_once() -> a
         .execute(&mut env.conn().await)
         .await?;
 
-    // A job the jobs API debited but never got to create on Replicate (no job_id).
-    diesel::insert_into(generations::table)
-        .values((
-            generations::id.eq("abandoned"),
-            generations::user_id.eq("u1"),
-            generations::prompt.eq("a corgi"),
-            generations::credits_used.eq(4),
-            generations::created_at.eq(chrono::Utc::now() - chrono::Duration::minutes(20)),
-        ))
-        .execute(&mut env.conn().await)
-        .await?;
-    diesel::insert_into(shared::db::schema::credit_transactions::table)
-        .values((
-            shared::db::schema::credit_transactions::user_id.eq("u1"),
-            shared::db::schema::credit_transactions::amount.eq(-4),
-            shared::db::schema::credit_transactions::kind.eq("DEBIT"),
-            shared::db::schema::credit_transactions::job_id.eq("abandoned"),
-        ))
-        .execute(&mut env.conn().await)
-        .await?;
-
-    // A row written by hand (or by the app before this pipeline): never debited here, so
+    // A job the jobs API debited but never got to create on Replicate (no job_id), and a
+    // row written by hand (or by the app before this pipeline): never debited here, so
     // never refunded here, however old.
-    diesel::insert_into(generations::table)
-        .values((
-            generations::id.eq("legacy"),
-            generations::user_id.eq("u1"),
-            generations::prompt.eq("a corgi"),
-            generations::credits_used.eq(4),
-            generations::created_at.eq(chrono::Utc::now() - chrono::Duration::minutes(20)),
-        ))
-        .execute(&mut env.conn().await)
-        .await?;
+    let twenty_minutes = chrono::Duration::minutes(20);
+    env.insert_unbound("abandoned", "PENDING", Debited::Yes, twenty_minutes)
+        .await;
+    env.insert_unbound("legacy", "PENDING", Debited::No, twenty_minutes)
+        .await;
 
     // Two workers, one reconciler.
     let mut config = env.config.clone();

@@ -365,6 +365,12 @@ impl Pipeline {
         );
     }
 
+    /// Waits until the (first) notifier answers healthy.
+    pub async fn wait_notifier_healthy(&self) {
+        let url = format!("http://{}/api/health", self.notifier);
+        self.wait_healthy("notifier", &url).await;
+    }
+
     /// The log of one program, for assertions on what operators see.
     pub fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.logs.join(format!("{name}.log"))).unwrap_or_default()

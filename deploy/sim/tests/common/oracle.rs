@@ -273,12 +273,7 @@ pub async fn check<'b>(
         let Some(job_id) = job_id else {
             // A creation abandoned before Replicate was reached (the notifier killed while
             // creating it): failed and refunded once under the row's id, nothing else.
-            let movements: Vec<(String, i32)> = credit_transactions::table
-                .filter(credit_transactions::job_id.eq(id))
-                .select((credit_transactions::kind, credit_transactions::amount))
-                .load(&mut conn)
-                .await
-                .unwrap();
+            let movements = movements_of(&mut conn, id).await;
             let want = vec![("DEBIT".to_owned(), -cost), ("REFUND".to_owned(), *cost)];
             if status != "FAILED" || movements != want {
                 verdict.mismatches.push(format!(
@@ -299,12 +294,7 @@ pub async fn check<'b>(
                 "{id} ({job_id}): {status}, simulator says {expected} ({decision})"
             ));
         }
-        let movements: Vec<(String, i32)> = credit_transactions::table
-            .filter(credit_transactions::job_id.eq(job_id))
-            .select((credit_transactions::kind, credit_transactions::amount))
-            .load(&mut conn)
-            .await
-            .unwrap();
+        let movements = movements_of(&mut conn, job_id).await;
         let debits: Vec<i32> = movements
             .iter()
             .filter(|m| m.0 == "DEBIT")
@@ -436,6 +426,17 @@ pub async fn check<'b>(
             .push(format!("{dead} webhooks dead-lettered"));
     }
     verdict
+}
+
+/// `(kind, amount)` of every credit movement under one key (Replicate's id, or the row's
+/// while it has none).
+async fn movements_of(conn: &mut shared::db::Connection, key: &str) -> Vec<(String, i32)> {
+    credit_transactions::table
+        .filter(credit_transactions::job_id.eq(key))
+        .select((credit_transactions::kind, credit_transactions::amount))
+        .load(conn)
+        .await
+        .unwrap()
 }
 
 /// A stored file as served, or nothing when it cannot be fetched.
