@@ -177,13 +177,9 @@ impl JobsApi {
         features(&self.inner.config, self.inner.replicate.is_some())
     }
 
+    /// Refuses at once (before any check of the request) when creation is not configured.
     fn check_configured(&self) -> Result<(), JobsError> {
-        match self.inner.replicate {
-            Some(_) => Ok(()),
-            None => Err(JobsError::NotConfigured(
-                "job creation is not configured: the notifier has no REPLICATE_API_TOKEN".into(),
-            )),
-        }
+        self.inner.replicate().map(|_| ())
     }
 
     /// `POST /api/generations {"prompt": …}`

@@ -217,6 +217,7 @@ async fn losing_a_broker_node_or_an_ingest_under_load_loses_nothing() {
         FAULTY_REPLICATE,
         shape,
         &[
+            ("REPLICATE_CREATE_TIMEOUT_SECS", "3"),
             ("RECONCILE_AFTER_SECS", "8"),
             ("RECONCILE_INTERVAL_SECS", "2"),
             ("OUTBOX_SWEEP_SECS", "1"),
