@@ -131,7 +131,9 @@ impl Consumer {
             .await
             .is_err()
         {
+            let unfinished = self.concurrency.saturating_sub(permits.available_permits());
             tracing::warn!(
+                unfinished,
                 "in-flight webhooks did not finish in time; the broker will redeliver them"
             );
         }

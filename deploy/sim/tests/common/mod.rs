@@ -376,8 +376,9 @@ impl Pipeline {
         std::fs::read_to_string(self.logs.join(format!("{name}.log"))).unwrap_or_default()
     }
 
-    /// SIGTERM to every program; each must exit 0 (graceful shutdown). Then the database,
-    /// queues and media are removed.
+    /// SIGTERM to every program; each must exit 0 (graceful shutdown) within its own drain
+    /// time (`SHUTDOWN_TIMEOUT_SECS`, 30 s) and a margin. Then the database, queues and
+    /// media are removed.
     pub async fn stop(mut self) {
         for (_, child) in &self.children {
             let pid = child.id().unwrap().to_string();
@@ -387,7 +388,7 @@ impl Pipeline {
                 .unwrap();
         }
         for (name, child) in &mut self.children {
-            let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+            let status = tokio::time::timeout(Duration::from_secs(45), child.wait())
                 .await
                 .unwrap()
                 .unwrap();
