@@ -33,6 +33,8 @@ struct Api {
     simulator: String,
     services: Isolated,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The notifier's serving task: done once it has stopped.
+    serving: tokio::task::JoinHandle<()>,
 }
 
 /// How the test wants Replicate to be.
@@ -132,7 +134,7 @@ impl Api {
         let base = format!("http://127.0.0.1:{}", notifier.port());
         let state = notifier.state();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(notifier.run_until_stopped(async {
+        let serving = tokio::spawn(notifier.run_until_stopped(async {
             let _ = stopped.await;
         }));
         shared::testing::eventually(Duration::from_secs(10), || {
@@ -148,7 +150,16 @@ impl Api {
             simulator,
             services,
             stop: Some(stop),
+            serving,
         }
+    }
+
+    /// Asks the notifier to stop (SIGTERM's path) and waits until it has.
+    async fn shut_down(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.serving).await.unwrap();
     }
 
     async fn call(
@@ -227,10 +238,7 @@ impl Api {
     }
 
     async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        self.shut_down().await;
         self.services.cleanup().await;
     }
 }
@@ -892,5 +900,44 @@ async fn listing_reads_an_index_however_many_rows_other_users_have() -> anyhow::
         "GET /api/jobs scanned a whole table (sequential scans before {before:?}, after {now:?})"
     );
     api.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notifier_stopping_finishes_the_creations_under_way() -> anyhow::Result<()> {
+    let mut api = Api::start(Replicate::Slow(Duration::from_secs(2))).await;
+    api.user("u1", 10).await;
+    let waiting = {
+        let request = api
+            .http
+            .post(format!("{}/api/generations", api.base))
+            .bearer_auth(api.auth.mint("u1", Duration::from_secs(60)))
+            .json(&json!({"prompt": "a corgi"}));
+        tokio::spawn(request.send())
+    };
+    let http = shared::http::client_builder().build()?;
+    let on_replicate = shared::testing::eventually(Duration::from_secs(10), || async {
+        let jobs: Vec<Value> =
+            shared::testing::get_json(&http, format!("{}/sim/jobs", api.simulator)).await;
+        !jobs.is_empty()
+    })
+    .await;
+    assert!(on_replicate.is_ok(), "the creation reached Replicate");
+
+    // SIGTERM while Replicate has not answered yet: the notifier waits for the answer and
+    // stores the id before it exits.
+    api.shut_down().await;
+    let mut conn = shared::db::connection(&api.services.pool).await?;
+    let job_id: Option<String> = generations::table
+        .select(generations::job_id)
+        .first(&mut conn)
+        .await?;
+    let job_id = job_id.expect("Replicate's id stored before the notifier exited");
+    assert_eq!(
+        api.movements("u1").await,
+        vec![("DEBIT".to_owned(), -4, job_id)]
+    );
+    let _ = waiting.await;
+    api.services.cleanup().await;
     Ok(())
 }
