@@ -6,7 +6,7 @@
 //! | step | module | what it does |
 //! |---|---|---|
 //! | consume | [`broker`], [`consume`] | the broker link; a prefetch window of deliveries, each acked, retried or dead-lettered once processed |
-//! | process | [`process`] | one webhook: parse, find, decide, prepare, apply, publish |
+//! | process | [`process`] | one webhook: parse, find the job (or bind it by its webhook URL's tag, `shared::jobs::bind`), decide, prepare, apply, publish |
 //! | classify | [`classify`] | which job a Replicate id belongs to, and its kind (generation, upscale, training) |
 //! | download, store | [`download`], [`store`] | a succeeded generation's outputs fetched (within the allowed hosts and the memory budget) and stored |
 //! | apply, transition, refund | `shared::jobs` | one transaction: the status machine, the refund once, the user's next `seq`, the event in the log (the outbox) |
