@@ -62,6 +62,9 @@ async fn a_webhook_binds_only_the_waiting_row_its_url_names() -> anyhow::Result<
     // The body's own webhook URL (signed with it) names the row: bound, then run to the end.
     env.send("w1", &tagged("r-1", "starting", json!(null), "waiting"))
         .await;
+    // The worker processes webhooks concurrently: wait for `starting` before `succeeded`, or
+    // the late `starting` is (rightly) ignored and the browser never sees `PROCESSING`.
+    env.wait_for_statuses(&[("waiting", "PROCESSING")]).await;
     let image = images.url("/img/one.png");
     env.send("w2", &tagged("r-1", "succeeded", json!([image]), "waiting"))
         .await;
