@@ -14,51 +14,27 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lapin::options::ConfirmSelectOptions;
-use lapin::{Channel, Connection};
-use shared::amqp::{Outgoing, Reconnecting, publish_confirmed, webhook_properties};
+use lapin::Channel;
+use shared::amqp::{Reconnecting, Topology, confirmed_channel, publish_webhook};
 use shared::config::AmqpConfig;
 
-pub use shared::amqp::PublishError;
-/// One verified webhook, exactly as received.
-#[derive(Debug, Clone, Copy)]
-pub struct VerifiedWebhook<'a> {
-    pub id: &'a str,
-    pub timestamp: &'a str,
-    pub body: &'a [u8],
-    /// The jobs API's tag from the webhook URL's query string, if any.
-    pub tag: Option<&'a str>,
-}
-
+pub use shared::amqp::{PublishError, Webhook};
 /// How long a webhook whose channel failed waits for the link to be rebuilt before it is
 /// refused (a failover to another node took 30–420 ms in `deploy/cluster`).
 pub const REPUBLISH_WAIT: Duration = Duration::from_secs(1);
 
 pub struct Publisher {
     link: Reconnecting<Channel>,
-    queue: String,
+    topology: Topology,
     confirm_timeout: Duration,
 }
 
 impl Publisher {
     /// Starts connecting in the background; publishing fails fast until connected.
     pub fn start(config: &AmqpConfig, confirm_timeout: Duration) -> Self {
-        let topology = config.topology();
-        let queue = topology.webhooks_queue();
-        let link = Reconnecting::spawn(config, "ingest", move |connection: Arc<Connection>| {
-            let topology = topology.clone();
-            async move {
-                let channel = connection.create_channel().await?;
-                topology.declare(&connection).await?;
-                channel
-                    .confirm_select(ConfirmSelectOptions::default())
-                    .await?;
-                Ok(channel)
-            }
-        });
         Self {
-            link,
-            queue,
+            link: confirmed_channel(config, "ingest"),
+            topology: config.topology(),
             confirm_timeout,
         }
     }
@@ -75,7 +51,7 @@ impl Publisher {
     /// Publishes persistently and mandatorily and returns once the broker confirmed it;
     /// when the channel failed, publishes again on each rebuilt link for up to
     /// [`REPUBLISH_WAIT`] (a survivor may nack until the new leader is known).
-    pub async fn publish(&self, webhook: VerifiedWebhook<'_>) -> Result<(), PublishError> {
+    pub async fn publish(&self, webhook: Webhook<'_>) -> Result<(), PublishError> {
         let mut channel = self.link.current();
         let mut outcome = match &channel {
             Some(channel) => self.publish_on(channel, webhook).await,
@@ -101,20 +77,9 @@ impl Publisher {
     async fn publish_on(
         &self,
         channel: &Channel,
-        webhook: VerifiedWebhook<'_>,
+        webhook: Webhook<'_>,
     ) -> Result<(), PublishError> {
-        publish_confirmed(
-            channel,
-            Outgoing {
-                exchange: "",
-                routing_key: &self.queue,
-                body: webhook.body,
-                properties: webhook_properties(webhook.id, webhook.timestamp, webhook.tag),
-                mandatory: true,
-            },
-            self.confirm_timeout,
-        )
-        .await
+        publish_webhook(channel, &self.topology, webhook, self.confirm_timeout).await
     }
 
     /// A working channel other than `failed`, once the link has been rebuilt; `None` when

@@ -7,20 +7,12 @@ use std::time::Duration;
 
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{App, HttpServer, web};
-use shared::webhook::Verifier;
 
 use crate::body::BodyBudget;
 use crate::config::IngestConfig;
 use crate::publish::Publisher;
 use crate::routes;
-
-/// What every request handler shares.
-pub struct AppState {
-    pub verifier: Verifier,
-    pub max_body_bytes: usize,
-    pub bodies: BodyBudget,
-    pub publisher: Arc<Publisher>,
-}
+use crate::state::AppState;
 
 pub struct Application {
     port: u16,

@@ -4,7 +4,6 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -15,10 +14,12 @@ use shared::db;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::api::jobs::JobsApi;
 use crate::config::NotifierConfig;
-use crate::http::{AppState, route};
-use crate::jobs::JobsApi;
-use crate::sessions::Sessions;
+use crate::push::hub::Hub;
+use crate::web::dependencies::Dependencies;
+use crate::web::router::route;
+use crate::web::state::AppState;
 use shared::auth::Auth;
 
 /// How long a shutdown waits for sockets to close after telling them to.
@@ -50,18 +51,14 @@ impl Notifier {
         let port = listener.local_addr()?.port();
         shared::metrics::prometheus();
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let sessions = Sessions::start(&config.amqp, &config.sockets);
         let state = Arc::new(AppState {
             auth: Auth::new(config.jwt_secret.expose()),
-            jobs: JobsApi::new(&config.jobs, pool.clone(), sessions.clone()),
+            hub: Hub::start(&config.amqp, config.sockets, pool.clone(), shutdown_rx),
+            jobs: JobsApi::new(&config.jobs, pool.clone(), &config.amqp),
             creation_deadline: config.jobs.replicate.creation_deadline(),
-            sessions,
             pool,
-            sockets: config.sockets,
             media_root,
-            shutdown: shutdown_rx,
-            open_connections: AtomicUsize::new(0),
-            dependencies: crate::health::Dependencies::new(
+            dependencies: Dependencies::new(
                 format!("{}/api/health", config.ingest_url.trim_end_matches('/')),
                 shared::http::client_builder()
                     .build()
@@ -118,12 +115,12 @@ impl Notifier {
             });
         }
         tracing::info!(
-            connections = self.state.open_connections.load(Ordering::Relaxed),
+            connections = self.state.hub.open_connections(),
             "shutdown requested: closing sockets"
         );
         let _ = self.shutdown.send(true);
         let deadline = Instant::now() + CLOSE_WAIT;
-        while self.state.open_connections.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+        while self.state.hub.open_connections() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         // Creations under way end bound to their Replicate id or failed and refunded
@@ -131,7 +128,8 @@ impl Notifier {
         if !self.state.jobs.drain(self.state.creation_deadline).await {
             tracing::warn!("creations still under way at exit; the reconciler finishes them");
         }
-        self.state.sessions.close().await;
+        self.state.jobs.close().await;
+        self.state.hub.close().await;
         tracing::info!("notifier stopped");
     }
 }

@@ -10,7 +10,8 @@ use lapin::options::{BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions}
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, Consumer};
 use shared::amqp::{
-    Link, Outgoing, PERSISTENT, PublishError, Reconnecting, Topology, publish_confirmed,
+    Link, Outgoing, PERSISTENT, PublishError, Reconnecting, Topology, Webhook, publish_confirmed,
+    publish_webhook,
 };
 use shared::config::AmqpConfig;
 use shared::events::Event;
@@ -142,14 +143,14 @@ impl Broker {
         timestamp: &str,
         body: &[u8],
     ) -> Result<(), PublishError> {
-        publish_confirmed(
+        publish_webhook(
             &self.channel()?,
-            Outgoing {
-                exchange: "",
-                routing_key: &self.topology.webhooks_queue(),
+            &self.topology,
+            Webhook {
+                id: webhook_id,
+                timestamp,
                 body,
-                properties: shared::amqp::webhook_properties(webhook_id, timestamp, None),
-                mandatory: true,
+                tag: None,
             },
             self.confirm_timeout,
         )

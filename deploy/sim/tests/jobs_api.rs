@@ -139,7 +139,7 @@ impl Api {
         }));
         shared::testing::eventually(Duration::from_secs(10), || {
             let state = state.clone();
-            async move { state.sessions.broker_connected() }
+            async move { state.hub.broker_connected() }
         })
         .await
         .expect("the notifier connects to RabbitMQ");

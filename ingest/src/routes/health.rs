@@ -2,7 +2,7 @@
 
 use actix_web::{HttpResponse, web};
 
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// `GET /api/health`: 200 while the broker is connected, 503 while it is not.
 pub async fn health(state: web::Data<AppState>) -> HttpResponse {

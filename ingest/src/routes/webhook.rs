@@ -11,8 +11,8 @@ use shared::webhook::{SignedHeaders, VerifyError};
 
 use super::json_error;
 use crate::body::BodyError;
-use crate::publish::{PublishError, VerifiedWebhook};
-use crate::startup::AppState;
+use crate::publish::{PublishError, Webhook};
+use crate::state::AppState;
 
 /// How one request ended; the metric label and the log line's outcome.
 #[derive(Debug)]
@@ -160,7 +160,7 @@ async fn process(
     let publish_started = Instant::now();
     let published = state
         .publisher
-        .publish(VerifiedWebhook {
+        .publish(Webhook {
             id: headers.id,
             timestamp: headers.timestamp,
             body: &body,

@@ -8,8 +8,8 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use lapin::BasicProperties;
 use notifier::config::{JobsConfig, NotifierConfig, SocketConfig};
-use notifier::http::AppState;
 use notifier::startup::Notifier;
+use notifier::web::state::AppState;
 use shared::amqp::{Outgoing, PERSISTENT, publish_confirmed};
 use shared::auth::Auth;
 use shared::config::{LogFormat, TelemetryConfig};
@@ -118,13 +118,13 @@ impl TestEnv {
         // Ready once the broker link is up (health says so).
         let address = format!("127.0.0.1:{port}");
         for _ in 0..100 {
-            if state.sessions.broker_connected() {
+            if state.hub.broker_connected() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert!(
-            state.sessions.broker_connected(),
+            state.hub.broker_connected(),
             "notifier did not connect to RabbitMQ"
         );
         Running {

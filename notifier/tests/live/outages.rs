@@ -29,12 +29,12 @@ async fn events_missed_during_a_broker_outage_are_delivered_after_it() {
 
     proxy.set(Mode::Down);
     for _ in 0..100 {
-        if !running.state.sessions.broker_connected() {
+        if !running.state.hub.broker_connected() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(!running.state.sessions.broker_connected());
+    assert!(!running.state.hub.broker_connected());
     // Published while this notifier is cut off: its queue is gone, the events are in the log.
     env.emit("u1", "r2", "PROCESSING").await;
     env.emit("u1", "r3", "COMPLETED").await;
@@ -73,7 +73,7 @@ async fn browsers_that_connect_while_the_notifier_reconnects_get_their_events() 
 
     proxy.set(Mode::Down);
     shared::testing::eventually(Duration::from_secs(10), || async {
-        !running.state.sessions.broker_connected()
+        !running.state.hub.broker_connected()
     })
     .await
     .unwrap();
@@ -95,7 +95,7 @@ async fn browsers_that_connect_while_the_notifier_reconnects_get_their_events() 
         );
         arrivals.push((user, socket));
         i += 1;
-        if running.state.sessions.broker_connected() {
+        if running.state.hub.broker_connected() {
             break i;
         }
         assert!(i < 2000, "the notifier never reconnected");

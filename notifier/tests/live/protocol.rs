@@ -197,7 +197,7 @@ async fn the_binding_follows_the_users_sockets() {
     let env = TestEnv::new().await;
     env.insert_user("u1", 0).await;
     let running = env.start().await;
-    let sessions = running.state.sessions.clone();
+    let sessions = running.state.hub.sessions.clone();
     assert!(!sessions.is_bound("u1").await);
     let mut first = connect(&running.address, &format!("token={}", env.token("u1")))
         .await
@@ -322,7 +322,7 @@ async fn any_user_id_gets_its_events_and_only_its_own() {
             "{id} received someone else's event"
         );
     }
-    assert!(running.state.sessions.broker_connected(), "still serving");
+    assert!(running.state.hub.broker_connected(), "still serving");
     running.stop().await;
     env.cleanup().await;
 }
@@ -408,17 +408,17 @@ async fn connections_are_capped_per_user_and_in_total_with_a_clear_close() {
 async fn a_long_log_is_replayed_page_by_page_in_order() {
     let env = TestEnv::new().await;
     env.insert_user("u1", 0).await;
-    let total = notifier::replay::REPLAY_PAGE * 2 + 37;
+    let total = notifier::push::feed::REPLAY_PAGE * 2 + 37;
     for i in 0..total {
         env.store("u1", &format!("r{i}"), "PROCESSING").await;
     }
     let running = env.start().await;
     // The feed reads one page at a time …
-    let (feed, opening) =
-        notifier::replay::Feed::open(&running.state.sessions, &env.pool, "u1", Some(0))
-            .await
-            .unwrap();
-    assert_eq!(opening.replay.len() as i64, notifier::replay::REPLAY_PAGE);
+    let (feed, opening) = running.state.hub.open_feed("u1", Some(0)).await.unwrap();
+    assert_eq!(
+        opening.replay.len() as i64,
+        notifier::push::feed::REPLAY_PAGE
+    );
     assert!(feed.has_more());
     drop(feed);
     // … and a client receives all of it, in order, then live events.

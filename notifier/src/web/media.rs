@@ -11,7 +11,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Response, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use crate::http::{AppState, Body, json};
+use crate::web::respond::{Body, json, not_found};
 
 /// The file for `key` under `root`, if `key` is a plain relative path: segments of
 /// `[A-Za-z0-9._-]` only, none empty, `.` or `..`. Anything encoded (`%2f`), absolute or
@@ -58,14 +58,8 @@ const CHUNK: usize = 64 * 1024;
 /// `/media/<key>`: the stored file, streamed (never read whole into memory), with single
 /// `Range` requests answered `206`; never sniffed, sandboxed; 404 when missing or when media
 /// is not stored in a local directory.
-pub async fn serve(state: &AppState, key: &str, range: Option<&str>) -> Response<Body> {
-    let not_found = || {
-        json(
-            StatusCode::NOT_FOUND,
-            serde_json::json!({"error": "not found"}),
-        )
-    };
-    let Some(root) = &state.media_root else {
+pub async fn serve(root: Option<&Path>, key: &str, range: Option<&str>) -> Response<Body> {
+    let Some(root) = root else {
         return not_found();
     };
     let Some(path) = resolve(root, key) else {

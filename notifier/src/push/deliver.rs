@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::config::SocketConfig;
-use crate::replay::{Feed, Frame, Opening};
+use crate::push::feed::{Feed, Opening};
+use crate::push::frame::Frame;
 
 /// Why a connection ended, for the log and the metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,11 +1,7 @@
-//! What operators poll: `GET /api/health` and `GET /metrics`.
+//! The notifier's dependencies whose health costs I/O — the database and ingest — looked
+//! at no more than once a second, whoever asks.
 
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-
-use hyper::{Response, StatusCode};
-
-use crate::http::{AppState, Body, json, text};
 
 /// How long health waits for the database and for ingest.
 const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -25,9 +21,9 @@ pub struct Dependencies {
 }
 
 #[derive(Debug, Clone, Copy)]
-struct Looked {
-    database: bool,
-    ingest: bool,
+pub struct Looked {
+    pub database: bool,
+    pub ingest: bool,
 }
 
 impl Dependencies {
@@ -39,7 +35,7 @@ impl Dependencies {
         }
     }
 
-    async fn look(&self, pool: &shared::db::Pool) -> Looked {
+    pub async fn look(&self, pool: &shared::db::Pool) -> Looked {
         let mut last = self.last.lock().await;
         if let Some((at, looked)) = *last
             && at.elapsed() < CHECK_VALID_FOR
@@ -69,37 +65,4 @@ impl Dependencies {
         *last = Some((Instant::now(), looked));
         looked
     }
-}
-
-/// The notifier serves while it has the broker and the database; `webhook` says whether
-/// ingest (which receives Replicate's webhooks) answers healthy, without deciding ours.
-pub async fn health(state: &AppState) -> Response<Body> {
-    let broker = state.sessions.broker_connected();
-    let Looked { database, ingest } = state.dependencies.look(&state.pool).await;
-    let healthy = broker && database;
-    let body = serde_json::json!({
-        "status": if healthy { "healthy" } else { "unhealthy" },
-        "webhook": if ingest { "configured" } else { "unreachable" },
-        "websocket": "active",
-        "connections": state.open_connections.load(Ordering::Relaxed),
-        "broker": if broker { "connected" } else { "disconnected" },
-        "database": if database { "connected" } else { "disconnected" },
-    });
-    json(
-        if healthy {
-            StatusCode::OK
-        } else {
-            StatusCode::SERVICE_UNAVAILABLE
-        },
-        body,
-    )
-}
-
-/// Prometheus text.
-pub fn metrics() -> Response<Body> {
-    text(
-        StatusCode::OK,
-        "text/plain; version=0.0.4",
-        shared::metrics::prometheus().render(),
-    )
 }

@@ -14,7 +14,8 @@ use shared::db::{self, DbError, Pool};
 use shared::events::Event;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::sessions::{ConnectionLimit, Push, Registration, Sessions};
+use crate::push::frame::{Frame, Push};
+use crate::push::sessions::{ConnectionLimit, Registration, Sessions};
 
 /// Why a connection's feed could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -29,13 +30,6 @@ impl From<diesel::result::Error> for OpenError {
     fn from(err: diesel::result::Error) -> Self {
         Self::Db(err.into())
     }
-}
-
-/// One message for the client, with its `seq` when it has one.
-#[derive(Debug, Clone)]
-pub struct Frame {
-    pub seq: Option<i64>,
-    pub json: Utf8Bytes,
 }
 
 /// Most events read from the log at once: a client far behind is caught up page by page,

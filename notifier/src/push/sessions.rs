@@ -6,27 +6,15 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use futures_util::StreamExt;
 use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, Consumer};
 use shared::amqp::{Link, Reconnecting, Topology};
 use shared::config::AmqpConfig;
-use shared::events::{Event, routing_key};
+use shared::events::routing_key;
 use tokio::sync::{Notify, mpsc};
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::replay::Frame;
-
-/// What a connection's feed receives from the broker side. One pointer wide: every
-/// connection's queue holds a block of these, and there may be tens of thousands.
-#[derive(Debug, Clone)]
-pub enum Push {
-    /// An event as published, shared by all of its user's connections.
-    Event(Arc<Frame>),
-    /// Events may have been missed (the broker connection was lost): check the log.
-    Resync,
-}
+use crate::push::frame::Push;
 
 struct SocketHandle {
     tx: mpsc::Sender<Push>,
@@ -41,23 +29,18 @@ struct UserEntry {
     bound: Arc<tokio::sync::Mutex<bool>>,
 }
 
-/// The instance's queue and its consumer, and a channel in confirm mode for the events
-/// the jobs API makes; rebuilt after a reconnect.
+/// The instance's queue and its consumer; rebuilt after a reconnect.
 pub struct EventsLink {
     channel: Channel,
     queue: String,
-    consumer: Consumer,
-    publish: Channel,
+    pub consumer: Consumer,
 }
 
 impl Link for EventsLink {
     fn is_healthy(&self) -> bool {
-        self.channel.status().connected() && self.publish.status().connected()
+        self.channel.status().connected()
     }
 }
-
-/// Longest wait for the broker to confirm an event the jobs API publishes.
-const PUBLISH_CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Why a connection was not taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -124,7 +107,6 @@ impl Sessions {
             }
         });
         let _ = sessions.link.set(link);
-        tokio::spawn(dispatch(Arc::downgrade(&sessions)));
         sessions
     }
 
@@ -154,35 +136,14 @@ impl Sessions {
                 FieldTable::default(),
             )
             .await?;
-        let publish = connection.create_channel().await?;
-        publish
-            .confirm_select(lapin::options::ConfirmSelectOptions::default())
-            .await?;
         Ok(EventsLink {
             channel,
             queue,
             consumer,
-            publish,
         })
     }
 
-    /// Publishes an event to `jobs.events` (every notifier and other consumer gets it),
-    /// waiting for the broker's confirm.
-    pub async fn publish(&self, event: &Event) -> Result<(), shared::amqp::PublishError> {
-        let link = self
-            .link()
-            .current()
-            .ok_or(shared::amqp::PublishError::BrokerUnavailable)?;
-        shared::amqp::publish_event(
-            &link.publish,
-            &self.topology,
-            event,
-            PUBLISH_CONFIRM_TIMEOUT,
-        )
-        .await
-    }
-
-    fn link(&self) -> &Reconnecting<EventsLink> {
+    pub(crate) fn link(&self) -> &Reconnecting<EventsLink> {
         self.link.get().expect("set at start")
     }
 
@@ -294,7 +255,7 @@ impl Sessions {
     /// Binds every connected user to a new link's queue (the old queue and its bindings
     /// died with the old connection). Called once the link is current, so a connection
     /// that registers meanwhile is either seen here or binds by itself: none is missed.
-    async fn rebind_all(&self, link: &EventsLink) {
+    pub(crate) async fn rebind_all(&self, link: &EventsLink) {
         for user_id in self.user_ids() {
             let bound = match self.users.lock().expect("not poisoned").get(&user_id) {
                 Some(entry) => entry.bound.clone(),
@@ -371,7 +332,7 @@ impl Sessions {
         entry.sockets.len()
     }
 
-    fn resync_all(&self) {
+    pub(crate) fn resync_all(&self) {
         let users = self.users.lock().expect("not poisoned");
         for entry in users.values() {
             for socket in entry.sockets.values() {
@@ -398,71 +359,4 @@ async fn bind(
             FieldTable::default(),
         )
         .await
-}
-
-/// Reads this instance's queue and hands each event to its user's connections, across
-/// reconnects; after each (re)connect every connection checks the log for what it missed.
-async fn dispatch(sessions: std::sync::Weak<Sessions>) {
-    let mut connected_before = false;
-    loop {
-        let Some(strong) = sessions.upgrade() else {
-            return;
-        };
-        let link = strong
-            .link()
-            .wait_connected(std::time::Duration::from_secs(5))
-            .await;
-        let Some(link) = link else {
-            continue;
-        };
-        // Bind first, then have every connection check the log: whatever was published
-        // while this instance had no queue is read from there, the rest arrives live.
-        strong.rebind_all(&link).await;
-        if connected_before || strong.connection_count() > 0 {
-            strong.resync_all();
-        }
-        connected_before = true;
-        drop(strong);
-        let mut deliveries = link.consumer.clone();
-        while let Some(Ok(delivery)) = deliveries.next().await {
-            let Some(sessions) = sessions.upgrade() else {
-                return;
-            };
-            let event: Event = match serde_json::from_slice(&delivery.data) {
-                Ok(event) => event,
-                Err(err) => {
-                    tracing::warn!(routing_key = %delivery.routing_key, error = %err, "ignoring a message that is not an event");
-                    continue;
-                }
-            };
-            // The event names its user; the routing key may be a digest of the id.
-            let user_id = event.user_id().to_owned();
-            let user_id = user_id.as_str();
-            let Ok(json) = String::from_utf8(delivery.data) else {
-                continue;
-            };
-            let seq = event.seq();
-            let sockets = sessions.deliver(
-                user_id,
-                Push::Event(Arc::new(Frame {
-                    seq,
-                    json: Utf8Bytes::from(json),
-                })),
-            );
-            match &event {
-                Event::GenerationStatusChanged { job, .. } => {
-                    tracing::info!(%user_id, id = %job.id, job_id = job.job_id.as_deref().unwrap_or("-"), kind = %job.kind, status = %job.status, seq, sockets, "event dispatched");
-                }
-                Event::ModelStatusChanged { job, .. } => {
-                    tracing::info!(%user_id, id = %job.id, job_id = job.job_id.as_deref().unwrap_or("-"), kind = %job.kind, status = %job.status, seq, sockets, "event dispatched");
-                }
-                Event::JobProgress { job, .. } => {
-                    tracing::debug!(%user_id, job_id = %job.job_id, progress = job.progress, sockets, "progress dispatched");
-                }
-                Event::Hello { .. } => {}
-            }
-        }
-        // The stream ended: the connection is gone; wait for the next one.
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
 }
