@@ -212,6 +212,55 @@ pub struct SocketConfig {
     pub max_connections_per_user: usize,
 }
 
+impl NotifierConfig {
+    /// The defaults on port 0, for tests: the given services, no Replicate token (see
+    /// [`JobsConfig::for_test`]), and no ingest (health says the webhook side is unreachable).
+    pub fn for_test(
+        jwt_secret: &str,
+        database: DatabaseConfig,
+        amqp: AmqpConfig,
+        storage: StorageConfig,
+    ) -> Self {
+        Self {
+            addr: "127.0.0.1:0".parse().expect("an address"),
+            jwt_secret: jwt_secret.parse().expect("a test key of 32 bytes or more"),
+            database,
+            amqp,
+            storage,
+            sockets: SocketConfig::default(),
+            jobs: JobsConfig::for_test("http://127.0.0.1:9/v1", None),
+            ingest_url: "http://127.0.0.1:9".into(),
+            telemetry: TelemetryConfig {
+                log_format: shared::config::LogFormat::Pretty,
+            },
+        }
+    }
+}
+
+impl JobsConfig {
+    /// The defaults, for tests, with Replicate's API at `url` and `token` (`None`: creation
+    /// answers 503). Webhooks are addressed to a port where nothing listens.
+    pub fn for_test(url: &str, token: Option<&str>) -> Self {
+        Self {
+            replicate: ReplicateApiConfig {
+                url: url.into(),
+                token: token.into(),
+                create_timeout_secs: 30,
+            },
+            public_webhook_url: "http://127.0.0.1:9/api/webhooks/replicate".into(),
+            generation_model: "black-forest-labs/flux-schnell".parse().expect("a model"),
+            upscale_model: "nightmareai/real-esrgan:f121d640".parse().expect("a model"),
+            training_model: "replicate/fast-flux-trainer:56cb4a64".parse().expect("a model"),
+            training_destination: None,
+            generation_cost: 4,
+            upscale_cost: 2,
+            training_cost: 40,
+            max_creations_per_user: 8,
+            max_creations_in_flight: 256,
+        }
+    }
+}
+
 impl Default for SocketConfig {
     fn default() -> Self {
         Self {

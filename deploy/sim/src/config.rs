@@ -8,8 +8,8 @@ use shared::webhook::WebhookSecrets;
 
 use crate::faults::Faults;
 
-/// Stands in for Replicate in demos, tests and benchmarks, and drives the pipeline as the
-/// web app's users would.
+/// Stands in for Replicate in demos, tests and benchmarks; `demo` and `send` act as the web
+/// app and as Replicate by hand.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "replicate-sim", version)]
 pub struct Cli {
@@ -28,11 +28,6 @@ pub enum Command {
     Demo(DemoArgs),
     /// POST one correctly signed webhook (or print the equivalent curl command).
     Send(SendArgs),
-    /// Drive many jobs through the real pipeline and measure it.
-    Load(LoadArgs),
-    /// One measurement of `deploy/bench`, or its report.
-    #[command(subcommand)]
-    Bench(BenchCommand),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -112,137 +107,6 @@ pub struct SendArgs {
     pub curl: bool,
     #[command(flatten)]
     pub signing: SigningArgs,
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct LoadArgs {
-    #[command(flatten)]
-    pub app: AppArgs,
-    /// Jobs to run (generations and some trainings; a share of the completed generations
-    /// is upscaled on top).
-    #[arg(long, default_value_t = 500)]
-    pub jobs: usize,
-    /// Jobs started per second.
-    #[arg(long, default_value_t = 50.0)]
-    pub rate: f64,
-    /// Users the jobs are spread over (one WebSocket each).
-    #[arg(long, default_value_t = 20)]
-    pub users: usize,
-    /// Address of the simulator this command runs for its jobs: the notifier's
-    /// REPLICATE_API_URL must point here, and the workers must allow its outputs.
-    #[arg(long, default_value = "127.0.0.1:8090")]
-    pub sim_addr: SocketAddr,
-    /// Milliseconds between two progress steps of a job.
-    #[arg(long, default_value_t = 100)]
-    pub step_ms: u64,
-    /// Give up waiting for events after this many seconds.
-    #[arg(long, default_value_t = 120)]
-    pub timeout_secs: u64,
-    /// Also write the figures as `<DIR>/<--bench-name>.json` for `bench report`.
-    #[arg(long, value_name = "DIR")]
-    pub bench_out: Option<std::path::PathBuf>,
-    #[arg(long, default_value = "e2e")]
-    pub bench_name: String,
-    #[command(flatten)]
-    pub signing: SigningArgs,
-    #[command(flatten)]
-    pub faults: Faults,
-}
-
-#[derive(Debug, Clone, Subcommand)]
-pub enum BenchCommand {
-    /// Persistent confirmed publishes/s into a quorum queue: the ceiling for ingest.
-    Broker {
-        #[arg(
-            long,
-            env = "AMQP_URL",
-            default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
-            hide_env_values = true
-        )]
-        amqp_url: String,
-        #[arg(long, default_value_t = 10)]
-        seconds: u64,
-        #[arg(long, default_value_t = 64)]
-        concurrency: usize,
-        #[arg(long, default_value = "target/bench")]
-        out: std::path::PathBuf,
-    },
-    /// Signed webhooks/s a running ingest confirms, and its latency at half that rate.
-    Ingest {
-        /// The ingest endpoint.
-        #[arg(long, default_value = "http://127.0.0.1:8080/api/webhooks/replicate")]
-        url: String,
-        #[arg(long, default_value_t = 10)]
-        seconds: u64,
-        #[arg(long, default_value_t = 64)]
-        concurrency: usize,
-        #[arg(long, default_value = "target/bench")]
-        out: std::path::PathBuf,
-        #[command(flatten)]
-        signing: SigningArgs,
-    },
-    /// Webhooks/s two workers drain from a preloaded queue (a database of its own).
-    Worker {
-        #[arg(
-            long,
-            env = "AMQP_URL",
-            default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
-            hide_env_values = true
-        )]
-        amqp_url: String,
-        #[command(flatten)]
-        database: DatabaseConfig,
-        /// The worker binary to run.
-        #[arg(long)]
-        worker_bin: std::path::PathBuf,
-        #[arg(long, default_value_t = 5000)]
-        jobs: usize,
-        #[arg(long, default_value = "target/bench")]
-        out: std::path::PathBuf,
-    },
-    /// WebSockets over users on a running notifier (or nginx with nchan), and live events at
-    /// each rate.
-    Fanout {
-        #[arg(long, default_value = "http://127.0.0.1:18081")]
-        notifier_url: String,
-        /// Measure nginx with nchan at this URL instead of the notifier.
-        #[arg(long)]
-        nchan_url: Option<String>,
-        /// The processes whose memory counts (repeatable; summed).
-        #[arg(long = "pid", required = true)]
-        pids: Vec<u32>,
-        #[arg(
-            long,
-            env = "AMQP_URL",
-            default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
-            hide_env_values = true
-        )]
-        amqp_url: String,
-        /// The notifier's AMQP_NAME_PREFIX.
-        #[arg(long, default_value = "")]
-        prefix: String,
-        #[arg(long, env = "NOTIFIER_JWT_SECRET", hide_env_values = true)]
-        jwt_secret: SecretString,
-        #[arg(long, default_value_t = 10_000)]
-        sockets: usize,
-        #[arg(long, default_value_t = 1_000)]
-        users: usize,
-        #[arg(long, value_delimiter = ',', default_value = "1000,5000")]
-        rates: Vec<u64>,
-        #[arg(long, default_value_t = 10)]
-        seconds: u64,
-        #[arg(long, default_value = "target/bench")]
-        out: std::path::PathBuf,
-    },
-    /// `report.md` and `report.json` from the measurements in `--out`.
-    Report {
-        #[arg(long, default_value = "target/bench")]
-        out: std::path::PathBuf,
-        /// Written notes on the figures (profiles, what each change bought), appended to
-        /// the report when the file exists.
-        #[arg(long, default_value = "docs/benchmarks.md")]
-        notes: std::path::PathBuf,
-    },
 }
 
 #[cfg(test)]

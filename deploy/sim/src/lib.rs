@@ -3,13 +3,11 @@
 
 pub mod accounts;
 pub mod api;
-pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod faults;
 pub mod images;
 pub mod jobs_client;
 pub mod lifecycle;
-pub mod load;
 pub mod prediction;
 pub mod send;

@@ -1,9 +1,9 @@
 use std::net::TcpListener;
 use std::time::Duration;
 
-use replicate_sim::config::{BenchCommand, Cli, Command};
+use replicate_sim::config::{Cli, Command};
 use replicate_sim::lifecycle::Simulator;
-use replicate_sim::{api, bench, demo, load, prediction, send};
+use replicate_sim::{api, demo, prediction, send};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -50,78 +50,6 @@ async fn main() -> anyhow::Result<()> {
                 if !(200..300).contains(&status) {
                     std::process::exit(1);
                 }
-            }
-        }
-        Command::Bench(BenchCommand::Broker {
-            amqp_url,
-            seconds,
-            concurrency,
-            out,
-        }) => bench::save(&out, &bench::broker(&amqp_url, seconds, concurrency).await?)?,
-        Command::Bench(BenchCommand::Ingest {
-            url,
-            seconds,
-            concurrency,
-            out,
-            signing,
-        }) => bench::save(
-            &out,
-            &bench::ingest(&url, signing.secrets.primary(), seconds, concurrency).await?,
-        )?,
-        Command::Bench(BenchCommand::Worker {
-            amqp_url,
-            database,
-            worker_bin,
-            jobs,
-            out,
-        }) => bench::save(
-            &out,
-            &bench::worker(&database, &amqp_url, &worker_bin, jobs).await?,
-        )?,
-        Command::Bench(BenchCommand::Fanout {
-            notifier_url,
-            nchan_url,
-            pids,
-            amqp_url,
-            prefix,
-            jwt_secret,
-            sockets,
-            users,
-            rates,
-            seconds,
-            out,
-        }) => {
-            let target = match nchan_url {
-                Some(url) => bench::FanoutTarget::Nchan { url },
-                None => bench::FanoutTarget::Notifier {
-                    url: notifier_url,
-                    amqp_url,
-                    prefix,
-                    jwt_secret: jwt_secret.expose().to_owned(),
-                },
-            };
-            bench::save(
-                &out,
-                &bench::fanout(&target, &pids, sockets, users, &rates, seconds).await?,
-            )?
-        }
-        Command::Bench(BenchCommand::Report { out, notes }) => {
-            println!("{}", std::fs::read_to_string(bench::report(&out, &notes)?)?);
-        }
-        Command::Load(args) => {
-            let bench = args
-                .bench_out
-                .clone()
-                .map(|dir| (dir, args.bench_name.clone()));
-            let report = load::run(args).await?;
-            println!("{report}");
-            if let Some((dir, name)) = bench {
-                let mut figures = report.to_json();
-                figures["part"] = serde_json::json!(name);
-                bench::save(&dir, &figures)?;
-            }
-            if report.missing > 0 {
-                std::process::exit(1);
             }
         }
     }

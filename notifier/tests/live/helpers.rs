@@ -7,12 +7,11 @@ use std::time::Duration;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use lapin::BasicProperties;
-use notifier::config::{JobsConfig, NotifierConfig, SocketConfig};
+use notifier::config::{NotifierConfig, SocketConfig};
 use notifier::startup::Notifier;
 use notifier::web::state::AppState;
 use shared::amqp::{Outgoing, PERSISTENT, publish_confirmed};
 use shared::auth::Auth;
-use shared::config::{LogFormat, TelemetryConfig};
 use shared::db;
 use shared::db::schema::users;
 use shared::events::{Event, GenerationJob, JobKind, JobProgress};
@@ -20,27 +19,6 @@ use shared::testing::Isolated;
 use tokio::sync::oneshot;
 
 pub const JWT_SECRET: &str = "notifier-test-jwt-secret-32-bytes!";
-
-/// The jobs API with its defaults and no Replicate token (creation answers 503).
-pub fn jobs_without_replicate() -> JobsConfig {
-    JobsConfig {
-        replicate: shared::config::ReplicateApiConfig {
-            url: "http://127.0.0.1:9/v1".into(),
-            token: Default::default(),
-            create_timeout_secs: 30,
-        },
-        public_webhook_url: "http://127.0.0.1:9/api/webhooks/replicate".into(),
-        generation_model: "black-forest-labs/flux-schnell".parse().unwrap(),
-        upscale_model: "nightmareai/real-esrgan:f121d640".parse().unwrap(),
-        training_model: "replicate/fast-flux-trainer:56cb4a64".parse().unwrap(),
-        training_destination: None,
-        generation_cost: 4,
-        upscale_cost: 2,
-        training_cost: 40,
-        max_creations_per_user: 8,
-        max_creations_in_flight: 256,
-    }
-}
 
 pub struct TestEnv {
     pub config: NotifierConfig,
@@ -82,20 +60,13 @@ impl TestEnv {
 
     pub async fn with_sockets(sockets: SocketConfig) -> Self {
         let services = Isolated::new("notifier").await;
-        let config = NotifierConfig {
-            addr: "127.0.0.1:0".parse().unwrap(),
-            jwt_secret: JWT_SECRET.parse().unwrap(),
-            database: services.database.clone(),
-            amqp: services.amqp.clone(),
-            storage: services.storage(),
-            sockets,
-            jobs: jobs_without_replicate(),
-            // Nothing listens there: health says the webhook side is unreachable.
-            ingest_url: "http://127.0.0.1:9".into(),
-            telemetry: TelemetryConfig {
-                log_format: LogFormat::Pretty,
-            },
-        };
+        let mut config = NotifierConfig::for_test(
+            JWT_SECRET,
+            services.database.clone(),
+            services.amqp.clone(),
+            services.storage(),
+        );
+        config.sockets = sockets;
         Self {
             config,
             auth: Auth::new(JWT_SECRET),
@@ -117,16 +88,12 @@ impl TestEnv {
         }));
         // Ready once the broker link is up (health says so).
         let address = format!("127.0.0.1:{port}");
-        for _ in 0..100 {
-            if state.hub.broker_connected() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert!(
-            state.hub.broker_connected(),
-            "notifier did not connect to RabbitMQ"
-        );
+        shared::testing::eventually(Duration::from_secs(5), || {
+            let state = state.clone();
+            async move { state.hub.broker_connected() }
+        })
+        .await
+        .expect("the notifier connects to RabbitMQ");
         Running {
             address,
             state,

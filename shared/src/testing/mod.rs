@@ -215,3 +215,21 @@ pub async fn queue_depth(channel: &lapin::Channel, queue: &str) -> u32 {
         .unwrap_or_else(|err| panic!("queue {queue}: {err}"))
         .message_count()
 }
+
+/// A binary of the workspace, built beside the running test: `target/<profile>/<name>` (the
+/// test itself runs from `target/<profile>/deps/`). Panics with what to do when it is not
+/// built yet.
+pub fn workspace_binary(name: &str) -> std::path::PathBuf {
+    let test = std::env::current_exe().expect("the test's own path");
+    let path = test
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("tests run from target/<profile>/deps")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (deploy/test does)",
+        path.display()
+    );
+    path
+}

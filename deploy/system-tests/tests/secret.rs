@@ -30,14 +30,7 @@ async fn secret_fetch_prints_the_accounts_signing_secret() {
     assert!(refused.to_string().contains("401"), "{refused}");
 
     // The binary, as an operator runs it.
-    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_replicate-sim"))
-        .parent()
-        .unwrap()
-        .join("ingest");
-    assert!(
-        binary.exists(),
-        "run `cargo build --workspace --bins` first (deploy/test does)"
-    );
+    let binary = shared::testing::workspace_binary("ingest");
     let output = tokio::process::Command::new(binary)
         .args(["secret", "fetch"])
         .env_clear()

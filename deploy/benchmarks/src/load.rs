@@ -1,4 +1,4 @@
-//! `replicate-sim load`: many jobs at a given rate through the real pipeline, created through
+//! `pipeline-bench load`: many jobs at a given rate through the real pipeline, created through
 //! the notifier's jobs API, run by a simulator with the same signing, payloads and lifecycle
 //! as `serve`; one WebSocket per user; a share of the completed generations upscaled; at the
 //! end webhooks/s accepted, webhook → WebSocket latency, and whether every expected event
@@ -14,10 +14,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::accounts;
+use replicate_sim::accounts;
+use replicate_sim::jobs_client::{JobsClient, Submitted, random_prompt};
+use replicate_sim::lifecycle::Simulator;
+
 use crate::config::LoadArgs;
-use crate::jobs_client::{JobsClient, Submitted, random_prompt};
-use crate::lifecycle::Simulator;
 
 /// Share of the jobs that are trainings; the rest are generations.
 const TRAINING_SHARE: f64 = 0.1;
@@ -107,7 +108,7 @@ struct Received {
 
 /// Keeps a created job, or counts a refusal.
 fn record(
-    created: Result<Submitted, crate::jobs_client::ClientError>,
+    created: Result<Submitted, replicate_sim::jobs_client::ClientError>,
     submitted: &mut Vec<Submitted>,
     refused: &mut usize,
 ) {
@@ -135,11 +136,11 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<LoadReport> {
         sim_url.clone(),
         Duration::from_millis(args.step_ms),
     );
-    let server = crate::api::server(TcpListener::bind(args.sim_addr)?, simulator.clone(), None)?;
+    let server = replicate_sim::api::server(TcpListener::bind(args.sim_addr)?, simulator.clone(), None)?;
     let server_handle = server.handle();
     tokio::spawn(server);
     let client = JobsClient::new(&args.app.notifier_url, args.app.jwt_secret.expose());
-    let run_id = crate::prediction::new_id();
+    let run_id = replicate_sim::prediction::new_id();
     let users: Vec<String> = (0..args.users.max(1))
         .map(|i| format!("load-{}-{i}", &run_id[..6]))
         .collect();

@@ -51,19 +51,6 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn binary(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_BIN_EXE_replicate-sim"))
-        .parent()
-        .unwrap();
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --workspace --bins` first (deploy/test does)",
-        path.display()
-    );
-    path
-}
-
 /// How many of each program run, and the broker nodes they are given.
 pub struct Shape<'a> {
     pub ingests: usize,
@@ -310,7 +297,7 @@ impl Pipeline {
             .append(true)
             .open(self.logs.join(format!("{name}.log")))
             .unwrap();
-        let mut command = Command::new(binary(&spec.program));
+        let mut command = Command::new(shared::testing::workspace_binary(&spec.program));
         command
             .args(&spec.args)
             .env_clear()

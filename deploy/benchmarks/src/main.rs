@@ -1,0 +1,83 @@
+use pipeline_bench::config::{Cli, Command};
+use pipeline_bench::{broker, fanout, ingest, load, measure, report, worker};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli: Cli = shared::config::parse();
+    shared::telemetry::init(cli.telemetry.log_format);
+    match cli.command {
+        Command::Broker {
+            amqp_url,
+            seconds,
+            concurrency,
+            out,
+        } => measure::save(&out, &broker::broker(&amqp_url, seconds, concurrency).await?)?,
+        Command::Ingest {
+            url,
+            seconds,
+            concurrency,
+            out,
+            signing,
+        } => measure::save(
+            &out,
+            &ingest::ingest(&url, signing.secrets.primary(), seconds, concurrency).await?,
+        )?,
+        Command::Worker {
+            amqp_url,
+            database,
+            worker_bin,
+            jobs,
+            out,
+        } => measure::save(
+            &out,
+            &worker::worker(&database, &amqp_url, &worker_bin, jobs).await?,
+        )?,
+        Command::Fanout {
+            notifier_url,
+            nchan_url,
+            pids,
+            amqp_url,
+            prefix,
+            jwt_secret,
+            sockets,
+            users,
+            rates,
+            seconds,
+            out,
+        } => {
+            let target = match nchan_url {
+                Some(url) => fanout::FanoutTarget::Nchan { url },
+                None => fanout::FanoutTarget::Notifier {
+                    url: notifier_url,
+                    amqp_url,
+                    prefix,
+                    jwt_secret: jwt_secret.expose().to_owned(),
+                },
+            };
+            measure::save(
+                &out,
+                &fanout::fanout(&target, &pids, sockets, users, &rates, seconds).await?,
+            )?
+        }
+        Command::Report { out, notes } => {
+            println!("{}", std::fs::read_to_string(report::report(&out, &notes)?)?);
+        }
+        Command::Load(args) => {
+            let bench = args
+                .bench_out
+                .clone()
+                .map(|dir| (dir, args.bench_name.clone()));
+            let report = load::run(args).await?;
+            println!("{report}");
+            if let Some((dir, name)) = bench {
+                let mut figures = report.to_json();
+                figures["part"] = serde_json::json!(name);
+                measure::save(&dir, &figures)?;
+            }
+            if report.missing > 0 {
+                std::process::exit(1);
+            }
+        }
+    }
+    Ok(())
+}
