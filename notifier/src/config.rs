@@ -250,7 +250,9 @@ impl JobsConfig {
             public_webhook_url: "http://127.0.0.1:9/api/webhooks/replicate".into(),
             generation_model: "black-forest-labs/flux-schnell".parse().expect("a model"),
             upscale_model: "nightmareai/real-esrgan:f121d640".parse().expect("a model"),
-            training_model: "replicate/fast-flux-trainer:56cb4a64".parse().expect("a model"),
+            training_model: "replicate/fast-flux-trainer:56cb4a64"
+                .parse()
+                .expect("a model"),
             training_destination: None,
             generation_cost: 4,
             upscale_cost: 2,

@@ -87,7 +87,10 @@ impl Reconciler {
             if !self.hold_leadership(&mut leader).await {
                 continue;
             }
-            match self.tick(&processor, &http, &mut asked).await {
+            let outcome = self.tick(&processor, &http, &mut asked).await;
+            let label = if outcome.is_ok() { "ok" } else { "error" };
+            metrics::counter!("worker_reconcile_passes_total", "outcome" => label).increment(1);
+            match outcome {
                 Ok(0) => {}
                 Ok(asked) => {
                     tracing::info!(asked, "reconciler asked Replicate about unfinished jobs")

@@ -102,8 +102,7 @@ pub async fn broker(amqp_url: &str, seconds: u64, concurrency: usize) -> anyhow:
     }))
 }
 
-/// `senders` send on staggered schedules, together `rate` per second, for `seconds`.
-
+/// One persistent publish into `queue`, confirmed by the broker.
 pub async fn publish_persistent(channel: &lapin::Channel, queue: &str, body: &[u8]) -> bool {
     publish_confirmed(
         channel,
@@ -119,4 +118,3 @@ pub async fn publish_persistent(channel: &lapin::Channel, queue: &str, body: &[u
     .await
     .is_ok()
 }
-

@@ -2,7 +2,6 @@
 
 use std::path::Path;
 
-
 use crate::measure::*;
 
 /// One line chart: titled, with axes named, a line per series and a legend.

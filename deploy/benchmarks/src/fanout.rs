@@ -250,7 +250,6 @@ pub fn sent_micros(event: &str) -> Option<u128> {
     digits[..end].parse().ok()
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,6 @@ use shared::webhook::WebhookSecret;
 
 use crate::measure::*;
 
-
 /// Signed requests, made before the clock starts.
 pub struct Signed {
     id: String,
@@ -94,7 +93,6 @@ impl KeptAlive {
     }
 }
 
-
 /// `ingest`: saturation, then latency at half the rate.
 pub async fn ingest(
     url: &str,
@@ -173,4 +171,3 @@ pub async fn ingest(
         "latencies_ms": latencies,
     }))
 }
-

@@ -136,7 +136,8 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<LoadReport> {
         sim_url.clone(),
         Duration::from_millis(args.step_ms),
     );
-    let server = replicate_sim::api::server(TcpListener::bind(args.sim_addr)?, simulator.clone(), None)?;
+    let server =
+        replicate_sim::api::server(TcpListener::bind(args.sim_addr)?, simulator.clone(), None)?;
     let server_handle = server.handle();
     tokio::spawn(server);
     let client = JobsClient::new(&args.app.notifier_url, args.app.jwt_secret.expose());

@@ -11,7 +11,10 @@ async fn main() -> anyhow::Result<()> {
             seconds,
             concurrency,
             out,
-        } => measure::save(&out, &broker::broker(&amqp_url, seconds, concurrency).await?)?,
+        } => measure::save(
+            &out,
+            &broker::broker(&amqp_url, seconds, concurrency).await?,
+        )?,
         Command::Ingest {
             url,
             seconds,
@@ -60,7 +63,10 @@ async fn main() -> anyhow::Result<()> {
             )?
         }
         Command::Report { out, notes } => {
-            println!("{}", std::fs::read_to_string(report::report(&out, &notes)?)?);
+            println!(
+                "{}",
+                std::fs::read_to_string(report::report(&out, &notes)?)?
+            );
         }
         Command::Load(args) => {
             let bench = args

@@ -142,7 +142,7 @@ pub fn broker_pids() -> Vec<String> {
         .collect()
 }
 
-
+/// `senders` send on staggered schedules, together `rate` per second, for `seconds`.
 /// Returns each answered send's latency in ms from when it was due (sorted), and the rate
 /// answered.
 pub async fn paced<S, F>(
@@ -193,8 +193,6 @@ where
     Ok((latencies, answered_rate))
 }
 
-/// One persistent publish into `queue`, confirmed by the broker.
-
 /// Resident memory of process `pid` in KiB (`VmRSS`).
 pub fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -212,14 +210,12 @@ pub fn micros_now() -> u128 {
         .as_micros()
 }
 
-
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
-
 
 /// Writes one measurement as `<dir>/<part>.json`.
 pub fn save(dir: &Path, result: &Value) -> anyhow::Result<()> {
@@ -245,7 +241,6 @@ pub fn values(run: &Value, field: &str) -> Vec<f64> {
 }
 
 #[cfg(test)]
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,10 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-use crate::measure::*;
 use crate::charts::*;
-
-
+use crate::measure::*;
 
 /// One row of the report's first table.
 pub struct Row {
@@ -259,7 +257,6 @@ pub fn report(dir: &Path, notes: &Path) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-
 /// "CPU: notifier 0.68, broker 0.50, client 0.75 cores" from a run's `cpu_cores`.
 pub fn cpu_text(cores: &Value, server: &str, with_broker: bool) -> String {
     let share = |name: &str| cores[name].as_f64().unwrap_or_default();
@@ -271,15 +268,14 @@ pub fn cpu_text(cores: &Value, server: &str, with_broker: bool) -> String {
     format!("CPU: {} cores", parts.join(", "))
 }
 
-
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn the_report_compares_with_the_reference() {
-        let dir = std::env::temp_dir().join(format!("bench-{}", replicate_sim::prediction::new_id()));
+        let dir =
+            std::env::temp_dir().join(format!("bench-{}", replicate_sim::prediction::new_id()));
         save(&dir, &json!({"part": "broker", "per_second": 1000.0, "confirmed": 10000, "payload_bytes": 2700, "concurrency": 64})).unwrap();
         save(&dir, &json!({"part": "ingest", "saturation_per_second": 700.0, "half_rate_per_second": 350.0,
                            "p50_ms": 2.0, "p99_ms": 12.0, "max_ms": 20.0, "concurrency": 64, "generator_cpu": 0.5,

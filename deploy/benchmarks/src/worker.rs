@@ -158,4 +158,3 @@ pub async fn count_failed(pool: &shared::db::Pool) -> anyhow::Result<u64> {
         .await?;
     Ok(failed as u64)
 }
-

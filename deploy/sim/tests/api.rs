@@ -107,6 +107,20 @@ async fn wait_for_status(http: &reqwest::Client, url: &str, status: &str) -> Val
     panic!("{url} never reached {status}");
 }
 
+/// Waits until the last webhook received says `status` (the API answers before its
+/// webhook has arrived).
+async fn last_webhook_is(received: &std::sync::Mutex<Vec<Value>>, status: &str) {
+    shared::testing::eventually(Duration::from_secs(10), || async {
+        received
+            .lock()
+            .unwrap()
+            .last()
+            .is_some_and(|webhook| webhook["status"] == status)
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {status} webhook arrived"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prediction_runs_its_lifecycle_with_signed_webhooks_and_png_outputs() -> anyhow::Result<()>
 {
@@ -124,7 +138,7 @@ async fn a_prediction_runs_its_lifecycle_with_signed_webhooks_and_png_outputs() 
     assert_eq!(created["status"], "starting");
     let id = created["id"].as_str().unwrap().to_owned();
     let done = wait_for_status(&http, &format!("{base}/v1/predictions/{id}"), "succeeded").await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    last_webhook_is(&received, "succeeded").await;
 
     let webhooks = received.lock().unwrap().clone();
     let statuses: Vec<&str> = webhooks
@@ -181,11 +195,7 @@ async fn cancel_ends_a_training_canceled_and_the_secret_needs_a_token() -> anyho
         .await?;
     assert_eq!(canceled["id"], id);
     wait_for_status(&http, &format!("{base}/v1/trainings/{id}"), "canceled").await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(
-        received.lock().unwrap().last().unwrap()["status"],
-        "canceled"
-    );
+    last_webhook_is(&received, "canceled").await;
 
     let refused = http
         .get(format!("{base}/v1/webhooks/default/secret"))

@@ -173,7 +173,7 @@ async fn nothing_is_lost_under_crashes_restarts_and_cut_webhooks() {
     moment().await;
     creations.finish(creating).await;
     let decided = oracle::settle(&pipeline.deployment(), Duration::from_secs(240)).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    oracle::wait_delivered(&pipeline.deployment(), &inboxes, Duration::from_secs(30)).await;
     let verdict = oracle::check(&pipeline.deployment(), &decided, START_CREDITS, &inboxes).await;
     let reconnects: usize = inboxes.values().map(|i| i.lock().unwrap().reconnects).sum();
     let mut report = RunReport::new(&pipeline, &decided, &creations).await;

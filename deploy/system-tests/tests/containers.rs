@@ -181,7 +181,7 @@ async fn through_the_front_door_with_a_worker_killed() -> anyhow::Result<()> {
             .map_err(anyhow::Error::msg)?;
     ensure!(status == 401, "forged webhook: {status}");
 
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    oracle::wait_delivered(&deployment, &inboxes, Duration::from_secs(30)).await;
     let verdict = oracle::check(&deployment, &decided, START_CREDITS, &inboxes).await;
     for watcher in watchers {
         watcher.abort();

@@ -101,7 +101,7 @@ async fn a_few_hundred_jobs_with_faults_end_exactly_as_the_simulator_decided() {
     // Everything ends as the simulator decided, and every browser saw it.
     let decided = oracle::settle(&pipeline.deployment(), Duration::from_secs(180)).await;
     assert_eq!(decided.len(), total, "one Replicate job per job created");
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    oracle::wait_delivered(&pipeline.deployment(), &inboxes, Duration::from_secs(30)).await;
     let verdict = oracle::check(&pipeline.deployment(), &decided, START_CREDITS, &inboxes).await;
     verdict.assert_clean(total, pipeline.logs.display());
     println!(

@@ -150,9 +150,17 @@ async fn graceful_shutdown_finishes_in_flight_webhooks() {
                 .map(|response| response.status().as_u16())
         })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The webhook's publish is held by the frozen broker: it is in flight.
+    proxy.wait_until_holding().await;
     let stopping = tokio::spawn(app.handle.clone().stop(true));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The server has stopped taking connections: the shutdown is under way.
+    let address = app.address.trim_start_matches("http://").to_owned();
+    shared::testing::eventually(Duration::from_secs(10), || {
+        let address = address.clone();
+        async move { tokio::net::TcpStream::connect(address).await.is_err() }
+    })
+    .await
+    .expect("the server stops accepting");
     proxy.set(Mode::Forward);
 
     assert_eq!(

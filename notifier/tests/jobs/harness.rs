@@ -212,7 +212,6 @@ impl Api {
     }
 }
 
-
 pub async fn assert_failed_and_refunded_once(api: &Api, answer: &Value, reason: &str) {
     assert!(
         answer["error"].as_str().unwrap().contains(reason),

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-
 use serde_json::{Value, json};
 
 use crate::harness::*;

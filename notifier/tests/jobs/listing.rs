@@ -3,7 +3,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-
 use diesel_async::RunQueryDsl;
 use serde_json::json;
 

@@ -212,19 +212,19 @@ async fn the_binding_follows_the_users_sockets() {
     assert!(sessions.is_bound("u1").await);
 
     first.close(None).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    shared::testing::eventually(Duration::from_secs(5), || async {
+        sessions.connection_count() == 1
+    })
+    .await
+    .expect("the first socket is unregistered");
     assert!(sessions.is_bound("u1").await, "one socket is still open");
 
     second.close(None).await.unwrap();
-    let mut unbound = false;
-    for _ in 0..50 {
-        if !sessions.is_bound("u1").await && sessions.user_ids().is_empty() {
-            unbound = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(unbound, "the binding outlived the last socket");
+    shared::testing::eventually(Duration::from_secs(5), || async {
+        !sessions.is_bound("u1").await && sessions.user_ids().is_empty()
+    })
+    .await
+    .expect("the binding outlived the last socket");
     running.stop().await;
     env.cleanup().await;
 }
@@ -246,7 +246,13 @@ async fn a_silent_client_is_closed_and_shutdown_says_going_away() {
     let mut silent = connect(&running.address, &format!("token={}", env.token("u1")))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Not reading is not answering pings: the server gives up on it after the idle timeout.
+    let hub = running.state.hub.clone();
+    shared::testing::eventually(Duration::from_secs(10), || async {
+        hub.open_connections() == 0
+    })
+    .await
+    .expect("the silent client is closed");
     let mut close_code = None;
     while let Ok(Some(Ok(message))) =
         tokio::time::timeout(Duration::from_secs(2), silent.next()).await

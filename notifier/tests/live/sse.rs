@@ -29,21 +29,10 @@ async fn server_sent_events_resume_from_last_event_id() {
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     let mut body = response.bytes_stream();
     let mut text = String::new();
-    let live = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        env.emit("u1", "r-live", "COMPLETED").await;
-    };
-    let read = async {
-        while !text.contains("id: 5\n") {
-            let chunk = tokio::time::timeout(Duration::from_secs(10), body.next())
-                .await
-                .expect("more events")
-                .unwrap()
-                .unwrap();
-            text.push_str(std::str::from_utf8(&chunk).unwrap());
-        }
-    };
-    tokio::join!(live, read);
+    // The replay first (3 and 4), then an event published while the stream is open.
+    read_until(&mut body, &mut text, "id: 4\n").await;
+    env.emit("u1", "r-live", "COMPLETED").await;
+    read_until(&mut body, &mut text, "id: 5\n").await;
     let ids: Vec<&str> = text
         .lines()
         .filter_map(|line| line.strip_prefix("id: "))
@@ -58,4 +47,20 @@ async fn server_sent_events_resume_from_last_event_id() {
     assert_eq!(unauthorized.status(), 401);
     running.stop().await;
     env.cleanup().await;
+}
+
+/// Appends the stream's chunks to `text` until it contains `wanted` (10 s at most a chunk).
+async fn read_until<S, E>(body: &mut S, text: &mut String, wanted: &str)
+where
+    S: futures_util::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+    E: std::fmt::Debug,
+{
+    while !text.contains(wanted) {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), body.next())
+            .await
+            .expect("more events")
+            .expect("the stream is open")
+            .unwrap();
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
 }

@@ -3,6 +3,9 @@
 //! disturbing the real server (other tests keep using it).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -22,6 +25,9 @@ pub enum Mode {
 pub struct ServiceProxy {
     pub port: u16,
     mode: watch::Sender<Mode>,
+    /// Reads waiting for a frozen proxy to move again: proof that a client sent something
+    /// the service has not received.
+    held: Arc<AtomicUsize>,
 }
 
 impl ServiceProxy {
@@ -29,15 +35,26 @@ impl ServiceProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let (mode, watcher) = watch::channel(Mode::Forward);
+        let held = Arc::new(AtomicUsize::new(0));
+        let counted = held.clone();
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 if *watcher.borrow() == Mode::Down {
                     continue; // dropped: closed at once
                 }
-                tokio::spawn(pipe(client, upstream, watcher.clone()));
+                tokio::spawn(pipe(client, upstream, watcher.clone(), counted.clone()));
             }
         });
-        Self { port, mode }
+        Self { port, mode, held }
+    }
+
+    /// Waits until a frozen proxy holds bytes a client sent (up to 10 s; panics after).
+    pub async fn wait_until_holding(&self) {
+        crate::testing::eventually(Duration::from_secs(10), || async {
+            self.held.load(Ordering::Relaxed) > 0
+        })
+        .await
+        .expect("something was sent through the frozen proxy");
     }
 
     pub fn set(&self, mode: Mode) {
@@ -71,7 +88,12 @@ pub fn upstream_of(url: &str) -> SocketAddr {
     host_port.parse().expect("the URL names host:port")
 }
 
-async fn pipe(client: TcpStream, upstream: SocketAddr, mode: watch::Receiver<Mode>) {
+async fn pipe(
+    client: TcpStream,
+    upstream: SocketAddr,
+    mode: watch::Receiver<Mode>,
+    held: Arc<AtomicUsize>,
+) {
     let Ok(server) = TcpStream::connect(upstream).await else {
         return;
     };
@@ -79,20 +101,33 @@ async fn pipe(client: TcpStream, upstream: SocketAddr, mode: watch::Receiver<Mod
     let (server_read, server_write) = server.into_split();
     let mut down = mode.clone();
     tokio::select! {
-        _ = forward(client_read, server_write, mode.clone()) => {}
-        _ = forward(server_read, client_write, mode) => {}
+        _ = forward(client_read, server_write, mode.clone(), held.clone()) => {}
+        _ = forward(server_read, client_write, mode, held) => {}
         _ = down.wait_for(|m| *m == Mode::Down) => {}
     }
 }
 
-async fn forward(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut mode: watch::Receiver<Mode>) {
+async fn forward(
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    mut mode: watch::Receiver<Mode>,
+    held: Arc<AtomicUsize>,
+) {
     let mut buffer = vec![0u8; 16 * 1024];
     loop {
         let read = match from.read(&mut buffer).await {
             Ok(0) | Err(_) => return,
             Ok(read) => read,
         };
-        match mode.wait_for(|m| *m != Mode::Freeze).await.map(|m| *m) {
+        let frozen = *mode.borrow() == Mode::Freeze;
+        if frozen {
+            held.fetch_add(1, Ordering::Relaxed);
+        }
+        let moving = mode.wait_for(|m| *m != Mode::Freeze).await.map(|m| *m);
+        if frozen {
+            held.fetch_sub(1, Ordering::Relaxed);
+        }
+        match moving {
             Ok(Mode::Forward) => {}
             _ => return,
         }

@@ -159,9 +159,14 @@ async fn jobs_without_news_are_asked_about_and_end_as_replicate_says_once() -> a
         "not stale: not asked"
     );
 
-    // Let a few more ticks pass: only one of the two workers asks, each job once (a job
-    // Replicate still runs is asked again only after RECONCILE_AFTER_SECS).
-    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    // Three more passes of the reconciler: only one of the two workers asks, each job once
+    // (a job Replicate still runs is asked again only after RECONCILE_AFTER_SECS).
+    let passes = shared::testing::metric_sum("worker_reconcile_passes_total");
+    shared::testing::eventually(std::time::Duration::from_secs(15), || async {
+        shared::testing::metric_sum("worker_reconcile_passes_total") >= passes + 3.0
+    })
+    .await
+    .expect("the reconciler keeps passing");
     let mut asked = replicate.asked.lock().unwrap().clone();
     asked.sort();
     assert_eq!(asked, ["r-broke", "r-done", "r-gone", "r-running"]);

@@ -9,14 +9,19 @@ use crate::helpers::{TestEnv, prediction};
 use crate::images;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_job_inserted_three_seconds_later_is_processed() {
+async fn a_job_inserted_after_its_webhook_was_retried_twice_is_processed() {
     let server = images::start().await;
     let env = TestEnv::new(&server.host).await;
     env.insert_user("u1", 0).await;
     let worker = env.spawn_worker().await;
     env.send("early", &prediction("r-late", "failed", json!(null)))
         .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Not found at first, then again after the first delay: waiting for the next.
+    shared::testing::eventually(Duration::from_secs(10), || async {
+        shared::testing::metric_sum("worker_retries_total") >= 2.0
+    })
+    .await
+    .expect("the webhook is retried");
     env.insert_generation("g-late", "u1", "r-late", "a corgi", 8)
         .await;
     env.wait_for_statuses(&[("g-late", "FAILED")]).await;

@@ -137,6 +137,41 @@ pub async fn settle(pipeline: &Deployment<'_>, timeout: Duration) -> HashMap<Str
     }
 }
 
+/// Waits (up to `timeout`) until every browser has received its user's last event, as
+/// the database numbers them (`users.event_seq`): events are published after commit, so a
+/// settled database may still have some on their way. Returns either way: what is missing
+/// then is the oracle's to report.
+pub async fn wait_delivered<'b>(
+    pipeline: &Deployment<'_>,
+    browsers: impl IntoIterator<Item = (&'b String, &'b Arc<Mutex<Inbox>>)>,
+    timeout: Duration,
+) {
+    let browsers: Vec<_> = browsers.into_iter().collect();
+    let ids: Vec<&String> = browsers.iter().map(|(user, _)| *user).collect();
+    let _ = shared::testing::eventually(timeout, || async {
+        let mut conn = shared::db::connection(pipeline.pool).await.unwrap();
+        let latest: HashMap<String, i64> = users::table
+            .filter(users::id.eq_any(&ids))
+            .select((users::id, users::event_seq))
+            .load::<(String, i64)>(&mut conn)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+        browsers.iter().all(|(user, inbox)| {
+            let received = inbox
+                .lock()
+                .unwrap()
+                .events
+                .last()
+                .and_then(|event| event["seq"].as_i64())
+                .unwrap_or(0);
+            received >= latest.get(*user).copied().unwrap_or(0)
+        })
+    })
+    .await;
+}
+
 /// The status a job must end with, given what the simulator decided.
 fn expected_status(decided: &Value) -> &'static str {
     match (
