@@ -63,6 +63,34 @@ pub struct BodyConfig {
     pub budget_bytes: usize,
 }
 
+impl IngestConfig {
+    /// The defaults on port 0, for tests: webhooks signed with `secret`, at most
+    /// `max_body_bytes` each, confirmed within `publish_timeout_ms`, on the given broker.
+    pub fn for_test(
+        secret: shared::webhook::WebhookSecret,
+        max_body_bytes: usize,
+        publish_timeout_ms: u64,
+        amqp: AmqpConfig,
+    ) -> Self {
+        Self {
+            addr: "127.0.0.1:0".parse().expect("an address"),
+            publish_timeout_ms,
+            shutdown_timeout_secs: 5,
+            body: BodyConfig::default(),
+            webhook: WebhookConfig {
+                secrets: shared::webhook::WebhookSecrets::new(vec![secret])
+                    .expect("one secret"),
+                tolerance_secs: 300,
+                max_body_bytes,
+            },
+            amqp,
+            telemetry: TelemetryConfig {
+                log_format: shared::config::LogFormat::Pretty,
+            },
+        }
+    }
+}
+
 impl Default for BodyConfig {
     fn default() -> Self {
         Self {

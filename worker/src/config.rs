@@ -130,6 +130,52 @@ pub struct ReconcileConfig {
     pub interval_secs: u64,
 }
 
+impl WorkerConfig {
+    /// The defaults for tests, on the given services: downloads allowed over plain HTTP
+    /// from `allowed_hosts` (small, to show the limits), a short outbox sweep, metrics on
+    /// port 0, and no reconciler with Replicate (no token) unless a test sets one.
+    pub fn for_test(
+        database: DatabaseConfig,
+        amqp: AmqpConfig,
+        storage: StorageConfig,
+        allowed_hosts: AllowedHosts,
+    ) -> Self {
+        Self {
+            database,
+            amqp,
+            storage,
+            media_base_url: "http://media.test/media".into(),
+            metrics_addr: "127.0.0.1:0".parse().expect("an address"),
+            download: DownloadConfig {
+                allowed_hosts,
+                allow_http: true,
+                max_bytes: 64 * 1024,
+                concurrency: 16,
+                budget_bytes: 256 * 1024 * 1024,
+                timeout_secs: 10,
+            },
+            prefetch: 50,
+            concurrency: 8,
+            unknown_job_retry_secs: 150,
+            transient_retry_secs: 60,
+            outbox_sweep_secs: 1,
+            reconcile: ReconcileConfig {
+                replicate: ReplicateApiConfig {
+                    url: "http://127.0.0.1:9/v1".into(),
+                    token: Default::default(),
+                    create_timeout_secs: 30,
+                },
+                after_secs: 600,
+                interval_secs: 60,
+            },
+            shutdown_timeout_secs: 10,
+            telemetry: TelemetryConfig {
+                log_format: shared::config::LogFormat::Pretty,
+            },
+        }
+    }
+}
+
 impl ReconcileConfig {
     /// A row still waiting for Replicate's id after `RECONCILE_AFTER_SECS` is failed and
     /// refunded as abandoned: that must never be a creation still under way.

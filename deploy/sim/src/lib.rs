@@ -1,5 +1,16 @@
-//! replicate-sim: stands in for Replicate in demos, tests and benchmarks, and drives the
-//! pipeline as the web app's users would (jobs created through the notifier's jobs API).
+//! replicate-sim: stands in for Replicate in demos, tests and benchmarks, and acts as the web
+//! app in the demo (jobs created through the notifier's jobs API).
+//!
+//! | module | what it does |
+//! |---|---|
+//! | [`api`] | Replicate's HTTP API: create, get and cancel predictions and trainings, the signing secret, the outputs |
+//! | [`lifecycle`] | each job's run: statuses, logs with progress, outputs, signed webhooks (with retries) |
+//! | [`prediction`] | the job objects as Replicate shows them |
+//! | [`faults`] | duplicated, reordered, delayed and lost webhooks; failed, cancelled and broken jobs; late answers |
+//! | [`images`] | real PNG outputs |
+//! | [`send`] | `send`: one signed webhook by hand (or its curl command) |
+//! | [`demo`], [`accounts`], [`jobs_client`] | `demo`: a user with credits and the gallery's link; the jobs API as the web app calls it |
+//! | [`config`] | the command line |
 
 pub mod accounts;
 pub mod api;

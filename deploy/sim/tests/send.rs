@@ -7,7 +7,7 @@ use ingest::config::IngestConfig;
 use ingest::startup::Application;
 use lapin::options::BasicGetOptions;
 use replicate_sim::send;
-use shared::config::{AmqpConfig, LogFormat, TelemetryConfig, WebhookConfig};
+use shared::config::AmqpConfig;
 use shared::webhook::{SignedHeaders, Verifier, WebhookSecret, WebhookSecrets};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -15,21 +15,12 @@ async fn send_posts_a_correctly_signed_webhook_and_prints_curl() {
     let secret = WebhookSecret::from_bytes(b"sim-send-test-secret-of-32-bytes".to_vec());
     let prefix = format!("{}.", shared::testing::unique_name("send"));
     let amqp_url = shared::testing::amqp_url();
-    let config = IngestConfig {
-        addr: "127.0.0.1:0".parse().unwrap(),
-        publish_timeout_ms: 3000,
-        shutdown_timeout_secs: 5,
-        body: ingest::config::BodyConfig::default(),
-        webhook: WebhookConfig {
-            secrets: WebhookSecrets::new(vec![secret.clone()]).unwrap(),
-            tolerance_secs: 300,
-            max_body_bytes: 1024 * 1024,
-        },
-        amqp: AmqpConfig::new(&amqp_url, &prefix).unwrap(),
-        telemetry: TelemetryConfig {
-            log_format: LogFormat::Pretty,
-        },
-    };
+    let config = IngestConfig::for_test(
+        secret.clone(),
+        1024 * 1024,
+        3000,
+        AmqpConfig::new(&amqp_url, &prefix).unwrap(),
+    );
     let app = Application::build(&config).unwrap();
     let to = format!("http://127.0.0.1:{}/api/webhooks/replicate", app.port());
     let publisher = app.publisher();

@@ -1,13 +1,13 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix_web::dev::ServerHandle;
-use ingest::config::{BodyConfig, IngestConfig};
+use ingest::config::IngestConfig;
 use ingest::startup::Application;
 use lapin::message::Delivery;
 use lapin::options::BasicGetOptions;
 use lapin::{Channel, Connection, ConnectionProperties};
-use shared::config::{AmqpConfig, LogFormat, TelemetryConfig, WebhookConfig};
-use shared::webhook::{WebhookSecret, WebhookSecrets};
+use shared::config::{AmqpConfig, LogFormat};
+use shared::webhook::WebhookSecret;
 
 pub use shared::testing::amqp_url as broker_url;
 
@@ -35,21 +35,12 @@ pub struct TestApp {
 /// Settings for a test instance: a fresh secret, a small body limit, a short confirm wait.
 pub fn test_config(amqp_url: &str) -> (IngestConfig, WebhookSecret) {
     let secret = WebhookSecret::from_bytes(b"integration-test-secret-32-bytes".to_vec());
-    let config = IngestConfig {
-        addr: "127.0.0.1:0".parse().unwrap(),
-        publish_timeout_ms: 1000,
-        shutdown_timeout_secs: 5,
-        body: BodyConfig::default(),
-        webhook: WebhookConfig {
-            secrets: WebhookSecrets::new(vec![secret.clone()]).unwrap(),
-            tolerance_secs: 300,
-            max_body_bytes: 64 * 1024,
-        },
-        amqp: AmqpConfig::new(amqp_url, &unique_prefix()).unwrap(),
-        telemetry: TelemetryConfig {
-            log_format: LogFormat::Pretty,
-        },
-    };
+    let config = IngestConfig::for_test(
+        secret.clone(),
+        64 * 1024,
+        1000,
+        AmqpConfig::new(amqp_url, &unique_prefix()).unwrap(),
+    );
     (config, secret)
 }
 

@@ -11,13 +11,12 @@ use lapin::Channel;
 use lapin::options::{BasicConsumeOptions, BasicGetOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use shared::amqp::{Outgoing, publish_confirmed};
-use shared::config::{LogFormat, TelemetryConfig};
 use shared::db;
 use shared::db::schema::{ai_models, credit_transactions, generations, job_events, users};
 use shared::events::Event;
 use shared::testing::Isolated;
 use tokio::sync::oneshot;
-use worker::config::{AllowedHosts, DownloadConfig, ReconcileConfig, WorkerConfig};
+use worker::config::{AllowedHosts, WorkerConfig};
 use worker::startup::Worker;
 
 pub struct TestEnv {
@@ -37,40 +36,12 @@ impl TestEnv {
     /// A fresh database and prefix; downloads allowed from `image_host` (`127.0.0.1:port`).
     pub async fn new(image_host: &str) -> Self {
         let services = Isolated::new("worker").await;
-        let config = WorkerConfig {
-            database: services.database.clone(),
-            amqp: services.amqp.clone(),
-            storage: services.storage(),
-            media_base_url: "http://media.test/media".into(),
-            metrics_addr: "127.0.0.1:0".parse().unwrap(),
-            download: DownloadConfig {
-                allowed_hosts: image_host.parse::<AllowedHosts>().unwrap(),
-                allow_http: true,
-                max_bytes: 64 * 1024,
-                concurrency: 16,
-                budget_bytes: 256 * 1024 * 1024,
-                timeout_secs: 10,
-            },
-            prefetch: 50,
-            concurrency: 8,
-            unknown_job_retry_secs: 150,
-            transient_retry_secs: 60,
-            outbox_sweep_secs: 1,
-            // Off unless a test turns it on (with a Replicate stand-in of its own).
-            reconcile: ReconcileConfig {
-                replicate: shared::config::ReplicateApiConfig {
-                    url: "http://127.0.0.1:9/v1".into(),
-                    token: Default::default(),
-                    create_timeout_secs: 30,
-                },
-                after_secs: 600,
-                interval_secs: 60,
-            },
-            shutdown_timeout_secs: 10,
-            telemetry: TelemetryConfig {
-                log_format: LogFormat::Pretty,
-            },
-        };
+        let config = WorkerConfig::for_test(
+            services.database.clone(),
+            services.amqp.clone(),
+            services.storage(),
+            image_host.parse::<AllowedHosts>().unwrap(),
+        );
         Self { config, services }
     }
 
