@@ -78,8 +78,7 @@ impl IngestConfig {
             shutdown_timeout_secs: 5,
             body: BodyConfig::default(),
             webhook: WebhookConfig {
-                secrets: shared::webhook::WebhookSecrets::new(vec![secret])
-                    .expect("one secret"),
+                secrets: shared::webhook::WebhookSecrets::new(vec![secret]).expect("one secret"),
                 tolerance_secs: 300,
                 max_body_bytes,
             },

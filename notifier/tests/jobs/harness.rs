@@ -7,7 +7,6 @@ use std::time::Duration;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use notifier::config::{JobsConfig, NotifierConfig};
-use notifier::startup::Notifier;
 use replicate_sim::accounts;
 use replicate_sim::faults::Faults;
 use replicate_sim::lifecycle::Simulator;
@@ -16,6 +15,10 @@ use shared::auth::Auth;
 use shared::db::schema::{credit_transactions, generations, job_events, users};
 use shared::testing::Isolated;
 use shared::webhook::WebhookSecret;
+
+#[path = "../common/running.rs"]
+mod running;
+pub use running::Running;
 
 pub const JWT_SECRET: &str = "jobs-api-test-secret-of-32-bytes!";
 pub const SIM_TOKEN: &str = "sim-token-1";
@@ -27,9 +30,8 @@ pub struct Api {
     pub auth: Auth,
     pub simulator: String,
     pub services: Isolated,
-    pub stop: Option<tokio::sync::oneshot::Sender<()>>,
-    /// The notifier's serving task: done once it has stopped.
-    pub serving: tokio::task::JoinHandle<()>,
+    /// The notifier, serving until shut down.
+    pub running: Running,
 }
 
 /// How the test wants Replicate to be.
@@ -99,36 +101,21 @@ impl Api {
         config.jobs = JobsConfig::for_test(&api_url, token);
         config.jobs.training_destination = Some("acme/portraits".into());
         config.ingest_url = format!("http://127.0.0.1:{}", closed_port());
-        let notifier = Notifier::build(&config).await.unwrap();
-        let base = format!("http://127.0.0.1:{}", notifier.port());
-        let state = notifier.state();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let serving = tokio::spawn(notifier.run_until_stopped(async {
-            let _ = stopped.await;
-        }));
-        shared::testing::eventually(Duration::from_secs(10), || {
-            let state = state.clone();
-            async move { state.hub.broker_connected() }
-        })
-        .await
-        .expect("the notifier connects to RabbitMQ");
+        let running = Running::start(&config).await;
+        let base = format!("http://{}", running.address);
         Self {
             base,
             http: shared::http::client_builder().build().unwrap(),
             auth: Auth::new(JWT_SECRET),
             simulator,
             services,
-            stop: Some(stop),
-            serving,
+            running,
         }
     }
 
     /// Asks the notifier to stop (SIGTERM's path) and waits until it has.
     pub async fn shut_down(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        (&mut self.serving).await.unwrap();
+        self.running.shut_down().await;
     }
 
     pub async fn call(

@@ -8,15 +8,16 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use lapin::BasicProperties;
 use notifier::config::{NotifierConfig, SocketConfig};
-use notifier::startup::Notifier;
-use notifier::web::state::AppState;
 use shared::amqp::{Outgoing, PERSISTENT, publish_confirmed};
 use shared::auth::Auth;
 use shared::db;
 use shared::db::schema::users;
 use shared::events::{Event, GenerationJob, JobKind, JobProgress};
 use shared::testing::Isolated;
-use tokio::sync::oneshot;
+
+#[path = "../common/running.rs"]
+mod running;
+pub use running::Running;
 
 pub const JWT_SECRET: &str = "notifier-test-jwt-secret-32-bytes!";
 
@@ -31,25 +32,6 @@ impl std::ops::Deref for TestEnv {
 
     fn deref(&self) -> &Isolated {
         &self.services
-    }
-}
-
-pub struct Running {
-    pub address: String,
-    pub state: std::sync::Arc<AppState>,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Running {
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        tokio::time::timeout(Duration::from_secs(15), &mut self.task)
-            .await
-            .expect("stops in time")
-            .unwrap();
     }
 }
 
@@ -79,27 +61,7 @@ impl TestEnv {
     }
 
     pub async fn start_with(&self, config: &NotifierConfig) -> Running {
-        let notifier = Notifier::build(config).await.expect("notifier starts");
-        let port = notifier.port();
-        let state = notifier.state();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(notifier.run_until_stopped(async {
-            let _ = stopped.await;
-        }));
-        // Ready once the broker link is up (health says so).
-        let address = format!("127.0.0.1:{port}");
-        shared::testing::eventually(Duration::from_secs(5), || {
-            let state = state.clone();
-            async move { state.hub.broker_connected() }
-        })
-        .await
-        .expect("the notifier connects to RabbitMQ");
-        Running {
-            address,
-            state,
-            stop: Some(stop),
-            task,
-        }
+        Running::start(config).await
     }
 
     pub fn token(&self, user: &str) -> String {
