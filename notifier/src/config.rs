@@ -249,8 +249,10 @@ impl JobsConfig {
             },
             public_webhook_url: "http://127.0.0.1:9/api/webhooks/replicate".into(),
             generation_model: "black-forest-labs/flux-schnell".parse().expect("a model"),
-            upscale_model: "nightmareai/real-esrgan:f121d640".parse().expect("a model"),
-            training_model: "replicate/fast-flux-trainer:56cb4a64"
+            upscale_model: "nightmareai/real-esrgan:f121d640bd286e1fdc67f9799164c1d5be36ff74576ee11c803ae5b665dd46aa"
+                .parse()
+                .expect("a model"),
+            training_model: "replicate/fast-flux-trainer:56cb4a6447e586e40c6834a7a48b649336ade35325479817ada41cd3d8dcc175"
                 .parse()
                 .expect("a model"),
             training_destination: None,

@@ -50,6 +50,24 @@ pub struct GenerationJob {
     /// When the job was created (RFC 3339).
     #[serde(default)]
     pub created_at: Option<String>,
+    /// A small rendition of each image, in the order of `image_urls` (a compatible
+    /// extension; absent when there is none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub thumb_urls: Vec<String>,
+    /// The trained model it runs on; absent for the default model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelName>,
+    /// The generation an upscale enlarges.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_id: Option<String>,
+}
+
+/// A trained model as a generation names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelName {
+    /// `ai_models.id`
+    pub id: String,
+    pub name: String,
 }
 
 /// A training's state after a change.
@@ -281,6 +299,9 @@ mod tests {
                 prompt: "a corgi".into(),
                 credits_used: 4,
                 created_at: Some("2026-11-29T10:00:00.000Z".into()),
+                thumb_urls: Vec::new(),
+                model: None,
+                source_id: None,
             },
         };
         assert_eq!(

@@ -274,7 +274,7 @@ fn report_processed(webhook_id: &str, processed: &Processed, elapsed: Duration) 
         seq,
         refunded,
         elapsed = ?elapsed,
-        "Webhook processed in {}ms",
+        "✅ Webhook processed in {}ms",
         elapsed.as_millis()
     );
 }

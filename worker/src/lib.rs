@@ -8,7 +8,7 @@
 //! | consume | [`broker`], [`consume`] | the broker link; a prefetch window of deliveries, each acked, retried or dead-lettered once processed |
 //! | process | [`process`] | one webhook: parse, find the job (or bind it by its webhook URL's tag, `shared::jobs::bind`), decide, prepare, apply, publish |
 //! | classify | [`classify`] | which job a Replicate id belongs to, and its kind (generation, upscale, training) |
-//! | download, store | [`download`], [`store`] | a succeeded generation's outputs fetched (within the allowed hosts and the memory budget) and stored |
+//! | download, store | [`download`], [`store`], [`thumbnail`] | a succeeded generation's outputs fetched (within the allowed hosts and the memory budget) and stored, each with a small JPEG rendition |
 //! | apply, transition, refund | `shared::jobs` | one transaction: the status machine, the refund once, the user's next `seq`, the event in the log (the outbox) |
 //! | publish | [`broker`], [`marks`] | the event to `jobs.events`, then marked published in batches |
 //! | sweep | [`sweep`] | events committed but never marked are published again |
@@ -30,6 +30,8 @@ pub mod classify;
 pub mod download;
 
 pub mod store;
+
+pub mod thumbnail;
 
 pub mod marks;
 

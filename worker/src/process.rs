@@ -152,7 +152,7 @@ impl Processor {
         let prediction: Prediction =
             serde_json::from_slice(body).map_err(ProcessError::NotAPrediction)?;
         let job = self.find_or_bind(webhook_id, &prediction, tag).await?;
-        tracing::info!(%webhook_id, kind = %job.kind, job_id = %job.job_id, "Detected job type: {} for job {}", job.kind, job.job_id);
+        tracing::info!(%webhook_id, kind = %job.kind, job_id = %job.job_id, "🎯 Detected job type: {} for job {}", job.kind, job.job_id);
         let current = classify::stored_status(&job)?;
 
         let effect = match decide(current, &prediction.status) {
@@ -291,18 +291,25 @@ impl Processor {
                 .await
                 .map_err(|source| ProcessError::Download { index, source })?;
             metrics::counter!("worker_download_bytes_total").increment(image.bytes.len() as u64);
-            self.media
+            let url = self
+                .media
                 .put(&job.id, index, &image)
                 .await
-                .map_err(|source| ProcessError::Storage { index, source })
+                .map_err(|source| ProcessError::Storage { index, source })?;
+            let thumb_url = self
+                .store_thumbnail(webhook_id, job, index, &image, &url)
+                .await?;
+            Ok::<_, ProcessError>((url, thumb_url))
         }))
         .await;
         let mut image_urls = Vec::with_capacity(stored.len());
+        let mut thumb_urls = Vec::with_capacity(stored.len());
         for result in stored {
             match result {
-                Ok(url) => {
+                Ok((url, thumb_url)) => {
                     metrics::counter!("worker_downloads_total", "result" => "ok").increment(1);
                     image_urls.push(url);
+                    thumb_urls.push(thumb_url);
                 }
                 Err(ProcessError::Download { source, .. }) if source.is_permanent() => {
                     metrics::counter!("worker_downloads_total", "result" => "permanent_error")
@@ -319,7 +326,37 @@ impl Processor {
             }
         }
         tracing::info!(%webhook_id, job_id = %job.job_id, images = image_urls.len(), elapsed = ?started.elapsed(), "outputs stored");
-        Ok(Change::ImagesStored { image_urls })
+        Ok(Change::ImagesStored {
+            image_urls,
+            thumb_urls,
+        })
+    }
+
+    /// The thumbnail of output `index`, stored beside it; the original's URL when the
+    /// output cannot be decoded as an image (the card then shows the original).
+    async fn store_thumbnail(
+        &self,
+        webhook_id: &str,
+        job: &Job,
+        index: usize,
+        image: &crate::download::Image,
+        original_url: &str,
+    ) -> Result<String, ProcessError> {
+        let bytes = image.bytes.clone();
+        let rendered = tokio::task::spawn_blocking(move || crate::thumbnail::render(&bytes))
+            .await
+            .expect("the thumbnail task does not panic");
+        match rendered {
+            Ok(jpeg) => self
+                .media
+                .put_thumbnail(&job.id, index, jpeg)
+                .await
+                .map_err(|source| ProcessError::Storage { index, source }),
+            Err(err) => {
+                tracing::warn!(%webhook_id, job_id = %job.job_id, index, error = %err, "no thumbnail; the card shows the original");
+                Ok(original_url.to_owned())
+            }
+        }
     }
 
     /// Publishes a stored event and has it marked; on failure the outbox sweep publishes it

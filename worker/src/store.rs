@@ -41,6 +41,20 @@ impl MediaStore {
             .await?;
         Ok(format!("{}/{key}", self.base_url))
     }
+
+    /// Stores the thumbnail (a JPEG) of output number `index`; returns its public URL.
+    pub async fn put_thumbnail(
+        &self,
+        generation_id: &str,
+        index: usize,
+        jpeg: Vec<u8>,
+    ) -> Result<String, object_store::Error> {
+        let key = key_for(generation_id, index, "image/jpeg").replace(".jpg", ".thumb.jpg");
+        self.store
+            .put(&Path::from(key.as_str()), PutPayload::from(jpeg))
+            .await?;
+        Ok(format!("{}/{key}", self.base_url))
+    }
 }
 
 /// `generations/<id>/<index>.<ext>`; characters outside `[A-Za-z0-9_-]` in the id become

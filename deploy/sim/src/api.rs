@@ -100,7 +100,14 @@ async fn create(
     if !authorized(&request, &state) {
         return unauthorized();
     }
-    let object = state.simulator.create(kind, body.into_inner());
+    let object = match state.simulator.create(kind, body.into_inner()) {
+        Ok(object) => object,
+        Err(detail) => {
+            return HttpResponse::UnprocessableEntity().json(
+                serde_json::json!({"title": "Invalid version", "detail": detail, "status": 422}),
+            );
+        }
+    };
     let delay = state.simulator.create_delay();
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;

@@ -19,6 +19,9 @@ use crate::prediction::{CreateRequest, Kind, SimJob};
 pub const ASK_FAILURE: &str = "sim:fail";
 /// A prompt containing this makes its job be cancelled while running.
 pub const ASK_CANCEL: &str = "sim:cancel";
+/// A prompt containing this makes its job run ten times as many steps (long enough for a
+/// person to cancel it).
+pub const ASK_SLOW: &str = "sim:slow";
 
 /// Replicate sends `logs`/`output` webhooks at most this often.
 const THROTTLE: Duration = Duration::from_millis(500);
@@ -117,8 +120,18 @@ impl Simulator {
         &self.secret
     }
 
-    /// Creates a job and starts running it in the background.
-    pub fn create(self: &Arc<Self>, kind: Kind, request: CreateRequest) -> Value {
+    /// Creates a job and starts running it in the background; refuses, as Replicate does, a
+    /// prediction on a version it does not have (only public ones and those its trainings
+    /// made).
+    pub fn create(self: &Arc<Self>, kind: Kind, request: CreateRequest) -> Result<Value, String> {
+        if kind == Kind::Prediction
+            && let Some(version) = &request.version
+            && !self.has_version(version)
+        {
+            return Err(format!(
+                "The specified version does not exist (or perhaps you don't have permission to use it?): {version}"
+            ));
+        }
         let job = SimJob::new(kind, request);
         let id = job.id.clone();
         let object = job.to_json(&self.base_url);
@@ -128,7 +141,29 @@ impl Simulator {
             .expect("not poisoned")
             .insert(id, job.clone());
         tokio::spawn(self.clone().run(job));
-        object
+        Ok(object)
+    }
+
+    /// A public model's version, or one a succeeded training of this simulator made.
+    fn has_version(&self, version: &str) -> bool {
+        if version == crate::prediction::DEFAULT_VERSION
+            || crate::prediction::PUBLIC_VERSIONS.contains(&version)
+        {
+            return true;
+        }
+        let jobs: Vec<_> = self
+            .jobs
+            .lock()
+            .expect("not poisoned")
+            .values()
+            .cloned()
+            .collect();
+        jobs.iter().any(|job| {
+            let job = job.lock().expect("not poisoned");
+            job.kind == Kind::Training
+                && job.status == Status::Succeeded
+                && crate::prediction::trained_version(&job.id) == version
+        })
     }
 
     /// How long the answer to a creation is held back (the job runs meanwhile).
@@ -209,13 +244,13 @@ impl Simulator {
     }
 
     async fn run(self: Arc<Self>, job: Arc<Mutex<SimJob>>) {
-        let steps = fastrand::u32(10..30);
-        // A prompt can ask for an ending (`sim:fail`, `sim:cancel`), so demos and tests can
-        // show a refund on purpose.
+        // A prompt can ask for an ending (`sim:fail`, `sim:cancel`) or a long run
+        // (`sim:slow`), so demos and tests can show a refund or a cancel on purpose.
         let asked = {
             let job = job.lock().expect("not poisoned");
             job.input["prompt"].as_str().unwrap_or_default().to_owned()
         };
+        let steps = fastrand::u32(10..30) * if asked.contains(ASK_SLOW) { 10 } else { 1 };
         let planned_cancel = (asked.contains(ASK_CANCEL) || chance(self.faults.cancel_rate))
             .then(|| fastrand::u32(1..steps));
         let planned_failure = (planned_cancel.is_none()

@@ -26,6 +26,26 @@ impl Kind {
 pub const DEFAULT_VERSION: &str =
     "39ed52f2a78e934b3ba6e2a89f5b1c712de7dfea535525255b1aa35c5565e08b";
 
+/// Versions of public models the simulator runs, besides [`DEFAULT_VERSION`]: the upscaler
+/// and the trainer the pipeline is configured with by default.
+pub const PUBLIC_VERSIONS: [&str; 2] = [
+    "f121d640bd286e1fdc67f9799164c1d5be36ff74576ee11c803ae5b665dd46aa",
+    "56cb4a6447e586e40c6834a7a48b649336ade35325479817ada41cd3d8dcc175",
+];
+
+/// The version a succeeded training `training_id` creates: 64 hex digits of its own, so
+/// that a prediction can name it (and only a training that succeeded makes one).
+pub fn trained_version(training_id: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    (0..4u8)
+        .map(|round| {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            (round, training_id).hash(&mut hasher);
+            format!("{:016x}", hasher.finish())
+        })
+        .collect()
+}
+
 /// Every event a webhook can be subscribed to.
 pub const ALL_EVENTS: [&str; 4] = ["start", "output", "logs", "completed"];
 
@@ -153,7 +173,7 @@ impl SimJob {
     pub fn final_output(&self, base_url: &str) -> Value {
         match self.kind {
             Kind::Training => json!({
-                "version": format!("sim/trained-{}:{}", self.id, "8a43525956ef4039702e509c789964a7ea873697be9033abf9fd2badfe68c9e3"),
+                "version": format!("sim/trained-{}:{}", self.id, trained_version(&self.id)),
                 "weights": format!("{base_url}/delivery/{}/weights.tar", self.id),
             }),
             Kind::Prediction if self.is_upscale() => json!(self.output_url(base_url, 0)),

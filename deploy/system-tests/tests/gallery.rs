@@ -190,12 +190,8 @@ async fn a_person_generates_watches_upscales_and_sees_a_refund() {
         .wait_for("#notice:not([hidden])", "the no-token notice")
         .await;
     assert!(
-        notice
-            .text()
-            .await
-            .unwrap()
-            .contains("notifier token --user"),
-        "the notice explains how to get a token"
+        notice.text().await.unwrap().contains("sign-in link"),
+        "the notice explains, in words for people, how to get in"
     );
 
     browser.client.goto(&gallery).await.unwrap();
@@ -226,6 +222,9 @@ async fn a_person_generates_watches_upscales_and_sees_a_refund() {
             .starts_with(&format!("http://{}/media/", pipeline.notifier)),
         "{src}"
     );
+    // The card shows the small rendition; the viewer the original.
+    assert!(src.as_str().unwrap().ends_with("/0.thumb.jpg"), "{src}");
+    let original = Value::from(src.as_str().unwrap().replace("/0.thumb.jpg", "/0.png"));
     assert_eq!(
         browser.text(&format!("{done} .title")).await,
         "a corgi on a skateboard"
@@ -261,7 +260,7 @@ async fn a_person_generates_watches_upscales_and_sees_a_refund() {
         .unwrap();
     browser
         .until(
-            &format!("return document.getElementById('viewer').open && document.querySelector('#viewer img').src === {src}"),
+            &format!("return document.getElementById('viewer').open && document.querySelector('#viewer img').src === {original}"),
             "the viewer shows the image",
         )
         .await;
@@ -331,17 +330,76 @@ async fn a_person_generates_watches_upscales_and_sees_a_refund() {
         )
         .await;
 
+    // Cancel a running generation from its card: refunded, and the card says so.
+    browser
+        .generate("sim:slow a corgi reading a long book")
+        .await;
+    let cancel = r#".card[data-kind="generation"][data-status="PROCESSING"] button.cancel"#;
+    browser
+        .wait_for(cancel, "a running job offers Cancel")
+        .await;
+    browser
+        .until(
+            "return document.getElementById('credits').textContent === '90'",
+            "debited",
+        )
+        .await;
+    browser
+        .client
+        .find(Locator::Css(cancel))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let cancelled = r#".card[data-kind="generation"][data-status="CANCELLED"]"#;
+    browser.wait_for(cancelled, "the job ends cancelled").await;
+    assert_eq!(
+        browser.text(&format!("{cancelled} .detail")).await,
+        "Cancelled — 4 credits refunded"
+    );
+    browser
+        .until(
+            "return document.getElementById('credits').textContent === '94'",
+            "the cancel's refund shows in the balance",
+        )
+        .await;
+
+    // Download: the completed image as a file named after its prompt.
+    let download = browser
+        .script(&format!(
+            "return document.querySelector('{done} a.button[download]').href"
+        ))
+        .await;
+    let response = shared::http::client_builder()
+        .build()
+        .unwrap()
+        .get(download.as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-disposition"],
+        "attachment; filename=\"a-corgi-on-a-skateboard.png\""
+    );
+
+    // The guide's console lines, in order.
     let console = browser.console().await;
-    for expected in [
-        "✅ WebSocket connected - event-driven system active",
-        r#"📡 Server info: {"pollingDisabled":true,"webhookEnabled":true}"#,
-        "📥 event received: generation_status_changed",
-    ] {
-        assert!(
-            console.iter().any(|line| line.starts_with(expected)),
-            "console lacks {expected:?}: {console:?}"
-        );
-    }
+    let position = |expected: &str| {
+        console
+            .iter()
+            .position(|line| line.starts_with(expected))
+            .unwrap_or_else(|| panic!("console lacks {expected:?}: {console:?}"))
+    };
+    let connected = position("✅ WebSocket connected - event-driven system active");
+    let status = position("Connection status: webhook-driven system active");
+    let info = position(r#"📡 Server info: {"pollingDisabled":true,"webhookEnabled":true}"#);
+    let event = position("📥 event received: generation_status_changed");
+    assert!(
+        connected < status && status < event && info < event,
+        "{console:?}"
+    );
     let laptop = browser.screenshot("gallery.png").await;
 
     // A phone: one column, nothing wider than the screen.
@@ -372,7 +430,7 @@ async fn a_person_generates_watches_upscales_and_sees_a_refund() {
             .await
             .unwrap()
             .len(),
-        3,
+        4,
         "the first paint lists every job"
     );
     browser.generate("a lighthouse at dusk").await;
@@ -392,7 +450,7 @@ async fn a_person_generates_watches_upscales_and_sees_a_refund() {
     assert!(
         console
             .iter()
-            .any(|line| line.starts_with("📥 event received: generation_status_changed")),
+            .any(|line| line.starts_with("📥 SSE event received: generation_status_changed")),
         "{console:?}"
     );
     assert_eq!(browser.text("#credits").await, "90");
@@ -401,18 +459,18 @@ async fn a_person_generates_watches_upscales_and_sees_a_refund() {
     assert!(
         pipeline
             .log("ingest")
-            .contains("Unified Replicate webhook received")
+            .contains("🔔 Unified Replicate webhook received")
     );
     let worker = pipeline.log("worker-0");
     assert!(
-        worker.contains("Detected job type: generation for job"),
+        worker.contains("🎯 Detected job type: generation for job"),
         "worker log"
     );
     assert!(
         worker.contains("Detected job type: upscale for job"),
         "worker log"
     );
-    assert!(worker.contains("Webhook processed in "), "worker log");
+    assert!(worker.contains("✅ Webhook processed in "), "worker log");
     let notifier = pipeline.log("notifier");
     assert!(notifier.contains("SSE connection opened"), "notifier log");
 

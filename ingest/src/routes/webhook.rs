@@ -84,7 +84,7 @@ pub async fn receive(
         .unwrap_or("-")
         .to_owned();
     // The line operators grep for when a webhook arrives; the outcome line follows.
-    tracing::info!(%webhook_id, "Unified Replicate webhook received");
+    tracing::info!(%webhook_id, "🔔 Unified Replicate webhook received");
     let result = process(&request, payload, &state).await;
     let elapsed = started.elapsed();
 

@@ -24,6 +24,9 @@ pub enum JobsError {
         job: Box<JobState>,
         credits: i32,
     },
+    /// Replicate did not take a request about an existing job (a cancel); nothing changed.
+    #[error("{0}")]
+    ReplicateUnavailable(String),
     #[error("{0}")]
     NotConfigured(String),
     /// This user, or everyone together, has as many creations waiting on Replicate as
@@ -55,7 +58,7 @@ impl JobsError {
             Self::NotFound(_) => 404,
             Self::Conflict(_) => 409,
             Self::TooMany(_) => 429,
-            Self::Replicate { .. } => 502,
+            Self::Replicate { .. } | Self::ReplicateUnavailable(_) => 502,
             Self::NotConfigured(_) | Self::Database(_) | Self::Ledger(_) | Self::Interrupted(_) => {
                 503
             }

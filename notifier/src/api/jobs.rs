@@ -17,16 +17,17 @@ use serde_json::{Value, json};
 use shared::config::AmqpConfig;
 use shared::db::schema::generations;
 use shared::db::{self, Pool};
-use shared::events::JobKind;
+use shared::events::{JobKind, JobState, ModelName};
 use shared::jobs::bind::{self, Binding};
 use shared::jobs::{GenerationRow, UPSCALE_MARKER};
 
+use crate::api::cancel;
 use crate::api::error::{Created, JobsError};
 use crate::api::in_flight::InFlight;
 use crate::api::ledger::{NewJob, created_from, credits_of, job_state, record_pending};
 use crate::api::list;
 use crate::api::publish::EventPublisher;
-use crate::api::replicate::{CreateError, ReplicateApi, Request};
+use crate::api::replicate::{ReplicateApi, ReplicateError, Request};
 use crate::api::validate;
 use crate::config::JobsConfig;
 
@@ -95,21 +96,40 @@ impl JobsApi {
         self.inner.replicate().map(|_| ())
     }
 
-    /// `POST /api/generations {"prompt": …}`
+    /// `POST /api/generations {"prompt": …, "model": <ai_models.id>?}`: on the default
+    /// model, or on one the user trained (`404` not theirs, `409` not completed).
     pub async fn create_generation(
         &self,
         user_id: &str,
         prompt: &str,
+        model_id: Option<&str>,
     ) -> Result<Created, JobsError> {
         self.check_configured()?;
         let prompt = validate::prompt(prompt)?;
+        let (model, model_name) = match model_id.filter(|id| !id.is_empty()) {
+            None => (self.inner.config.generation_model.clone(), None),
+            Some(id) => {
+                validate::no_nul("the model id", id)?;
+                let mut conn = db::connection(&self.inner.pool).await?;
+                let (model, name) = list::trained_model(&mut conn, user_id, id).await?;
+                (
+                    model,
+                    Some(ModelName {
+                        id: id.to_owned(),
+                        name,
+                    }),
+                )
+            }
+        };
         let new = NewJob {
             kind: JobKind::Generation,
             text: prompt.to_owned(),
             cost: self.inner.config.generation_cost.into(),
+            model: model_name,
+            source_id: None,
         };
         let request = Request::Prediction {
-            model: self.inner.config.generation_model.clone(),
+            model,
             input: json!({"prompt": prompt}),
         };
         self.create(user_id, new, request).await
@@ -148,10 +168,17 @@ impl JobsApi {
                 source.status
             )));
         };
+        if list::upscale_running(&self.inner.pool, user_id, source_id).await? {
+            return Err(JobsError::Conflict(format!(
+                "generation {source_id:?} is already being upscaled"
+            )));
+        }
         let new = NewJob {
             kind: JobKind::Upscale,
             text: format!("{UPSCALE_MARKER} {}", source.prompt),
             cost: self.inner.config.upscale_cost.into(),
+            model: None,
+            source_id: Some(source_id.to_owned()),
         };
         let request = Request::Prediction {
             model: self.inner.config.upscale_model.clone(),
@@ -179,6 +206,8 @@ impl JobsApi {
             kind: JobKind::Training,
             text: name.to_owned(),
             cost: self.inner.config.training_cost.into(),
+            model: None,
+            source_id: None,
         };
         let request = Request::Training {
             model: self.inner.config.training_model.clone(),
@@ -231,6 +260,45 @@ impl JobsApi {
         Ok(page)
     }
 
+    /// `POST /api/jobs/{id}/cancel`: asks Replicate to cancel a running job (see
+    /// [`cancel`]); a job Replicate has not named yet is cancelled as soon as it is.
+    pub async fn cancel(&self, user_id: &str, id: &str) -> Result<JobState, JobsError> {
+        let replicate = self.inner.replicate()?;
+        validate::no_nul("the job id", id)?;
+        let mut conn = db::connection(&self.inner.pool).await?;
+        let job = cancel::find(&mut conn, user_id, id).await?;
+        cancel::check_running(&job)?;
+        let training = matches!(job, JobState::Training(_));
+        let replicate_id = match job.job_id() {
+            Some(replicate_id) => replicate_id.to_owned(),
+            None => {
+                if cancel::mark_requested(&mut conn, &job).await? {
+                    tracing::info!(%user_id, %id, "cancel asked before Replicate named the job: cancelled once it does");
+                    return Ok(job);
+                }
+                // Named meanwhile: cancel it by that name.
+                let named = cancel::find(&mut conn, user_id, id).await?;
+                named.job_id().map(str::to_owned).unwrap_or_default()
+            }
+        };
+        drop(conn);
+        replicate
+            .cancel(training, &replicate_id)
+            .await
+            .map_err(|err| {
+                tracing::warn!(%user_id, %id, job_id = %replicate_id, error = %shared::telemetry::error_chain(&err), "Replicate did not take the cancel");
+                JobsError::ReplicateUnavailable(format!("{err}; the job was not cancelled"))
+            })?;
+        metrics::counter!("notifier_cancels_total").increment(1);
+        tracing::info!(%user_id, %id, job_id = %replicate_id, "cancel asked of Replicate");
+        Ok(job)
+    }
+
+    /// `GET /api/models`: the user's models, newest first (the generate form's picker).
+    pub async fn models(&self, user_id: &str) -> Result<Value, JobsError> {
+        list::models(&self.inner.pool, user_id).await
+    }
+
     /// Closes the broker link (after [`JobsApi::drain`]).
     pub async fn close(&self) {
         self.inner.publisher.close().await;
@@ -238,6 +306,24 @@ impl JobsApi {
 }
 
 impl Inner {
+    /// The person asked to cancel while Replicate was creating the job: asked now.
+    async fn cancel_asked_earlier(&self, row_id: &str, kind: JobKind, replicate_id: &str) {
+        let Ok(replicate) = self.replicate() else {
+            return;
+        };
+        match replicate
+            .cancel(kind == JobKind::Training, replicate_id)
+            .await
+        {
+            Ok(()) => {
+                tracing::info!(id = %row_id, job_id = %replicate_id, "cancel asked during creation passed on to Replicate")
+            }
+            Err(err) => {
+                tracing::warn!(id = %row_id, job_id = %replicate_id, error = %shared::telemetry::error_chain(&err), "cancel asked during creation not taken by Replicate")
+            }
+        }
+    }
+
     fn replicate(&self) -> Result<&ReplicateApi, JobsError> {
         self.replicate.as_ref().ok_or_else(|| {
             JobsError::NotConfigured(
@@ -277,6 +363,10 @@ impl Inner {
                         credits: credits_of(&mut conn, user_id).await?,
                     },
                 };
+                if cancel::was_requested(&mut conn, kind == JobKind::Training, &job.id).await? {
+                    self.cancel_asked_earlier(&job.id, kind, &replicate_id)
+                        .await;
+                }
                 metrics::counter!("notifier_jobs_created_total", "kind" => kind.as_str())
                     .increment(1);
                 tracing::info!(%user_id, id = %job.id, job_id = %replicate_id, %kind, cost = new.cost, elapsed_ms = started.elapsed().as_millis() as u64, "job created on Replicate");
@@ -307,7 +397,7 @@ impl Inner {
                 tracing::warn!(%user_id, id = %job.id, %kind, error = %shared::telemetry::error_chain(&err), elapsed_ms = started.elapsed().as_millis() as u64, "Replicate did not create the job; refunded");
                 self.publisher.publish(&mut conn, &applied.event).await;
                 let message = match &err {
-                    CreateError::Unreachable(_) => format!(
+                    ReplicateError::Unreachable(_) => format!(
                         "{err}; the job is marked failed and its {} credits are refunded (if Replicate did start it, its results are not kept)",
                         new.cost
                     ),

@@ -5,7 +5,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use shared::db::Connection;
 use shared::db::schema::{ai_models, credit_transactions, generations, users};
-use shared::events::{Event, JobKind, JobState};
+use shared::events::{Event, JobKind, JobState, ModelName};
 use shared::jobs::event_log::StoredEvent;
 use shared::jobs::{DEBIT, GenerationRow, Job, TrainingRow};
 
@@ -17,6 +17,10 @@ pub struct NewJob {
     /// The prompt of a generation or upscale, the name of a training.
     pub text: String,
     pub cost: i32,
+    /// The trained model a generation runs on.
+    pub model: Option<ModelName>,
+    /// The generation an upscale enlarges.
+    pub source_id: Option<String>,
 }
 
 /// The answer to a creation from the job's first stored event.
@@ -91,6 +95,9 @@ pub async fn record_pending(
                         generations::user_id.eq(user_id),
                         generations::prompt.eq(&new.text),
                         generations::credits_used.eq(new.cost),
+                        generations::model_id.eq(new.model.as_ref().map(|m| &m.id)),
+                        generations::model_name.eq(new.model.as_ref().map(|m| &m.name)),
+                        generations::source_id.eq(&new.source_id),
                     ))
                     .execute(conn)
                     .await?

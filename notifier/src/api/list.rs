@@ -11,6 +11,7 @@ use shared::events::JobState;
 use shared::jobs::{GenerationRow, TrainingRow};
 
 use crate::api::error::JobsError;
+use crate::config::ModelRef;
 
 const DEFAULT_PAGE: i64 = 30;
 const MAX_PAGE: i64 = 100;
@@ -143,6 +144,80 @@ pub async fn list(
         .flatten();
     let jobs: Vec<JobState> = page.into_iter().map(|(_, job)| job).collect();
     Ok(json!({"seq": seq, "credits": credits, "jobs": jobs, "next": next}))
+}
+
+/// `GET /api/models`: every model of the user, newest first.
+pub async fn models(pool: &Pool, user_id: &str) -> Result<Value, JobsError> {
+    let mut conn = db::connection(pool).await?;
+    let rows: Vec<TrainingRow> = ai_models::table
+        .filter(ai_models::user_id.eq(user_id))
+        .order((ai_models::created_at.desc(), ai_models::id.desc()))
+        .select(TrainingRow::as_select())
+        .load(&mut conn)
+        .await?;
+    let models: Vec<Value> = rows
+        .into_iter()
+        .map(|row| {
+            json!({
+                "id": row.id,
+                "name": row.name,
+                "status": row.status,
+                "model_version": row.model_version,
+                "created_at": row.created_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            })
+        })
+        .collect();
+    Ok(json!({ "models": models }))
+}
+
+/// The Replicate version a generation runs on when it names the user's model `id`, and the
+/// model's name: `404` not theirs, `409` not completed.
+pub async fn trained_model(
+    conn: &mut db::Connection,
+    user_id: &str,
+    id: &str,
+) -> Result<(ModelRef, String), JobsError> {
+    let row: Option<TrainingRow> = ai_models::table
+        .find(id)
+        .filter(ai_models::user_id.eq(user_id))
+        .select(TrainingRow::as_select())
+        .first(conn)
+        .await
+        .optional()?;
+    let Some(row) = row else {
+        return Err(JobsError::NotFound(format!("you have no model {id:?}")));
+    };
+    let version = row
+        .model_version
+        .as_deref()
+        .filter(|_| row.status == "COMPLETED")
+        .and_then(|version| version.parse::<ModelRef>().ok())
+        .filter(|model| model.version.is_some());
+    match version {
+        Some(model) => Ok((model, row.name)),
+        None => Err(JobsError::Conflict(format!(
+            "the model {:?} is {}; only a completed model can generate",
+            row.name,
+            row.status.to_lowercase()
+        ))),
+    }
+}
+
+/// Whether an upscale of the user's generation `source_id` is under way.
+pub async fn upscale_running(
+    pool: &Pool,
+    user_id: &str,
+    source_id: &str,
+) -> Result<bool, JobsError> {
+    let mut conn = db::connection(pool).await?;
+    let running: i64 = generations::table
+        .filter(generations::user_id.eq(user_id))
+        .filter(generations::source_id.eq(source_id))
+        .filter(generations::status.eq_any(["PENDING", "PROCESSING"]))
+        .count()
+        .get_result(&mut conn)
+        .await?;
+    Ok(running > 0)
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! row, Replicate's answer, binding or refund) and listing them (`list.rs`). Nothing here
 //! knows HTTP: the web side (`web/api_routes.rs`) maps requests and [`error::JobsError`].
 
+pub mod cancel;
 pub mod error;
 pub mod in_flight;
 pub mod jobs;

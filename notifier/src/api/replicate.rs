@@ -12,10 +12,11 @@ use crate::config::ModelRef;
 /// Every event a job's webhook is subscribed to.
 pub const WEBHOOK_EVENTS: [&str; 4] = ["start", "output", "logs", "completed"];
 
-/// Why Replicate did not create a job. The text is what the person is told (and what the
-/// job's `error_message` says): it never carries our addresses; the log line adds the cause.
+/// Why Replicate did not do what was asked (create or cancel a job). The text is what the
+/// person is told (and what a failed job's `error_message` says): it never carries our
+/// addresses; the log line adds the cause.
 #[derive(Debug, thiserror::Error)]
-pub enum CreateError {
+pub enum ReplicateError {
     /// Replicate answered with an error status; `detail` is its explanation.
     #[error("Replicate refused the job ({status}): {detail}")]
     Refused { status: u16, detail: String },
@@ -75,7 +76,7 @@ impl ReplicateApi {
 
     /// Creates the job for row `row_id`, its webhook URL tagged with the row's id; returns
     /// Replicate's id.
-    pub async fn create(&self, row_id: &str, request: &Request) -> Result<String, CreateError> {
+    pub async fn create(&self, row_id: &str, request: &Request) -> Result<String, ReplicateError> {
         let webhook = shared::replicate::tagged_webhook_url(&self.webhook_url, row_id);
         match request {
             Request::Prediction { model, input } => {
@@ -98,7 +99,7 @@ impl ReplicateApi {
         model: &ModelRef,
         input: &Value,
         webhook: &str,
-    ) -> Result<String, CreateError> {
+    ) -> Result<String, ReplicateError> {
         let mut body = json!({
             "input": input,
             "webhook": webhook,
@@ -124,7 +125,7 @@ impl ReplicateApi {
         destination: &str,
         input: &Value,
         webhook: &str,
-    ) -> Result<String, CreateError> {
+    ) -> Result<String, ReplicateError> {
         let version = model.version.as_deref().unwrap_or("latest");
         let url = format!(
             "{}/models/{}/{}/versions/{version}/trainings",
@@ -139,7 +140,15 @@ impl ReplicateApi {
         self.post(&url, &body).await
     }
 
-    async fn post(&self, url: &str, body: &Value) -> Result<String, CreateError> {
+    /// Asks Replicate to cancel the prediction (or training) `replicate_id`; the job then ends
+    /// through its `canceled` webhook.
+    pub async fn cancel(&self, training: bool, replicate_id: &str) -> Result<(), ReplicateError> {
+        let collection = if training { "trainings" } else { "predictions" };
+        let url = format!("{}/{collection}/{replicate_id}/cancel", self.base_url);
+        self.post(&url, &json!({})).await.map(|_| ())
+    }
+
+    async fn post(&self, url: &str, body: &Value) -> Result<String, ReplicateError> {
         let response = self
             .http
             .post(url)
@@ -147,12 +156,12 @@ impl ReplicateApi {
             .json(body)
             .send()
             .await
-            .map_err(CreateError::Unreachable)?;
+            .map_err(ReplicateError::Unreachable)?;
         let status = response.status();
-        let text = response.text().await.map_err(CreateError::Unreachable)?;
+        let text = response.text().await.map_err(ReplicateError::Unreachable)?;
         let answer: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         if !status.is_success() {
-            return Err(CreateError::Refused {
+            return Err(ReplicateError::Refused {
                 status: status.as_u16(),
                 detail: detail_of(&answer, &text),
             });
@@ -161,7 +170,7 @@ impl ReplicateApi {
             .as_str()
             .filter(|id| !id.is_empty())
             .map(str::to_owned)
-            .ok_or_else(|| CreateError::NoId(shorten(&text)))
+            .ok_or_else(|| ReplicateError::NoId(shorten(&text)))
     }
 }
 

@@ -1,6 +1,8 @@
 //! What a creation request must be before anything is debited: each check answers `400`
 //! with the reason.
 
+use shared::jobs::UPSCALE_MARKER;
+
 use crate::api::error::JobsError;
 
 pub const MAX_PROMPT_CHARS: usize = 2000;
@@ -19,6 +21,13 @@ pub fn prompt(prompt: &str) -> Result<&str, JobsError> {
         )));
     }
     no_nul("the prompt", prompt)?;
+    // Rows whose prompt starts with the marker are upscales (the web app's convention): a
+    // person's prompt must never be taken for one.
+    if prompt.starts_with(UPSCALE_MARKER) {
+        return Err(JobsError::Invalid(format!(
+            "a prompt may not start with {UPSCALE_MARKER}, which marks upscales; use the Upscale button on a finished image"
+        )));
+    }
     Ok(prompt)
 }
 
@@ -83,6 +92,11 @@ mod tests {
         assert!(prompt("   ").is_err());
         assert!(prompt("a\0b").is_err());
         assert!(prompt(&"x".repeat(MAX_PROMPT_CHARS + 1)).is_err());
+        assert!(
+            prompt("[UPSCALED] a corgi").is_err(),
+            "never taken for an upscale"
+        );
+        assert!(prompt("a corgi [UPSCALED]").is_ok());
         assert_eq!(model_name(" me ").unwrap(), "me");
         assert!(model_name("a\nb").is_err());
     }

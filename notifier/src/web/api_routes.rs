@@ -39,7 +39,7 @@ pub async fn jobs_api(request: Request<Incoming>, state: Arc<AppState>) -> Respo
         (&Method::POST, ["generations"]) => match read_json::<PromptBody>(request).await {
             Ok(body) => state
                 .jobs
-                .create_generation(&user_id, &body.prompt)
+                .create_generation(&user_id, &body.prompt, body.model.as_deref())
                 .await
                 .map(created),
             Err(err) => Err(err),
@@ -57,7 +57,24 @@ pub async fn jobs_api(request: Request<Incoming>, state: Arc<AppState>) -> Respo
                 .map(created),
             Err(err) => Err(err),
         },
-        (_, ["jobs"] | ["generations"] | ["generations", _, "upscale"] | ["models"]) => {
+        (&Method::GET, ["models"]) => state
+            .jobs
+            .models(&user_id)
+            .await
+            .map(|models| (StatusCode::OK, models)),
+        (&Method::POST, ["jobs", id, "cancel"]) => state
+            .jobs
+            .cancel(&user_id, id)
+            .await
+            .map(|job| (StatusCode::ACCEPTED, serde_json::json!({"job": job}))),
+        (
+            _,
+            ["jobs"]
+            | ["generations"]
+            | ["generations", _, "upscale"]
+            | ["models"]
+            | ["jobs", _, "cancel"],
+        ) => {
             return json(
                 StatusCode::METHOD_NOT_ALLOWED,
                 serde_json::json!({"error": format!("{method} is not allowed on {path}")}),
@@ -94,6 +111,9 @@ fn created(created: Created) -> (StatusCode, serde_json::Value) {
 #[derive(serde::Deserialize)]
 struct PromptBody {
     prompt: String,
+    /// A trained model's `ai_models.id`; the default model when absent.
+    #[serde(default)]
+    model: Option<String>,
 }
 
 #[derive(serde::Deserialize)]

@@ -55,10 +55,50 @@ pub fn content_type(path: &Path) -> &'static str {
 /// about this much of a file in memory, however large the file.
 const CHUNK: usize = 64 * 1024;
 
+/// A file name a browser may save under: the name asked for (the gallery sends the prompt)
+/// reduced to letters, digits and dashes, at most 60 characters, or the key's own segments;
+/// with the stored file's extension.
+pub fn download_name(key: &str, asked: Option<&str>) -> String {
+    let slug = |text: &str| {
+        let mut slug = String::new();
+        for c in text.chars() {
+            if c.is_ascii_alphanumeric() {
+                slug.push(c.to_ascii_lowercase());
+            } else if !slug.is_empty() && !slug.ends_with('-') {
+                slug.push('-');
+            }
+            if slug.len() >= 60 {
+                break;
+            }
+        }
+        slug.trim_end_matches('-').to_owned()
+    };
+    let path = Path::new(key);
+    let stem = asked
+        .map(slug)
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| slug(key.rsplit_once('.').map_or(key, |(stem, _)| stem)));
+    let stem = if stem.is_empty() {
+        "image".to_owned()
+    } else {
+        stem
+    };
+    match path.extension().and_then(|e| e.to_str()) {
+        Some(ext) if ext.bytes().all(|b| b.is_ascii_alphanumeric()) => format!("{stem}.{ext}"),
+        _ => stem,
+    }
+}
+
 /// `/media/<key>`: the stored file, streamed (never read whole into memory), with single
 /// `Range` requests answered `206`; never sniffed, sandboxed; 404 when missing or when media
-/// is not stored in a local directory.
-pub async fn serve(root: Option<&Path>, key: &str, range: Option<&str>) -> Response<Body> {
+/// is not stored in a local directory. With `download`, a file to save under that name
+/// (`Content-Disposition: attachment`).
+pub async fn serve(
+    root: Option<&Path>,
+    key: &str,
+    range: Option<&str>,
+    download: Option<&str>,
+) -> Response<Body> {
     let Some(root) = root else {
         return not_found();
     };
@@ -140,6 +180,13 @@ pub async fn serve(root: Option<&Path>, key: &str, range: Option<&str>) -> Respo
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(CONTENT_SECURITY_POLICY),
     );
+    if let Some(name) = download {
+        headers.insert(
+            header::CONTENT_DISPOSITION,
+            HeaderValue::from_str(&format!("attachment; filename=\"{name}\""))
+                .expect("a name of ASCII letters, digits, dashes and a dot"),
+        );
+    }
     response
 }
 
@@ -193,6 +240,21 @@ fn parse_range(header: &str, length: u64) -> RangeAsked {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn download_names_are_safe_and_keep_the_extension() {
+        assert_eq!(
+            download_name("generations/r1/0.png", Some("A corgi, in \"space\"!")),
+            "a-corgi-in-space.png"
+        );
+        assert_eq!(
+            download_name("generations/r1/0.png", None),
+            "generations-r1-0.png"
+        );
+        assert_eq!(download_name("x/0.webp", Some("\u{1F436}")), "x-0.webp");
+        assert_eq!(download_name("a/b", Some("../../etc")), "etc");
+        assert!(download_name("a/0.png", Some(&"long ".repeat(40))).len() <= 64);
+    }
 
     #[test]
     fn only_plain_relative_keys() {

@@ -9,7 +9,7 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
-use crate::web::respond::{Body, json, not_found, text};
+use crate::web::respond::{Body, json, not_found, query, text};
 use crate::web::state::AppState;
 use crate::web::{api_routes, health, media, streams};
 
@@ -56,7 +56,10 @@ async fn answer(request: Request<Incoming>, state: Arc<AppState>) -> Response<Bo
                     .headers()
                     .get(header::RANGE)
                     .and_then(|v| v.to_str().ok());
-                media::serve(state.media_root.as_deref(), key, range).await
+                let params = query(&request);
+                let download = (params.get("download").map(String::as_str) == Some("1"))
+                    .then(|| media::download_name(key, params.get("name").map(String::as_str)));
+                media::serve(state.media_root.as_deref(), key, range, download.as_deref()).await
             }
             None => not_found(),
         },

@@ -38,6 +38,8 @@ pub struct Api {
 pub enum Replicate {
     /// The simulator, with the right token.
     Simulator,
+    /// The simulator running each job to its end in a moment.
+    Quick,
     /// The simulator answering every creation this late (the job runs meanwhile).
     Slow(Duration),
     /// The simulator, but the notifier holds a token it refuses.
@@ -48,7 +50,7 @@ pub enum Replicate {
     NotConfigured,
 }
 
-pub fn simulator(create_delay: Duration) -> String {
+pub fn simulator(create_delay: Duration, step: Duration) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let simulator = Simulator::new(
@@ -58,8 +60,7 @@ pub fn simulator(create_delay: Duration) -> String {
             ..Faults::default()
         },
         base.clone(),
-        // Slow enough that jobs stay running during a test.
-        Duration::from_secs(30),
+        step,
     );
     tokio::spawn(replicate_sim::api::server(listener, simulator, Some(SIM_TOKEN.into())).unwrap());
     base
@@ -75,14 +76,25 @@ pub fn closed_port() -> u16 {
 
 impl Api {
     pub async fn start(replicate: Replicate) -> Self {
+        // Slow enough that jobs stay running during a test, unless it wants them done.
+        let step = match replicate {
+            Replicate::Quick => Duration::from_millis(10),
+            _ => Duration::from_secs(30),
+        };
+        Self::start_stepping(replicate, step).await
+    }
+
+    /// As [`Api::start`], with the simulator's jobs taking `step` per progress step (a
+    /// `sim:slow` prompt takes ten times as many steps).
+    pub async fn start_stepping(replicate: Replicate, step: Duration) -> Self {
         let services = Isolated::new("jobs").await;
         let create_delay = match replicate {
             Replicate::Slow(delay) => delay,
             _ => Duration::ZERO,
         };
-        let simulator = simulator(create_delay);
+        let simulator = simulator(create_delay, step);
         let (api_url, token) = match replicate {
-            Replicate::Simulator | Replicate::Slow(_) => {
+            Replicate::Simulator | Replicate::Quick | Replicate::Slow(_) => {
                 (format!("{simulator}/v1"), Some(SIM_TOKEN))
             }
             Replicate::WrongToken => (format!("{simulator}/v1"), Some("not-the-token")),

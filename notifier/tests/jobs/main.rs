@@ -3,8 +3,10 @@
 //! down or refusing during creation (refunded once), a client hanging up, a notifier
 //! stopping, and a user who cannot upscale another user's image.
 
+mod cancelling;
 mod creation;
 mod harness;
 mod limits;
 mod listing;
 mod refusals;
+mod trained;

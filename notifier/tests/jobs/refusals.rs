@@ -41,6 +41,10 @@ async fn refused_requests_change_nothing() -> anyhow::Result<()> {
         (json!({"prompt": "   "}), "blank"),
         (json!({"prompt": "é".repeat(2001)}), "over 2,000 characters"),
         (json!({"text": "a corgi"}), "no prompt"),
+        (
+            json!({"prompt": "[UPSCALED] a corgi"}),
+            "a person's prompt taken for an upscale",
+        ),
     ] {
         let (status, answer) = api.post("/api/generations", "u1", body).await;
         assert_eq!(status, 400, "{why}: {answer}");
@@ -117,7 +121,7 @@ async fn refused_requests_change_nothing() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_ones_own_completed_image_can_be_upscaled() -> anyhow::Result<()> {
+async fn only_ones_own_completed_image_can_be_upscaled_once_at_a_time() -> anyhow::Result<()> {
     let api = Api::start(Replicate::Simulator).await;
     api.user("u1", 100).await;
     api.user("u2", 100).await;
@@ -163,9 +167,18 @@ async fn only_ones_own_completed_image_can_be_upscaled() -> anyhow::Result<()> {
         "http://localhost:8081/media/generations/x/0.png"
     );
     assert_eq!(
-        on_replicate["version"], "f121d640",
+        on_replicate["version"], "f121d640bd286e1fdc67f9799164c1d5be36ff74576ee11c803ae5b665dd46aa",
         "a pinned version is sent as such"
     );
+    assert_eq!(
+        answer["job"]["source_id"],
+        source.as_str(),
+        "linked to its source"
+    );
+    // One upscale of an image at a time: a second press does not pay twice.
+    let (status, again) = api.post(&upscale, "u1", json!({})).await;
+    assert_eq!(status, 409, "{again}");
+    assert_eq!(api.credits("u1").await, 100 - 4 - 2);
 
     // A training: the trainer's version route and the destination.
     let (status, answer) = api

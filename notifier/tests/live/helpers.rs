@@ -104,6 +104,9 @@ impl TestEnv {
                     prompt: format!("prompt of {job_id}"),
                     credits_used: 4,
                     created_at: None,
+                    thumb_urls: Vec::new(),
+                    model: None,
+                    source_id: None,
                 },
             };
             shared::jobs::event_log::append(conn, &event).await?;

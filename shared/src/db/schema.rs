@@ -21,6 +21,11 @@ diesel::table! {
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
         completed_at -> Nullable<Timestamptz>,
+        model_id -> Nullable<Text>,
+        model_name -> Nullable<Text>,
+        source_id -> Nullable<Text>,
+        thumb_urls -> Array<Text>,
+        cancel_requested_at -> Nullable<Timestamptz>,
     }
 }
 
@@ -38,6 +43,7 @@ diesel::table! {
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
         completed_at -> Nullable<Timestamptz>,
+        cancel_requested_at -> Nullable<Timestamptz>,
     }
 }
 

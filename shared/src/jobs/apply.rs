@@ -22,6 +22,9 @@ pub enum Change {
     /// A generation or upscale whose outputs are stored.
     ImagesStored {
         image_urls: Vec<String>,
+        /// A small rendition of each, in the same order (the original where none could be
+        /// made).
+        thumb_urls: Vec<String>,
     },
     /// A training: its model version and weights.
     TrainingSucceeded {
@@ -67,6 +70,7 @@ struct GenerationUpdate {
     updated_at: chrono::DateTime<Utc>,
     completed_at: Option<chrono::DateTime<Utc>>,
     image_urls: Option<Vec<String>>,
+    thumb_urls: Option<Vec<String>>,
     error_message: Option<String>,
 }
 
@@ -223,9 +227,12 @@ async fn update_job(
             .optional()?
             .map(Into::into)
     } else {
-        let image_urls = match change {
-            Change::ImagesStored { image_urls } => Some(image_urls.clone()),
-            _ => None,
+        let (image_urls, thumb_urls) = match change {
+            Change::ImagesStored {
+                image_urls,
+                thumb_urls,
+            } => (Some(image_urls.clone()), Some(thumb_urls.clone())),
+            _ => (None, None),
         };
         diesel::update(generations::table.find(&job.id))
             .filter(generations::status.eq(from.as_str()))
@@ -234,6 +241,7 @@ async fn update_job(
                 updated_at: now,
                 completed_at,
                 image_urls,
+                thumb_urls,
                 error_message: error_of(change),
             })
             .returning(GenerationRow::as_returning())

@@ -16,7 +16,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use diesel::prelude::*;
 
 use crate::db::schema::{ai_models, generations};
-use crate::events::{GenerationJob, JobKind, JobState, TrainingJob};
+use crate::events::{GenerationJob, JobKind, JobState, ModelName, TrainingJob};
 
 /// The `kind` of a job's debit in `credit_transactions` (written by the jobs API).
 pub const DEBIT: &str = "DEBIT";
@@ -68,6 +68,10 @@ pub struct GenerationRow {
     pub image_urls: Vec<String>,
     pub error_message: Option<String>,
     pub created_at: DateTime<Utc>,
+    pub thumb_urls: Vec<String>,
+    pub model_id: Option<String>,
+    pub model_name: Option<String>,
+    pub source_id: Option<String>,
 }
 
 impl From<GenerationRow> for JobState {
@@ -82,6 +86,12 @@ impl From<GenerationRow> for JobState {
             prompt: row.prompt,
             credits_used: row.credits_used,
             created_at: Some(timestamp(&row.created_at)),
+            thumb_urls: row.thumb_urls,
+            model: row.model_id.map(|id| ModelName {
+                id,
+                name: row.model_name.unwrap_or_default(),
+            }),
+            source_id: row.source_id,
         })
     }
 }

@@ -265,15 +265,19 @@ impl TestEnv {
             .select((
                 generations::status,
                 generations::image_urls,
+                generations::thumb_urls,
                 generations::error_message,
             ))
-            .first::<(String, Vec<String>, Option<String>)>(&mut self.conn().await)
+            .first::<(String, Vec<String>, Vec<String>, Option<String>)>(&mut self.conn().await)
             .await
-            .map(|(status, image_urls, error_message)| GenerationRow {
-                status,
-                image_urls,
-                error_message,
-            })
+            .map(
+                |(status, image_urls, thumb_urls, error_message)| GenerationRow {
+                    status,
+                    image_urls,
+                    thumb_urls,
+                    error_message,
+                },
+            )
             .unwrap()
     }
 
@@ -390,6 +394,7 @@ impl TestEnv {
 pub struct GenerationRow {
     pub status: String,
     pub image_urls: Vec<String>,
+    pub thumb_urls: Vec<String>,
     pub error_message: Option<String>,
 }
 

@@ -46,6 +46,18 @@ struct Flaky {
     failed_once: Mutex<HashSet<String>>,
 }
 
+/// A real PNG of `width` × `height` pixels (the others only start like one).
+pub fn real_png(width: u32, height: u32) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    image::RgbImage::from_pixel(width, height, image::Rgb([40, 120, 200]))
+        .write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Png,
+        )
+        .unwrap();
+    bytes
+}
+
 fn png(name: &str) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("image/png")
@@ -78,6 +90,14 @@ pub async fn start() -> ImageServer {
             .route(
                 "/img/{name}.png",
                 web::get().to(|name: web::Path<String>| async move { png(&name) }),
+            )
+            .route(
+                "/photo/{width}x{height}.png",
+                web::get().to(|size: web::Path<(u32, u32)>| async move {
+                    HttpResponse::Ok()
+                        .content_type("image/png")
+                        .body(real_png(size.0, size.1))
+                }),
             )
             .route(
                 "/slow/{name}.png",

@@ -14,3 +14,4 @@ mod reconcile;
 mod refunds;
 mod retries;
 mod status;
+mod thumbnails;

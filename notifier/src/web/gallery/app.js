@@ -19,12 +19,13 @@
     notice: $("notice"), create: $("create"), notConfigured: $("not-configured"),
     generate: $("generate"), prompt: $("prompt"), generateButton: $("generate-button"),
     trainPanel: $("train-panel"), train: $("train"), trainButton: $("train-button"),
-    more: $("more"), toasts: $("toasts"), viewer: $("viewer"),
+    more: $("more"), toasts: $("toasts"), viewer: $("viewer"), model: $("model"),
   };
   const KIND = { generation: "Generation", upscale: "Upscale", training: "Training" };
   const TERMINAL = new Set(["COMPLETED", "FAILED", "CANCELLED"]);
   const RANK = { PENDING: 0, PROCESSING: 1, COMPLETED: 2, FAILED: 2, CANCELLED: 2 };
   const UPSCALE_MARKER = "[UPSCALED]";
+  const STATUS_WORDS = { PENDING: "Queued", PROCESSING: "Running", COMPLETED: "Done", FAILED: "Failed", CANCELLED: "Cancelled" };
 
   let lastSeq = 0;
   let nextCursor = null;
@@ -33,6 +34,9 @@
   let wsEverOpened = false;
   let backoff = 500;
   let stopped = false;
+  let liveOnce = false; // whether the page has been live at least once (for the console line)
+  let finishedUnseen = 0; // jobs that ended while the tab was in the background
+  let models = []; // the user's completed models, for the picker
   const jobs = new Map(); // id → latest job object
   const upscaling = new Map(); // source id → upscale id, while the upscale runs
 
@@ -68,9 +72,8 @@
   function tokenProblem(error) {
     stopped = true;
     setConnection("offline", "offline");
-    showNotice(`<strong>Your access token was refused</strong> (${escapeHtml(error.message)}).
-      Open the gallery with a fresh link: <code>notifier token --user &lt;id&gt;</code> prints a token,
-      and <code>deploy/run</code> prints a ready link.`);
+    showNotice(`<strong>Your sign-in link has expired or is not valid</strong> (${escapeHtml(error.message)}).
+      Open the gallery again from the app to get a fresh link.`);
   }
 
   // ---- cards --------------------------------------------------------------------------
@@ -102,7 +105,7 @@
     el.dataset.kind = job.kind;
     el.dataset.created = job.created_at || new Date().toISOString();
     el.innerHTML = `<div class="head"><span class="kind"></span><span class="status"></span></div>
-      <div class="progress" role="progressbar" aria-valuemin="0" aria-valuemax="100"><div></div></div>
+      <div class="progress" role="progressbar" aria-label="Progress" aria-valuemin="0" aria-valuemax="100"><div></div></div>
       <div class="images"></div>
       <div class="body"><p class="title"></p><p class="meta"><time></time><span class="cost"></span></p>
         <p class="detail"></p><div class="actions"></div></div>`;
@@ -122,14 +125,18 @@
     el.dataset.status = job.status;
     el.dataset.jobId = job.job_id || "";
     const status = el.querySelector(".status");
-    status.textContent = job.status;
+    status.textContent = STATUS_WORDS[job.status] || job.status;
     status.className = `status ${job.status}`;
     el.querySelector(".title").textContent = title(job);
     const time = el.querySelector("time");
     time.dateTime = job.created_at || "";
     time.title = job.created_at ? new Date(job.created_at).toLocaleString() : "";
     time.textContent = ago(job.created_at);
-    el.querySelector(".cost").textContent = job.credits_used ? ` · ${job.credits_used} credits` : "";
+    // A failed or cancelled job is refunded exactly once by the server: say so on the card.
+    const refunded = job.status === "FAILED" || job.status === "CANCELLED";
+    // (A cancelled card says it below, with the cancel.)
+    el.querySelector(".cost").textContent = !job.credits_used || job.status === "CANCELLED" ? ""
+      : refunded ? ` · ${job.credits_used} credits refunded` : ` · ${job.credits_used} credits`;
 
     const images = el.querySelector(".images");
     const urls = job.image_urls || [];
@@ -140,11 +147,11 @@
         button.className = "thumb";
         button.setAttribute("aria-label", `Open image ${i + 1} full size`);
         const img = document.createElement("img");
-        img.src = url;
+        img.src = (job.thumb_urls || [])[i] || url;
         img.alt = `${title(job)} (image ${i + 1})`;
         img.loading = "lazy";
         button.append(img);
-        button.addEventListener("click", () => openViewer(url, img.alt));
+        button.addEventListener("click", () => openViewer(url, img.alt, title(job)));
         return button;
       }));
     }
@@ -155,9 +162,14 @@
     if (job.error) {
       detail.classList.add("error");
       detail.textContent = job.error;
-    } else if (job.model_version) {
-      detail.classList.add("version");
-      detail.textContent = job.model_version;
+    } else if (job.status === "CANCELLED") {
+      detail.textContent = job.credits_used ? `Cancelled — ${job.credits_used} credits refunded` : "Cancelled";
+    } else if (job.kind === "training" && job.status === "COMPLETED") {
+      detail.textContent = "Ready: pick it in the form above to generate with it.";
+    } else if (job.model) {
+      detail.textContent = `With your model “${job.model.name}”`;
+    } else if (job.source_id && jobs.has(job.source_id)) {
+      detail.textContent = `Upscale of “${title(jobs.get(job.source_id))}”`;
     }
     renderActions(el, job);
     if (TERMINAL.has(job.status)) {
@@ -171,22 +183,48 @@
     }
   }
 
+  function actionButton(className, text, onClick) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = className;
+    button.textContent = text;
+    button.addEventListener("click", () => onClick(button));
+    return button;
+  }
+
   function renderActions(el, job) {
     const actions = el.querySelector(".actions");
-    const canUpscale = features.enabled && job.kind === "generation" && job.status === "COMPLETED"
-      && (job.image_urls || []).length > 0;
-    if (!canUpscale) { actions.replaceChildren(); return; }
-    let button = actions.querySelector("button.upscale");
-    if (!button) {
-      button = document.createElement("button");
-      button.type = "button";
-      button.className = "upscale";
-      button.addEventListener("click", () => upscale(job.id, button));
-      actions.replaceChildren(button);
+    const buttons = [];
+    if (!features.enabled) { actions.replaceChildren(); return; }
+    if (!TERMINAL.has(job.status)) buttons.push(actionButton("cancel secondary", "Cancel", (b) => cancel(job.id, b)));
+    if (job.kind === "generation" && job.status === "COMPLETED" && (job.image_urls || []).length > 0) {
+      const running = upscaling.has(job.id) || [...jobs.values()].some((other) =>
+        other.source_id === job.id && !TERMINAL.has(other.status));
+      const button = actionButton("upscale", running ? "Upscaling…" : `Upscale · ${features.costs.upscale ?? "?"} credits`,
+        (b) => upscale(job.id, b));
+      button.disabled = running;
+      buttons.push(button);
     }
-    const running = upscaling.has(job.id);
-    button.disabled = running;
-    button.textContent = running ? "Upscaling…" : `Upscale · ${features.costs.upscale ?? "?"} credits`;
+    if (job.kind !== "training" && (job.image_urls || []).length > 0) {
+      const url = job.image_urls[0];
+      const link = document.createElement("a");
+      link.className = "button secondary";
+      link.href = `${url}${url.includes("?") ? "&" : "?"}download=1&name=${encodeURIComponent(title(job).slice(0, 60))}`;
+      link.textContent = "Download";
+      link.setAttribute("download", "");
+      buttons.push(link);
+    }
+    if (job.kind === "generation" && job.status === "FAILED") {
+      buttons.push(actionButton("retry", "Try again", (b) => generate(title(job), job.model && job.model.id, b)));
+    }
+    if (job.kind === "generation") {
+      buttons.push(actionButton("reuse secondary", "Use this prompt", () => {
+        els.prompt.value = title(job);
+        if (job.model) els.model.value = job.model.id;
+        els.prompt.focus();
+      }));
+    }
+    actions.replaceChildren(...buttons);
   }
 
   function progress(job) {
@@ -195,7 +233,7 @@
     if (el.dataset.status === "PENDING") {
       el.dataset.status = "PROCESSING";
       const status = el.querySelector(".status");
-      status.textContent = "PROCESSING";
+      status.textContent = STATUS_WORDS.PROCESSING;
       status.className = "status PROCESSING";
     }
     const percent = Math.round(job.progress * 100);
@@ -218,11 +256,27 @@
     close.addEventListener("click", () => el.remove());
     el.append(message, close);
     els.toasts.append(el);
-    setTimeout(() => el.remove(), 8000);
+    // At most three at once (a phone's screen is small): the oldest gives way.
+    while (els.toasts.childElementCount > 3) els.toasts.firstElementChild.remove();
+    // Read at the person's pace: a toast waits while the pointer or focus is on it.
+    let held = false;
+    const hold = () => { held = true; };
+    const release = () => { held = false; };
+    el.addEventListener("mouseenter", hold);
+    el.addEventListener("mouseleave", release);
+    el.addEventListener("focusin", hold);
+    el.addEventListener("focusout", release);
+    const expire = () => { if (held) setTimeout(expire, 2000); else el.remove(); };
+    setTimeout(expire, 10000);
   }
 
   function finished(message) {
     const job = message.job;
+    if (document.hidden) {
+      finishedUnseen += 1;
+      document.title = `(${finishedUnseen}) Gallery`;
+    }
+    if (job.kind === "training" && job.status === "COMPLETED") loadModels();
     const name = KIND[job.kind] || "Job";
     const refund = message.refunded ? ` — ${message.refunded} credits refunded` : "";
     if (job.status === "COMPLETED") toast("completed", `✓ ${name} completed: ${title(job)}`);
@@ -230,11 +284,12 @@
     if (job.status === "CANCELLED") toast("cancelled", `${name} cancelled${refund}`);
   }
 
-  function openViewer(url, alt) {
+  function openViewer(url, alt, name) {
     const img = els.viewer.querySelector("img");
     img.src = url;
     img.alt = alt;
     $("viewer-open").href = url;
+    $("viewer-download").href = `${url}${url.includes("?") ? "&" : "?"}download=1&name=${encodeURIComponent((name || "").slice(0, 60))}`;
     els.viewer.showModal();
   }
   $("viewer-close").addEventListener("click", () => els.viewer.close());
@@ -250,7 +305,7 @@
     els.connection.className = `pill ${state}`;
   }
 
-  function handle(message) {
+  function handle(message, via) {
     switch (message.type) {
       case "hello":
         log("📡 Server info:", { pollingDisabled: message.polling_disabled, webhookEnabled: message.webhook_enabled });
@@ -260,7 +315,8 @@
       case "model_status_changed": {
         if (message.seq <= lastSeq) return;
         lastSeq = message.seq;
-        log(`📥 event received: ${message.type}`, { seq: message.seq, id: message.job.id, status: message.job.status });
+        log(via === "sse" ? `📥 SSE event received: ${message.type}` : `📥 event received: ${message.type}`,
+          { seq: message.seq, id: message.job.id, status: message.job.status });
         const before = jobs.get(message.job.id);
         setCredits(message.credits);
         render(message.job);
@@ -273,19 +329,60 @@
     }
   }
 
+  let retryTimer = null;
+  let pendingReconnect = null;
+
   function retryLater(reconnect) {
     if (stopped) return;
+    if (!navigator.onLine) {
+      // Nothing to try until the network is back: the `online` event reconnects at once.
+      setConnection("offline", "offline");
+      pendingReconnect = reconnect;
+      return;
+    }
     const wait = Math.min(backoff, 10000) * (0.75 + Math.random() / 2);
     backoff = Math.min(backoff * 2, 10000);
-    setTimeout(async () => {
-      // A refused token ends the reconnecting, with a message, instead of retrying forever.
-      try { await api("/api/jobs?limit=1"); } catch (error) { if (error.status === 401) return tokenProblem(error); }
-      reconnect();
-    }, wait);
+    let left = Math.ceil(wait / 1000);
+    setConnection(`reconnecting in ${left} s`, "reconnecting");
+    clearInterval(retryTimer);
+    retryTimer = setInterval(() => {
+      left -= 1;
+      if (left > 0) setConnection(`reconnecting in ${left} s`, "reconnecting");
+    }, 1000);
+    pendingReconnect = reconnect;
+    setTimeout(() => reconnectNow(reconnect), wait);
+  }
+
+  async function reconnectNow(reconnect) {
+    if (pendingReconnect !== reconnect) return; // already reconnected (the network came back)
+    pendingReconnect = null;
+    clearInterval(retryTimer);
+    setConnection("connecting", "connecting");
+    // A refused token ends the reconnecting, with a message, instead of retrying forever.
+    try { await api("/api/jobs?limit=1"); } catch (error) { if (error.status === 401) return tokenProblem(error); }
+    reconnect();
+  }
+
+  window.addEventListener("online", () => {
+    log("🌐 network back: reconnecting now");
+    backoff = 500;
+    if (pendingReconnect) reconnectNow(pendingReconnect);
+  });
+  window.addEventListener("offline", () => setConnection("offline", "offline"));
+  document.addEventListener("visibilitychange", () => {
+    if (!document.hidden && finishedUnseen) { finishedUnseen = 0; document.title = "Gallery"; }
+  });
+
+  function live(text) {
+    backoff = 500;
+    setConnection(text, "online");
+    if (!liveOnce) log("Connection status: webhook-driven system active");
+    liveOnce = true;
   }
 
   function connect() {
     if (stopped) return;
+    setConnection("connecting", "connecting");
     if (transport === "sse") openEventStream(); else openWebSocket();
   }
 
@@ -295,13 +392,11 @@
     let opened = false;
     ws.onopen = () => {
       opened = wsEverOpened = true;
-      backoff = 500;
-      setConnection("live", "online");
       log("✅ WebSocket connected - event-driven system active");
+      live("live");
     };
-    ws.onmessage = (event) => handle(JSON.parse(event.data));
+    ws.onmessage = (event) => handle(JSON.parse(event.data), "websocket");
     ws.onclose = (event) => {
-      setConnection("offline", "offline");
       if (!opened && !wsEverOpened) {
         // Never connected: a proxy that blocks upgrades, or a refused token. SSE tells.
         log("⚠️ WebSocket could not connect - switching to Server-Sent Events");
@@ -317,13 +412,12 @@
   function openEventStream() {
     const source = new EventSource(`/events?token=${encodeURIComponent(token)}&since=${lastSeq}`);
     source.onopen = () => {
-      backoff = 500;
-      setConnection("live (SSE)", "online");
       log("✅ SSE connection opened - event-driven system active");
+      live("live (SSE)");
     };
-    source.onmessage = (event) => handle(JSON.parse(event.data));
+    source.onmessage = (event) => handle(JSON.parse(event.data), "sse");
     source.onerror = () => {
-      setConnection("offline", "offline");
+      setConnection(navigator.onLine ? "reconnecting" : "offline", navigator.onLine ? "reconnecting" : "offline");
       if (source.readyState === EventSource.CLOSED) {
         // The browser gave up (an error status such as 401): check, then start again.
         source.close();
@@ -364,6 +458,7 @@
     setCredits(page.credits);
     applyFeatures(page.jobs_api);
     showPage(page);
+    if (features.enabled) await loadModels();
   }
 
   els.more.addEventListener("click", async () => {
@@ -387,6 +482,10 @@
 
   async function create(form, button, path, body) {
     formError(form, "");
+    if (!navigator.onLine) {
+      formError(form, "You are offline, so nothing was sent and no credits were taken. Try again once you are back online.");
+      return null;
+    }
     button.disabled = true;
     try {
       const answer = await api(path, { method: "POST", body: JSON.stringify(body) });
@@ -398,23 +497,67 @@
       else if (error.body && error.body.job) { // Replicate refused: failed and refunded
         setCredits(error.body.credits);
         render(error.body.job);
-        toast("failed", error.message);
-      } else formError(form, error.message);
+        toast("failed", `${error.message}`);
+      } else if (error.status === undefined) {
+        // The connection broke: the server may or may not have the job. The list says.
+        formError(form, "The connection broke before the server answered. If the job was created it appears below by itself, and your balance shows whether credits were taken.");
+        reloadSoon();
+      } else formError(form, `${error.message} No credits were taken.`);
       return null;
     } finally {
       button.disabled = false;
     }
   }
 
+  function reloadSoon() {
+    setTimeout(() => { if (navigator.onLine) reload().catch(() => {}); }, 2000);
+  }
+
+  async function generate(prompt, modelId, button) {
+    const body = modelId ? { prompt, model: modelId } : { prompt };
+    return create(els.generate, button || els.generateButton, "/api/generations", body);
+  }
+
+  async function cancel(id, button) {
+    button.disabled = true;
+    button.textContent = "Cancelling…";
+    try {
+      await api(`/api/jobs/${encodeURIComponent(id)}/cancel`, { method: "POST", body: "{}" });
+      log("🛑 cancel asked", { id });
+    } catch (error) {
+      if (error.status === 401) return tokenProblem(error);
+      toast("failed", `Could not cancel: ${error.message}`);
+      button.disabled = false;
+      button.textContent = "Cancel";
+    }
+  }
+
+  // ---- the generate form's model picker ----------------------------------------------
+  async function loadModels() {
+    try {
+      const answer = await api("/api/models");
+      models = answer.models.filter((model) => model.status === "COMPLETED");
+    } catch { return; }
+    const chosen = els.model.value;
+    els.model.replaceChildren(new Option("Standard model", ""),
+      ...models.map((model) => new Option(`Your model: ${model.name}`, model.id)));
+    els.model.value = models.some((model) => model.id === chosen) ? chosen : "";
+    els.model.parentElement.hidden = models.length === 0;
+  }
+
   els.generate.addEventListener("submit", async (event) => {
     event.preventDefault();
     const prompt = els.prompt.value.trim();
     if (!prompt) return formError(els.generate, "Describe the image you want first.");
-    const job = await create(els.generate, els.generateButton, "/api/generations", { prompt });
+    const job = await generate(prompt, els.model.value || null);
     if (job) els.prompt.value = "";
   });
   els.prompt.addEventListener("keydown", (event) => {
-    if (event.key === "Enter" && !event.shiftKey) { event.preventDefault(); els.generate.requestSubmit(); }
+    // Not while an input method is composing a character (Enter picks the character).
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      els.generate.requestSubmit();
+    }
   });
 
   els.train.addEventListener("submit", async (event) => {
@@ -448,9 +591,8 @@
   async function start() {
     if (!token) {
       stopped = true;
-      showNotice(`<strong>This gallery needs your access token</strong> in its address:
-        <code>${escapeHtml(location.origin)}/?token=&lt;token&gt;</code>. For development,
-        <code>notifier token --user &lt;id&gt;</code> prints one, and <code>deploy/run</code> prints a ready link.`);
+      showNotice(`<strong>This page needs your sign-in link.</strong> Open the gallery from the app;
+        the link it gives you signs you in (it looks like <code>${escapeHtml(location.origin)}/?token=…</code>).`);
       return;
     }
     try {
