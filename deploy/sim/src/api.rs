@@ -8,12 +8,14 @@ use actix_web::dev::Server;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use serde_json::json;
 
+use crate::files::{Files, content_field};
 use crate::images;
 use crate::lifecycle::Simulator;
 use crate::prediction::{CreateRequest, Kind};
 
 struct ApiState {
     simulator: Arc<Simulator>,
+    files: Files,
     /// When set, `Authorization: Bearer <token>` must carry it.
     api_token: Option<String>,
 }
@@ -26,6 +28,7 @@ pub fn server(
 ) -> std::io::Result<Server> {
     let state = web::Data::new(ApiState {
         simulator,
+        files: Files::default(),
         api_token,
     });
     Ok(HttpServer::new(move || {
@@ -41,6 +44,10 @@ pub fn server(
                 "/v1/models/{owner}/{name}/predictions",
                 web::post().to(create_model_prediction),
             )
+            .app_data(web::PayloadConfig::default().limit(110 * 1024 * 1024))
+            .route("/v1/files", web::post().to(upload_file))
+            .route("/v1/files/{id}", web::get().to(file_object))
+            .route("/v1/files/{id}/download", web::get().to(download_file))
             .route("/v1/{kind}", web::post().to(create))
             .route("/v1/{kind}/{id}", web::get().to(get))
             .route("/v1/{kind}/{id}/cancel", web::post().to(cancel))
@@ -86,6 +93,53 @@ fn unauthorized() -> HttpResponse {
 fn not_found() -> HttpResponse {
     HttpResponse::NotFound()
         .json(json!({"title": "Not found", "detail": "Not found.", "status": 404}))
+}
+
+/// Replicate's `POST /v1/files`.
+async fn upload_file(
+    request: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<ApiState>,
+) -> HttpResponse {
+    if !authorized(&request, &state) {
+        return unauthorized();
+    }
+    let content_type = request
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    match content_field(&content_type, body).await {
+        Ok(file) => HttpResponse::Created().json(state.files.keep(file, &state.simulator.base_url)),
+        Err(detail) => HttpResponse::BadRequest()
+            .json(json!({"title": "Invalid upload", "detail": detail, "status": 400})),
+    }
+}
+
+/// Replicate's `GET /v1/files/{id}`.
+async fn file_object(
+    request: HttpRequest,
+    id: web::Path<String>,
+    state: web::Data<ApiState>,
+) -> HttpResponse {
+    if !authorized(&request, &state) {
+        return unauthorized();
+    }
+    match state.files.object(&id, &state.simulator.base_url) {
+        Some(object) => HttpResponse::Ok().json(object),
+        None => not_found(),
+    }
+}
+
+/// The bytes of an uploaded file.
+async fn download_file(id: web::Path<String>, state: web::Data<ApiState>) -> HttpResponse {
+    match state.files.get(&id) {
+        Some(file) => HttpResponse::Ok()
+            .content_type(file.content_type)
+            .body(file.bytes),
+        None => not_found(),
+    }
 }
 
 async fn create(

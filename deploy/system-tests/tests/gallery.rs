@@ -1,7 +1,9 @@
 //! The gallery as a person uses it, in a real headless Chromium (Debian's `chromium` and
 //! `chromium-driver`), through the real pipeline with the simulator as Replicate: type a
 //! prompt, Generate, watch the card progress and complete with its image, Upscale it, see a
-//! failed job's refund; the same over Server-Sent Events; the page without a token.
+//! failed job's refund; cancel a running job; download; the same over Server-Sent Events;
+//! the page without a token. And a person who trains a model on photos picked from their
+//! device, generates with it, and loses the network and the server for a moment.
 
 mod common;
 
@@ -24,6 +26,8 @@ const WAIT: Duration = Duration::from_secs(30);
 struct Browser {
     client: Client,
     _driver: Child,
+    /// chromedriver's address, for what WebDriver itself does not offer (network offline).
+    driver_url: String,
     profile: std::path::PathBuf,
 }
 
@@ -73,8 +77,28 @@ impl Browser {
         Self {
             client: client.expect("a chromedriver session"),
             _driver: driver,
+            driver_url: format!("http://127.0.0.1:{port}"),
             profile,
         }
+    }
+
+    /// Takes the browser's network away (or gives it back), as its offline mode does.
+    async fn set_offline(&self, offline: bool) {
+        let session = self.client.session_id().await.unwrap().expect("a session");
+        let answer = shared::http::client_builder()
+            .build()
+            .unwrap()
+            .post(format!("{}/session/{session}/chromium/network_conditions", self.driver_url))
+            .json(&serde_json::json!({"network_conditions": {
+                "offline": offline, "latency": 0, "download_throughput": -1, "upload_throughput": -1}}))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            answer.status().is_success(),
+            "{}",
+            answer.text().await.unwrap()
+        );
     }
 
     async fn wait_for(&self, css: &str, what: &str) -> fantoccini::elements::Element {
@@ -475,6 +499,164 @@ async fn a_person_generates_watches_upscales_and_sees_a_refund() {
     assert!(notifier.contains("SSE connection opened"), "notifier log");
 
     println!("screenshots: {} and {}", laptop.display(), phone.display());
+    browser.close().await;
+    pipeline.stop().await;
+}
+
+/// A PNG as far as the notifier checks (its first bytes), in a file a person would pick.
+fn photo_file(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    let mut bytes = b"\x89PNG\r\n\x1a\n".to_vec();
+    bytes.extend_from_slice(name.as_bytes());
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// The `seq` of every event the page logged, in the order it handled them.
+fn logged_seqs(console: &[String]) -> Vec<i64> {
+    console
+        .iter()
+        .filter(|line| line.starts_with("📥 "))
+        .filter_map(|line| {
+            line.split_once(' ')
+                .and_then(|(_, rest)| rest.find('{').map(|at| &rest[at..]))
+        })
+        .filter_map(|json| serde_json::from_str::<Value>(json).ok())
+        .filter_map(|detail| detail["seq"].as_i64())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_trains_on_their_photos_generates_with_the_model_and_rides_out_lost_connections() {
+    let mut pipeline = Pipeline::start(&["--step-ms", "60"], 1).await;
+    accounts::ensure_user(&pipeline.pool, "grace", 200)
+        .await
+        .unwrap();
+    let token = Auth::new(JWT_SECRET).mint("grace", Duration::from_secs(600));
+    let gallery = format!("http://{}/?token={token}", pipeline.notifier);
+    let browser = Browser::start().await;
+    browser.client.goto(&gallery).await.unwrap();
+    browser
+        .wait_for("#connection.online", "the page connects")
+        .await;
+
+    // Train: a name and three photos picked from the device.
+    browser
+        .client
+        .find(Locator::Css("#train-panel summary"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser
+        .wait_for("#model-name", "the training form")
+        .await
+        .send_keys("Me")
+        .await
+        .unwrap();
+    let photos = std::env::temp_dir().join(shared::testing::unique_name("photos"));
+    std::fs::create_dir_all(&photos).unwrap();
+    let picked: Vec<String> = ["one.png", "two.png", "three.png"]
+        .iter()
+        .map(|name| photo_file(&photos, name).display().to_string())
+        .collect();
+    browser
+        .client
+        .find(Locator::Id("photos"))
+        .await
+        .unwrap()
+        .send_keys(&picked.join("\n"))
+        .await
+        .unwrap();
+    browser
+        .client
+        .find(Locator::Id("train-button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let trained = r#".card[data-kind="training"][data-status="COMPLETED"]"#;
+    browser.wait_for(trained, "the training completes").await;
+    assert_eq!(browser.text("#credits").await, "160");
+    std::fs::remove_dir_all(&photos).unwrap();
+
+    // Pick the model above the prompt, and generate with it.
+    let model_id = browser
+        .script(&format!(
+            "return document.querySelector('{trained}').dataset.id"
+        ))
+        .await;
+    browser
+        .until(
+            &format!("return !!document.querySelector('#model option[value={model_id}]')"),
+            "the picker offers the trained model",
+        )
+        .await;
+    browser
+        .script(&format!(
+            "document.getElementById('model').value = {model_id}"
+        ))
+        .await;
+    browser.generate("me as an astronaut").await;
+    let mine = r#".card[data-kind="generation"][data-status="COMPLETED"]"#;
+    browser
+        .wait_for(mine, "the generation on the model completes")
+        .await;
+    assert_eq!(decoded_images(&browser, mine).await, 1);
+    assert_eq!(
+        browser.text(&format!("{mine} .detail")).await,
+        "With your model “Me”"
+    );
+
+    // The network goes away and comes back: the page says so, and is live again.
+    browser.set_offline(true).await;
+    browser
+        .wait_for("#connection.offline", "the page says it is offline")
+        .await;
+    browser.set_offline(false).await;
+    browser
+        .wait_for("#connection.online", "live again once the network is back")
+        .await;
+
+    // The server goes away: "reconnecting in N s", then live, and nothing missed or twice.
+    pipeline.kill("notifier").await;
+    browser
+        .until(
+            "return document.getElementById('connection').textContent.startsWith('reconnecting')",
+            "the page says it is reconnecting",
+        )
+        .await;
+    pipeline.restart("notifier");
+    pipeline.wait_notifier_healthy().await;
+    browser
+        .wait_for("#connection.online", "live again after the restart")
+        .await;
+    browser.generate("me on the moon").await;
+    browser
+        .until(
+            &format!("return document.querySelectorAll('{mine}').length === 2"),
+            "a generation after the reconnect completes",
+        )
+        .await;
+    let console = browser.console().await;
+    let seqs = logged_seqs(&console);
+    assert!(
+        seqs.windows(2).all(|pair| pair[0] < pair[1]) && !seqs.is_empty(),
+        "every event once, in order: {seqs:?}"
+    );
+    assert!(
+        console
+            .iter()
+            .any(|line| line.starts_with("🌐 network back")),
+        "{console:?}"
+    );
+    let phone = {
+        browser.client.set_window_size(390, 844).await.unwrap();
+        browser.screenshot("gallery-trained-phone.png").await
+    };
+    println!("screenshot: {}", phone.display());
     browser.close().await;
     pipeline.stop().await;
 }

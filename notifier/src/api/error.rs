@@ -29,6 +29,9 @@ pub enum JobsError {
     ReplicateUnavailable(String),
     #[error("{0}")]
     NotConfigured(String),
+    /// An upload over its limits (size, number of photos); nothing was debited.
+    #[error("{0}")]
+    TooLarge(String),
     /// This user, or everyone together, has as many creations waiting on Replicate as
     /// allowed.
     #[error("{0}")]
@@ -57,6 +60,7 @@ impl JobsError {
             Self::InsufficientCredits(_) => 402,
             Self::NotFound(_) => 404,
             Self::Conflict(_) => 409,
+            Self::TooLarge(_) => 413,
             Self::TooMany(_) => 429,
             Self::Replicate { .. } | Self::ReplicateUnavailable(_) => 502,
             Self::NotConfigured(_) | Self::Database(_) | Self::Ledger(_) | Self::Interrupted(_) => {
@@ -97,6 +101,7 @@ mod tests {
         assert_eq!(JobsError::NotFound("x".into()).status(), 404);
         assert_eq!(JobsError::Conflict("x".into()).status(), 409);
         assert_eq!(JobsError::TooMany("x".into()).status(), 429);
+        assert_eq!(JobsError::TooLarge("x".into()).status(), 413);
         assert_eq!(JobsError::NotConfigured("x".into()).status(), 503);
         assert_eq!(
             JobsError::Invalid("empty".into()).body(),

@@ -26,6 +26,7 @@ use crate::api::error::{Created, JobsError};
 use crate::api::in_flight::InFlight;
 use crate::api::ledger::{NewJob, created_from, credits_of, job_state, record_pending};
 use crate::api::list;
+use crate::api::photos::{self, TrainingUpload};
 use crate::api::publish::EventPublisher;
 use crate::api::replicate::{ReplicateApi, ReplicateError, Request};
 use crate::api::validate;
@@ -194,14 +195,59 @@ impl JobsApi {
         name: &str,
         input_images: &str,
     ) -> Result<Created, JobsError> {
-        self.check_configured()?;
-        let Some(destination) = self.inner.config.training_destination.clone() else {
-            return Err(JobsError::NotConfigured(
-                "model training is not configured: the notifier has no TRAINING_DESTINATION".into(),
-            ));
-        };
+        let destination = self.training_destination()?;
         let name = validate::model_name(name)?;
         validate::zip_url(input_images)?;
+        self.start_training(user_id, name, destination, input_images.trim())
+            .await
+    }
+
+    /// `POST /api/models` as a form: the person's photos (zipped here) or their zip, handed
+    /// to Replicate's files API before anything is debited; then the training on that file.
+    pub async fn create_training_from_upload(
+        &self,
+        user_id: &str,
+        name: &str,
+        upload: &TrainingUpload,
+    ) -> Result<Created, JobsError> {
+        let destination = self.training_destination()?;
+        let name = validate::model_name(name)?;
+        let zip = photos::training_zip(upload)?;
+        let replicate = self.inner.replicate()?;
+        let size = zip.len();
+        let file_url = replicate.upload_zip(zip).await.map_err(|err| {
+            tracing::warn!(%user_id, error = %shared::telemetry::error_chain(&err), "the photos could not be handed to Replicate");
+            JobsError::ReplicateUnavailable(format!(
+                "{err}; the photos were not sent and nothing was charged"
+            ))
+        })?;
+        tracing::info!(%user_id, bytes = size, "training photos uploaded to Replicate");
+        self.start_training(user_id, name, destination, &file_url)
+            .await
+    }
+
+    /// The model trainings create versions of; `503` without one.
+    fn training_destination(&self) -> Result<String, JobsError> {
+        self.check_configured()?;
+        self.inner
+            .config
+            .training_destination
+            .clone()
+            .ok_or_else(|| {
+                JobsError::NotConfigured(
+                    "model training is not configured: the notifier has no TRAINING_DESTINATION"
+                        .into(),
+                )
+            })
+    }
+
+    async fn start_training(
+        &self,
+        user_id: &str,
+        name: &str,
+        destination: String,
+        input_images: &str,
+    ) -> Result<Created, JobsError> {
         let new = NewJob {
             kind: JobKind::Training,
             text: name.to_owned(),
@@ -212,7 +258,7 @@ impl JobsApi {
         let request = Request::Training {
             model: self.inner.config.training_model.clone(),
             destination,
-            input: json!({"input_images": input_images.trim()}),
+            input: json!({"input_images": input_images}),
         };
         self.create(user_id, new, request).await
     }

@@ -8,6 +8,7 @@ pub mod in_flight;
 pub mod jobs;
 pub mod ledger;
 pub mod list;
+pub mod photos;
 pub mod publish;
 pub mod replicate;
 pub mod validate;

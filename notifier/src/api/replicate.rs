@@ -148,6 +148,39 @@ impl ReplicateApi {
         self.post(&url, &json!({})).await.map(|_| ())
     }
 
+    /// Uploads a zip through Replicate's files API (`POST /v1/files`, multipart field
+    /// `content`, as the official clients send it); returns the URL a training reads it from
+    /// (`urls.get`).
+    pub async fn upload_zip(&self, bytes: bytes::Bytes) -> Result<String, ReplicateError> {
+        let part = reqwest::multipart::Part::stream(bytes)
+            .file_name("photos.zip")
+            .mime_str("application/zip")
+            .expect("a valid content type");
+        let form = reqwest::multipart::Form::new().part("content", part);
+        let response = self
+            .http
+            .post(format!("{}/files", self.base_url))
+            .bearer_auth(self.token.expose())
+            .multipart(form)
+            .send()
+            .await
+            .map_err(ReplicateError::Unreachable)?;
+        let status = response.status();
+        let text = response.text().await.map_err(ReplicateError::Unreachable)?;
+        let answer: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if !status.is_success() {
+            return Err(ReplicateError::Refused {
+                status: status.as_u16(),
+                detail: detail_of(&answer, &text),
+            });
+        }
+        answer["urls"]["get"]
+            .as_str()
+            .filter(|url| !url.is_empty())
+            .map(str::to_owned)
+            .ok_or_else(|| ReplicateError::NoId(shorten(&text)))
+    }
+
     async fn post(&self, url: &str, body: &Value) -> Result<String, ReplicateError> {
         let response = self
             .http

@@ -9,9 +9,9 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 
 use crate::api::error::{Created, JobsError};
-use crate::web::auth;
 use crate::web::respond::{Body, json, query};
 use crate::web::state::AppState;
+use crate::web::{auth, upload};
 
 /// Largest JSON body the jobs API reads (a 2,000-character prompt fits many times over).
 const MAX_API_BODY: usize = 64 * 1024;
@@ -49,6 +49,16 @@ pub async fn jobs_api(request: Request<Incoming>, state: Arc<AppState>) -> Respo
             .create_upscale(&user_id, source_id)
             .await
             .map(created),
+        (&Method::POST, ["models"]) if upload::is_multipart(&request) => {
+            match upload::read_training_form(request).await {
+                Ok(form) => state
+                    .jobs
+                    .create_training_from_upload(&user_id, &form.name, &form.upload)
+                    .await
+                    .map(created),
+                Err(err) => Err(err),
+            }
+        }
         (&Method::POST, ["models"]) => match read_json::<TrainingBody>(request).await {
             Ok(body) => state
                 .jobs

@@ -13,3 +13,4 @@ pub mod respond;
 pub mod router;
 pub mod state;
 pub mod streams;
+pub mod upload;

@@ -8,5 +8,6 @@ mod creation;
 mod harness;
 mod limits;
 mod listing;
+mod photos;
 mod refusals;
 mod trained;

@@ -35,6 +35,7 @@
   let backoff = 500;
   let stopped = false;
   let liveOnce = false; // whether the page has been live at least once (for the console line)
+  let isConnected = false; // whether a WebSocket or event stream is open now
   let finishedUnseen = 0; // jobs that ended while the tab was in the background
   let models = []; // the user's completed models, for the picker
   const jobs = new Map(); // id → latest job object
@@ -49,10 +50,10 @@
 
   // ---- the jobs API -------------------------------------------------------------------
   async function api(path, options = {}) {
-    const response = await fetch(path, {
-      ...options,
-      headers: { "Authorization": `Bearer ${token}`, "Content-Type": "application/json" },
-    });
+    const headers = { "Authorization": `Bearer ${token}` };
+    // A form (training photos) says its own multipart content type; the rest is JSON.
+    if (!(options.body instanceof FormData)) headers["Content-Type"] = "application/json";
+    const response = await fetch(path, { ...options, headers });
     let body = null;
     try { body = await response.json(); } catch { /* not JSON */ }
     if (!response.ok) {
@@ -364,9 +365,14 @@
   }
 
   window.addEventListener("online", () => {
-    log("🌐 network back: reconnecting now");
     backoff = 500;
-    if (pendingReconnect) reconnectNow(pendingReconnect);
+    if (pendingReconnect) {
+      log("🌐 network back: reconnecting now");
+      reconnectNow(pendingReconnect);
+    } else if (isConnected) {
+      log("🌐 network back: still connected");
+      setConnection(transport === "sse" ? "live (SSE)" : "live", "online");
+    }
   });
   window.addEventListener("offline", () => setConnection("offline", "offline"));
   document.addEventListener("visibilitychange", () => {
@@ -374,6 +380,7 @@
   });
 
   function live(text) {
+    isConnected = true;
     backoff = 500;
     setConnection(text, "online");
     if (!liveOnce) log("Connection status: webhook-driven system active");
@@ -397,6 +404,7 @@
     };
     ws.onmessage = (event) => handle(JSON.parse(event.data), "websocket");
     ws.onclose = (event) => {
+      isConnected = false;
       if (!opened && !wsEverOpened) {
         // Never connected: a proxy that blocks upgrades, or a refused token. SSE tells.
         log("⚠️ WebSocket could not connect - switching to Server-Sent Events");
@@ -417,6 +425,7 @@
     };
     source.onmessage = (event) => handle(JSON.parse(event.data), "sse");
     source.onerror = () => {
+      isConnected = false;
       setConnection(navigator.onLine ? "reconnecting" : "offline", navigator.onLine ? "reconnecting" : "offline");
       if (source.readyState === EventSource.CLOSED) {
         // The browser gave up (an error status such as 401): check, then start again.
@@ -488,7 +497,7 @@
     }
     button.disabled = true;
     try {
-      const answer = await api(path, { method: "POST", body: JSON.stringify(body) });
+      const answer = await api(path, { method: "POST", body: body instanceof FormData ? body : JSON.stringify(body) });
       setCredits(answer.credits);
       render(answer.job);
       return answer.job;
@@ -562,8 +571,15 @@
 
   els.train.addEventListener("submit", async (event) => {
     event.preventDefault();
-    const body = { name: $("model-name").value.trim(), input_images: $("input-images").value.trim() };
-    const job = await create(els.train, els.trainButton, "/api/models", body);
+    const name = $("model-name").value.trim();
+    const files = [...$("photos").files];
+    if (!name) return formError(els.train, "Give your model a name first.");
+    if (files.length === 0) return formError(els.train, "Pick your photos first.");
+    const form = new FormData();
+    form.append("name", name);
+    const zip = files.length === 1 && /\.zip$/i.test(files[0].name);
+    for (const file of files) form.append(zip ? "archive" : "photos", file, file.name);
+    const job = await create(els.train, els.trainButton, "/api/models", form);
     if (job) els.train.reset();
   });
 
