@@ -170,7 +170,17 @@
     } else if (job.model) {
       detail.textContent = `With your model “${job.model.name}”`;
     } else if (job.source_id && jobs.has(job.source_id)) {
-      detail.textContent = `Upscale of “${title(jobs.get(job.source_id))}”`;
+      // The upscale links to the card of the image it enlarges.
+      const link = document.createElement("a");
+      link.href = "#";
+      link.className = "source";
+      link.textContent = `“${title(jobs.get(job.source_id))}”`;
+      link.addEventListener("click", (event) => {
+        event.preventDefault();
+        const source = els.jobs.querySelector(`.card[data-id="${CSS.escape(job.source_id)}"]`);
+        if (source) { source.scrollIntoView({ behavior: "smooth", block: "center" }); source.querySelector("button, a")?.focus(); }
+      });
+      detail.append("Upscale of ", link);
     }
     renderActions(el, job);
     if (TERMINAL.has(job.status)) {
