@@ -151,14 +151,7 @@ impl Simulator {
         {
             return true;
         }
-        let jobs: Vec<_> = self
-            .jobs
-            .lock()
-            .expect("not poisoned")
-            .values()
-            .cloned()
-            .collect();
-        jobs.iter().any(|job| {
+        self.all_jobs().iter().any(|job| {
             let job = job.lock().expect("not poisoned");
             job.kind == Kind::Training
                 && job.status == Status::Succeeded
@@ -169,6 +162,16 @@ impl Simulator {
     /// How long the answer to a creation is held back (the job runs meanwhile).
     pub fn create_delay(&self) -> Duration {
         Duration::from_millis(self.faults.create_delay_ms)
+    }
+
+    /// Every job, taken out of the map's lock.
+    fn all_jobs(&self) -> Vec<Arc<Mutex<SimJob>>> {
+        self.jobs
+            .lock()
+            .expect("not poisoned")
+            .values()
+            .cloned()
+            .collect()
     }
 
     fn job(&self, id: &str) -> Option<Arc<Mutex<SimJob>>> {
@@ -218,13 +221,7 @@ impl Simulator {
 
     /// What the simulator decided for every job, for end-to-end checks.
     pub fn report(&self) -> Vec<Value> {
-        let jobs: Vec<_> = self
-            .jobs
-            .lock()
-            .expect("not poisoned")
-            .values()
-            .cloned()
-            .collect();
+        let jobs = self.all_jobs();
         jobs.iter()
             .map(|job| {
                 let job = job.lock().expect("not poisoned");

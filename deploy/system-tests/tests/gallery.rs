@@ -110,6 +110,16 @@ impl Browser {
             .unwrap_or_else(|err| panic!("{what}: no {css} ({err})"))
     }
 
+    async fn click(&self, locator: Locator<'_>) {
+        self.client
+            .find(locator)
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+    }
+
     async fn script(&self, script: &str) -> Value {
         self.client.execute(script, vec![]).await.unwrap()
     }
@@ -275,13 +285,8 @@ async fn a_person_generates_watches_upscales_and_sees_a_refund() {
 
     // The image opens full size, and Escape closes it.
     browser
-        .client
-        .find(Locator::Css(&format!("{done} button.thumb")))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+        .click(Locator::Css(&format!("{done} button.thumb")))
+        .await;
     browser
         .until(
             &format!("return document.getElementById('viewer').open && document.querySelector('#viewer img').src === {original}"),
@@ -305,13 +310,8 @@ async fn a_person_generates_watches_upscales_and_sees_a_refund() {
 
     // Upscale it: the upscale completes with its own image.
     browser
-        .client
-        .find(Locator::Css(&format!("{done} button.upscale")))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+        .click(Locator::Css(&format!("{done} button.upscale")))
+        .await;
     let upscaled = r#".card[data-kind="upscale"][data-status="COMPLETED"]"#;
     browser.wait_for(upscaled, "the upscale completes").await;
     assert_eq!(decoded_images(&browser, upscaled).await, 1);
@@ -368,14 +368,7 @@ async fn a_person_generates_watches_upscales_and_sees_a_refund() {
             "debited",
         )
         .await;
-    browser
-        .client
-        .find(Locator::Css(cancel))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.click(Locator::Css(cancel)).await;
     let cancelled = r#".card[data-kind="generation"][data-status="CANCELLED"]"#;
     browser.wait_for(cancelled, "the job ends cancelled").await;
     assert_eq!(
@@ -541,14 +534,7 @@ async fn a_person_trains_on_their_photos_generates_with_the_model_and_rides_out_
         .await;
 
     // Train: a name and three photos picked from the device.
-    browser
-        .client
-        .find(Locator::Css("#train-panel summary"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.click(Locator::Css("#train-panel summary")).await;
     browser
         .wait_for("#model-name", "the training form")
         .await
@@ -569,14 +555,7 @@ async fn a_person_trains_on_their_photos_generates_with_the_model_and_rides_out_
         .send_keys(&picked.join("\n"))
         .await
         .unwrap();
-    browser
-        .client
-        .find(Locator::Id("train-button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.click(Locator::Id("train-button")).await;
     let trained = r#".card[data-kind="training"][data-status="COMPLETED"]"#;
     browser.wait_for(trained, "the training completes").await;
     assert_eq!(browser.text("#credits").await, "160");

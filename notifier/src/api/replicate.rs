@@ -23,7 +23,7 @@ pub enum ReplicateError {
     /// No answer: the job may or may not exist on Replicate.
     #[error("Replicate {}", unreachable_words(.0))]
     Unreachable(#[source] reqwest::Error),
-    #[error("Replicate's answer has no job id: {0}")]
+    #[error("Replicate's answer lacks the id (or URL) asked for: {0}")]
     NoId(String),
 }
 
@@ -157,36 +157,28 @@ impl ReplicateApi {
             .mime_str("application/zip")
             .expect("a valid content type");
         let form = reqwest::multipart::Form::new().part("content", part);
-        let response = self
+        let request = self
             .http
             .post(format!("{}/files", self.base_url))
-            .bearer_auth(self.token.expose())
-            .multipart(form)
-            .send()
+            .multipart(form);
+        self.send(request, |answer| answer["urls"]["get"].as_str())
             .await
-            .map_err(ReplicateError::Unreachable)?;
-        let status = response.status();
-        let text = response.text().await.map_err(ReplicateError::Unreachable)?;
-        let answer: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        if !status.is_success() {
-            return Err(ReplicateError::Refused {
-                status: status.as_u16(),
-                detail: detail_of(&answer, &text),
-            });
-        }
-        answer["urls"]["get"]
-            .as_str()
-            .filter(|url| !url.is_empty())
-            .map(str::to_owned)
-            .ok_or_else(|| ReplicateError::NoId(shorten(&text)))
     }
 
     async fn post(&self, url: &str, body: &Value) -> Result<String, ReplicateError> {
-        let response = self
-            .http
-            .post(url)
+        let request = self.http.post(url).json(body);
+        self.send(request, |answer| answer["id"].as_str()).await
+    }
+
+    /// Sends `request` with the token; an error status is Replicate's refusal with its
+    /// explanation, and `wanted` picks the string asked for from the answer.
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+        wanted: impl Fn(&Value) -> Option<&str>,
+    ) -> Result<String, ReplicateError> {
+        let response = request
             .bearer_auth(self.token.expose())
-            .json(body)
             .send()
             .await
             .map_err(ReplicateError::Unreachable)?;
@@ -199,9 +191,8 @@ impl ReplicateApi {
                 detail: detail_of(&answer, &text),
             });
         }
-        answer["id"]
-            .as_str()
-            .filter(|id| !id.is_empty())
+        wanted(&answer)
+            .filter(|value| !value.is_empty())
             .map(str::to_owned)
             .ok_or_else(|| ReplicateError::NoId(shorten(&text)))
     }
