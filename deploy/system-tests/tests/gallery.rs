@@ -612,11 +612,30 @@ async fn a_person_trains_on_their_photos_generates_with_the_model_and_rides_out_
     browser
         .wait_for("#connection.online", "live again after the restart")
         .await;
+    // In a background tab, a finished job shows in the title until the tab is looked at.
+    browser
+        .script("Object.defineProperty(document, 'hidden', {configurable: true, get: () => true})")
+        .await;
     browser.generate("me on the moon").await;
     browser
         .until(
             &format!("return document.querySelectorAll('{mine}').length === 2"),
             "a generation after the reconnect completes",
+        )
+        .await;
+    browser
+        .until(
+            "return document.title === '(1) Gallery'",
+            "the title counts it",
+        )
+        .await;
+    browser
+        .script("delete document.hidden; document.dispatchEvent(new Event('visibilitychange'))")
+        .await;
+    browser
+        .until(
+            "return document.title === 'Gallery'",
+            "looked at: the count goes",
         )
         .await;
     let console = browser.console().await;
