@@ -152,6 +152,7 @@ impl JobsApi {
             .first(&mut conn)
             .await
             .optional()?;
+        let upscaling = list::upscale_running(&mut conn, user_id, source_id).await?;
         drop(conn);
         let Some(source) = source else {
             return Err(JobsError::NotFound(format!(
@@ -169,7 +170,7 @@ impl JobsApi {
                 source.status
             )));
         };
-        if list::upscale_running(&self.inner.pool, user_id, source_id).await? {
+        if upscaling {
             return Err(JobsError::Conflict(format!(
                 "generation {source_id:?} is already being upscaled"
             )));

@@ -205,17 +205,16 @@ pub async fn trained_model(
 
 /// Whether an upscale of the user's generation `source_id` is under way.
 pub async fn upscale_running(
-    pool: &Pool,
+    conn: &mut db::Connection,
     user_id: &str,
     source_id: &str,
 ) -> Result<bool, JobsError> {
-    let mut conn = db::connection(pool).await?;
     let running: i64 = generations::table
         .filter(generations::user_id.eq(user_id))
         .filter(generations::source_id.eq(source_id))
         .filter(generations::status.eq_any(["PENDING", "PROCESSING"]))
         .count()
-        .get_result(&mut conn)
+        .get_result(conn)
         .await?;
     Ok(running > 0)
 }
