@@ -7,7 +7,7 @@ use shared::config::{
     AmqpConfig, DatabaseConfig, ReplicateApiConfig, StorageConfig, TelemetryConfig,
 };
 
-use shared::auth::JwtKey;
+use shared::auth::{JwtKey, OperatorToken};
 
 /// Pushes each job change to its user's browsers over WebSocket (and Server-Sent Events),
 /// with replay after reconnect; serves the live gallery page and stored media.
@@ -67,12 +67,35 @@ pub struct NotifierConfig {
     #[command(flatten)]
     pub jobs: JobsConfig,
 
-    /// Ingest's base URL: its `/api/health` decides the `webhook` field of ours.
+    /// Ingest's base URL: its `/api/health` decides the `webhook` field of ours, and the
+    /// operator console reads its `/metrics` (webhooks accepted and refused).
     #[arg(long, env = "INGEST_URL", default_value = "http://127.0.0.1:8080")]
     pub ingest_url: String,
 
     #[command(flatten)]
+    pub ops: OpsConfig,
+
+    #[command(flatten)]
     pub telemetry: TelemetryConfig,
+}
+
+/// The operator console under `/ops/`.
+#[derive(Debug, Clone, Args)]
+pub struct OpsConfig {
+    /// The console's bearer token (at least 32 bytes, never a user's token); without it
+    /// `/ops/` answers 404.
+    #[arg(
+        long = "operator-token",
+        env = "OPERATOR_TOKEN",
+        value_name = "OPERATOR_TOKEN",
+        hide_env_values = true
+    )]
+    pub operator_token: Option<OperatorToken>,
+
+    /// A job unfinished and without news this long is stuck (the worker's reconciler asks
+    /// Replicate about it after as long).
+    #[arg(long, env = "RECONCILE_AFTER_SECS", default_value_t = 600)]
+    pub stuck_after_secs: u64,
 }
 
 /// The jobs API: how jobs are created on Replicate, and what they cost.
@@ -230,6 +253,10 @@ impl NotifierConfig {
             sockets: SocketConfig::default(),
             jobs: JobsConfig::for_test("http://127.0.0.1:9/v1", None),
             ingest_url: "http://127.0.0.1:9".into(),
+            ops: OpsConfig {
+                operator_token: None,
+                stuck_after_secs: 600,
+            },
             telemetry: TelemetryConfig {
                 log_format: shared::config::LogFormat::Pretty,
             },

@@ -2,12 +2,14 @@
 //! WebSocket (and SSE), with replay after reconnect; serves the gallery page, its jobs API
 //! (list, generate, upscale, train) and stored media.
 //!
-//! Three rooms, arrows one way (`web` → `push`, `web` → `api`; neither of those knows HTTP):
+//! Four rooms, arrows one way (`web` → `push`, `api`, `ops`; `ops` → `api`, `push`; none of
+//! those knows HTTP):
 //!
 //! | room | modules | what it does |
 //! |---|---|---|
 //! | [`push`] | `sessions`, `dispatch`, `feed`, `deliver`, `ws`, `sse`, `hub` | an event from `jobs.events` to every connection of its user, in `seq` order, with replay from the event log |
 //! | [`api`] | `jobs`, `validate`, `ledger`, `replicate`, `in_flight`, `publish`, `list`, `error` | creating jobs on Replicate (debit, row, Replicate's answer, binding or refund) and listing them |
+//! | [`ops`] | `webhooks`, `timeline`, `dead_letters`, `stuck`, `now` | the operator console's work: the webhook record, a job's timeline, dead letters replayed, stuck jobs asked about or failed and refunded, the figures of the moment (and their export to Prometheus) |
 //! | [`web`] | `router`, `streams`, `api_routes`, `health`, `media`, `state`, `respond`, `auth`, `gallery/` | the one port: routes, handshakes, JSON answers, the gallery's page and stored media |
 //!
 //! An event's path: `push::dispatch` reads it from this instance's queue →
@@ -18,6 +20,8 @@
 pub mod push;
 
 pub mod api;
+
+pub mod ops;
 
 pub mod web;
 

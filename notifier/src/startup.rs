@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 use crate::api::jobs::JobsApi;
 use crate::config::NotifierConfig;
+use crate::ops::Operations;
 use crate::push::hub::Hub;
 use crate::web::dependencies::Dependencies;
 use crate::web::router::route;
@@ -50,11 +51,37 @@ impl Notifier {
             .with_context(|| format!("binding NOTIFIER_ADDR {}", config.addr))?;
         let port = listener.local_addr()?.port();
         shared::metrics::prometheus();
+        if let Some(token) = &config.ops.operator_token
+            && token.expose() == config.jwt_secret.expose()
+        {
+            anyhow::bail!(
+                "OPERATOR_TOKEN must not be NOTIFIER_JWT_SECRET: whoever can mint a user's token would hold the console"
+            );
+        }
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let hub = Hub::start(
+            &config.amqp,
+            config.sockets,
+            pool.clone(),
+            shutdown_rx.clone(),
+        );
+        let jobs = JobsApi::new(&config.jobs, pool.clone(), &config.amqp);
+        let ops = Operations::new(
+            &config.ops,
+            &config.amqp,
+            &config.ingest_url,
+            pool.clone(),
+            jobs.clone(),
+            hub.clone(),
+        );
+        tokio::spawn(ops.clone().export(shutdown_rx));
+        metrics::gauge!("notifier_connections_limit").set(config.sockets.max_connections as f64);
         let state = Arc::new(AppState {
             auth: Auth::new(config.jwt_secret.expose()),
-            hub: Hub::start(&config.amqp, config.sockets, pool.clone(), shutdown_rx),
-            jobs: JobsApi::new(&config.jobs, pool.clone(), &config.amqp),
+            hub,
+            jobs,
+            ops,
+            operator_token: config.ops.operator_token.clone(),
             creation_deadline: config.jobs.replicate.creation_deadline(),
             pool,
             media_root,
@@ -72,6 +99,7 @@ impl Notifier {
             database = %config.database.url,
             replicate = %config.jobs.replicate.url,
             job_creation = config.jobs.replicate.token.is_some(),
+            operator_console = config.ops.operator_token.is_some(),
             webhook_url = %config.jobs.public_webhook_url,
             "notifier listening"
         );
@@ -129,6 +157,7 @@ impl Notifier {
             tracing::warn!("creations still under way at exit; the reconciler finishes them");
         }
         self.state.jobs.close().await;
+        self.state.ops.close().await;
         self.state.hub.close().await;
         tracing::info!("notifier stopped");
     }

@@ -72,6 +72,42 @@ impl std::fmt::Debug for JwtKey {
     }
 }
 
+/// The operator console's credential (`OPERATOR_TOKEN`): a secret of at least
+/// [`MIN_KEY_BYTES`] bytes, checked like a key (no placeholder), compared in constant time.
+/// It is not a JWT, so no user endpoint can take it for a user's token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct OperatorToken(JwtKey);
+
+impl OperatorToken {
+    /// Whether `presented` is this token; the time taken does not depend on where they differ.
+    pub fn matches(&self, presented: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        self.0
+            .expose()
+            .as_bytes()
+            .ct_eq(presented.as_bytes())
+            .into()
+    }
+
+    pub fn expose(&self) -> &str {
+        self.0.expose()
+    }
+}
+
+impl std::str::FromStr for OperatorToken {
+    type Err = String;
+
+    fn from_str(token: &str) -> Result<Self, Self::Err> {
+        token.parse().map(Self)
+    }
+}
+
+impl std::fmt::Debug for OperatorToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 pub struct Auth {
     encoding: EncodingKey,
     decoding: DecodingKey,

@@ -39,3 +39,29 @@ pub fn prometheus() -> PrometheusHandle {
         })
         .clone()
 }
+
+/// The sum of every sample of metric `name` in Prometheus text `text`, only those whose
+/// labels include `label="value"` when given (e.g. a counter over all its label sets).
+pub fn sum_in(text: &str, name: &str, label: Option<(&str, &str)>) -> f64 {
+    let wanted = label.map(|(key, value)| format!("{key}=\"{value}\""));
+    text.lines()
+        .filter(|line| {
+            line.strip_prefix(name).is_some_and(|rest| {
+                (rest.starts_with('{') || rest.starts_with(' '))
+                    && wanted.as_deref().is_none_or(|w| rest.contains(w))
+            })
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sums_a_metric_over_its_label_sets_or_one_of_them() {
+        let text = "# TYPE t counter\nt{outcome=\"accepted\"} 5\nt{outcome=\"unauthorized\"} 2\ntotal 9\nt_other 4\n";
+        assert_eq!(super::sum_in(text, "t", None), 7.0);
+        assert_eq!(super::sum_in(text, "t", Some(("outcome", "accepted"))), 5.0);
+        assert_eq!(super::sum_in(text, "missing", None), 0.0);
+    }
+}

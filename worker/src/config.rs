@@ -92,6 +92,11 @@ pub struct WorkerConfig {
     #[arg(long, env = "TRANSIENT_RETRY_SECS", default_value_t = 1800)]
     pub transient_retry_secs: u64,
 
+    /// How long the webhook record (the operator console's list of every webhook handled)
+    /// keeps a row.
+    #[arg(long, env = "WEBHOOK_RECORD_RETENTION_HOURS", default_value_t = 168)]
+    pub webhook_record_retention_hours: u64,
+
     /// How often unpublished events are looked for (the outbox sweep).
     #[arg(long, env = "OUTBOX_SWEEP_SECS", default_value_t = 5)]
     pub outbox_sweep_secs: u64,
@@ -158,6 +163,7 @@ impl WorkerConfig {
             concurrency: 8,
             unknown_job_retry_secs: 150,
             transient_retry_secs: 60,
+            webhook_record_retention_hours: 168,
             outbox_sweep_secs: 1,
             reconcile: ReconcileConfig {
                 replicate: ReplicateApiConfig {

@@ -12,17 +12,15 @@ use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use shared::amqp::RETRY_DELAYS;
+use shared::amqp::{
+    HEADER_ATTEMPT, HEADER_DEAD_REASON, HEADER_FIRST_SEEN, HEADER_LAST_ERROR, HEADER_REPLAYS,
+    RETRY_DELAYS,
+};
 use tokio::sync::{Semaphore, watch};
 
 use crate::broker::Broker;
 use crate::process::{Effect, Failure, ProcessError, Processed, Processor};
-
-/// Headers the worker adds to a message it sends on for a retry or to the dead letters.
-pub const HEADER_ATTEMPT: &str = "x-retry-attempt";
-pub const HEADER_FIRST_SEEN: &str = "x-first-seen-ms";
-pub const HEADER_LAST_ERROR: &str = "x-last-error";
-pub const HEADER_DEAD_REASON: &str = "x-dead-letter-reason";
+use crate::record::{Attempt, Delivered, WebhookRecord};
 
 /// How long webhooks are retried before they are dead-lettered.
 #[derive(Debug, Clone, Copy)]
@@ -79,6 +77,7 @@ pub fn dispose(
 pub struct Consumer {
     pub broker: Arc<Broker>,
     pub processor: Arc<Processor>,
+    pub record: WebhookRecord,
     pub concurrency: usize,
     pub retry: RetryPolicy,
 }
@@ -181,6 +180,19 @@ impl Consumer {
             }
         };
         let label = reason_label(result.as_ref().err());
+        self.record.add(Attempt::of(
+            &Delivered {
+                webhook_id: &webhook_id,
+                body: &delivery.data,
+                attempt,
+                replays: header_int(&delivery, HEADER_REPLAYS).unwrap_or(0).max(0) as u32,
+                sent_at: header_text(&delivery, shared::webhook::HEADER_TIMESTAMP)
+                    .and_then(|ts| ts.parse().ok()),
+            },
+            &result,
+            &disposition,
+            elapsed,
+        ));
 
         let settled = match disposition {
             Disposition::Ack => delivery.ack(BasicAckOptions::default()).await.map(|_| ()),
@@ -306,13 +318,7 @@ fn header_text(delivery: &Delivery, name: &str) -> Option<String> {
 }
 
 fn header_int(delivery: &Delivery, name: &str) -> Option<i64> {
-    match delivery.properties.headers().as_ref()?.inner().get(name)? {
-        AMQPValue::LongLongInt(value) => Some(*value),
-        AMQPValue::LongInt(value) => Some(i64::from(*value)),
-        AMQPValue::LongUInt(value) => Some(i64::from(*value)),
-        AMQPValue::ShortInt(value) => Some(i64::from(*value)),
-        _ => None,
-    }
+    shared::amqp::dead_letters::int(delivery.properties.headers().as_ref()?.inner().get(name))
 }
 
 fn now_ms() -> i64 {

@@ -11,11 +11,12 @@
 //! | download, store | [`download`], [`store`], [`thumbnail`] | a succeeded generation's outputs fetched (within the allowed hosts and the memory budget) and stored, each with a small JPEG rendition |
 //! | apply, transition, refund | `shared::jobs` | one transaction: the status machine, the refund once, the user's next `seq`, the event in the log (the outbox) |
 //! | publish | [`broker`], [`marks`] | the event to `jobs.events`, then marked published in batches |
+//! | record | [`record`] | one row per handling in `webhook_attempts` (the operator console's list), written in batches, pruned |
 //! | sweep | [`sweep`] | events committed but never marked are published again |
 //! | progress | [`progress`] | `job_progress` pushed when a running job's progress moved |
 //!
 //! Beside the path: [`reconcile`] asks Replicate about jobs whose webhooks went missing,
-//! [`dead_letters`] lists and replays parked webhooks, [`config`] and [`startup`] build and
+//! `shared::amqp::dead_letters` lists and replays parked webhooks, [`config`] and [`startup`] build and
 //! run the worker, [`health`] answers `/api/health` and `/metrics`.
 
 // In the order of the table above (rustfmt keeps each group's order).
@@ -35,13 +36,13 @@ pub mod thumbnail;
 
 pub mod marks;
 
+pub mod record;
+
 pub mod sweep;
 
 pub mod progress;
 
 pub mod reconcile;
-
-pub mod dead_letters;
 
 pub mod config;
 

@@ -1,5 +1,5 @@
+use shared::amqp::dead_letters::{self, Selection};
 use worker::config::{Cli, Command, DeadLetterAction};
-use worker::dead_letters::{self, Selection};
 use worker::startup::Worker;
 
 #[tokio::main]

@@ -100,7 +100,11 @@ impl ProcessError {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Processed {
     pub job_id: String,
+    /// `generations.id` or `ai_models.id`.
+    pub row_id: String,
     pub kind: JobKind,
+    /// The job's status when the webhook was read (before any change).
+    pub found: JobStatus,
     pub status: Status,
     pub effect: Effect,
 }
@@ -190,7 +194,9 @@ impl Processor {
         self.publish_progress(&job, &prediction, &effect).await;
         Ok(Processed {
             job_id: job.job_id,
+            row_id: job.id,
             kind: job.kind,
+            found: current,
             status: prediction.status,
             effect,
         })

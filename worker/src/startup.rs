@@ -20,6 +20,7 @@ use crate::download::Downloader;
 use crate::process::Processor;
 use crate::progress::ProgressTracker;
 use crate::reconcile::Reconciler;
+use crate::record::WebhookRecord;
 use crate::store::MediaStore;
 use crate::{health, marks, sweep};
 
@@ -57,6 +58,10 @@ impl Worker {
         let consumer = Arc::new(Consumer {
             broker,
             processor: processor.clone(),
+            record: WebhookRecord::start(
+                processor.pool.clone(),
+                Duration::from_secs(config.webhook_record_retention_hours.saturating_mul(3600)),
+            ),
             concurrency: config.concurrency.max(1),
             retry: RetryPolicy {
                 unknown_job: Duration::from_secs(config.unknown_job_retry_secs),
@@ -131,6 +136,7 @@ impl Worker {
         tracing::info!("shutdown requested: finishing in-flight webhooks");
         let _ = stop.send(true);
         let _ = consumer.await;
+        self.consumer.record.flush().await;
         let _ = sweeper.await;
         self.processor.marks.flush().await;
         let _ = reconciler.await;

@@ -16,9 +16,10 @@ use diesel_async::RunQueryDsl;
 use serde_json::{Value, json};
 use shared::config::AmqpConfig;
 use shared::db::schema::generations;
-use shared::db::{self, Pool};
+use shared::db::{self, Connection, Pool};
 use shared::events::{JobKind, JobState, ModelName};
 use shared::jobs::bind::{self, Binding};
+use shared::jobs::event_log::StoredEvent;
 use shared::jobs::{GenerationRow, UPSCALE_MARKER};
 
 use crate::api::cancel;
@@ -347,6 +348,17 @@ impl JobsApi {
     }
 
     /// Closes the broker link (after [`JobsApi::drain`]).
+    /// Replicate's API; `None` without `REPLICATE_API_TOKEN`.
+    pub fn replicate(&self) -> Option<&ReplicateApi> {
+        self.inner.replicate.as_ref()
+    }
+
+    /// Publishes an event another part of the notifier stored (an operator's change), as
+    /// this API publishes its own.
+    pub async fn publish(&self, conn: &mut Connection, stored: &StoredEvent) {
+        self.inner.publisher.publish(conn, stored).await;
+    }
+
     pub async fn close(&self) {
         self.inner.publisher.close().await;
     }

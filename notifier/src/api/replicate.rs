@@ -148,6 +148,39 @@ impl ReplicateApi {
         self.post(&url, &json!({})).await.map(|_| ())
     }
 
+    /// The prediction (or training) `replicate_id` as Replicate reports it now
+    /// (`GET /v1/predictions/{id}`, `/v1/trainings/{id}`): the object a webhook carries.
+    /// `Refused { status: 404 }` when Replicate does not know it.
+    pub async fn fetch(
+        &self,
+        training: bool,
+        replicate_id: &str,
+    ) -> Result<Vec<u8>, ReplicateError> {
+        let collection = if training { "trainings" } else { "predictions" };
+        let url = format!("{}/{collection}/{replicate_id}", self.base_url);
+        let response = self
+            .http
+            .get(url)
+            .bearer_auth(self.token.expose())
+            .send()
+            .await
+            .map_err(ReplicateError::Unreachable)?;
+        let status = response.status();
+        let body = response
+            .bytes()
+            .await
+            .map_err(ReplicateError::Unreachable)?;
+        if !status.is_success() {
+            let text = String::from_utf8_lossy(&body);
+            let answer: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            return Err(ReplicateError::Refused {
+                status: status.as_u16(),
+                detail: detail_of(&answer, &text),
+            });
+        }
+        Ok(body.to_vec())
+    }
+
     /// Uploads a zip through Replicate's files API (`POST /v1/files`, multipart field
     /// `content`, as the official clients send it); returns the URL a training reads it from
     /// (`urls.get`).

@@ -4,12 +4,11 @@
 
 use std::sync::Arc;
 
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 
 use crate::api::error::{Created, JobsError};
-use crate::web::respond::{Body, json, query};
+use crate::web::respond::{self, Body, json, query};
 use crate::web::state::AppState;
 use crate::web::{auth, upload};
 
@@ -136,12 +135,7 @@ struct TrainingBody {
 async fn read_json<T: serde::de::DeserializeOwned>(
     request: Request<Incoming>,
 ) -> Result<T, JobsError> {
-    let limited = http_body_util::Limited::new(request.into_body(), MAX_API_BODY);
-    let bytes = limited
-        .collect()
+    respond::read_json(request, MAX_API_BODY)
         .await
-        .map_err(|err| JobsError::Invalid(format!("cannot read the body: {err}")))?
-        .to_bytes();
-    serde_json::from_slice(&bytes)
-        .map_err(|err| JobsError::Invalid(format!("the body is not the expected JSON: {err}")))
+        .map_err(JobsError::Invalid)
 }

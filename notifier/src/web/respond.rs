@@ -68,3 +68,18 @@ pub fn since(value: Option<&str>) -> Result<Option<i64>, Refusal> {
             .map_err(|_| Refusal(StatusCode::BAD_REQUEST, "since must be an integer".into())),
     }
 }
+
+/// Reads a JSON body of at most `max` bytes; the error says what was wrong, for a `400`.
+pub async fn read_json<T: serde::de::DeserializeOwned>(
+    request: Request<Incoming>,
+    max: usize,
+) -> Result<T, String> {
+    let limited = http_body_util::Limited::new(request.into_body(), max);
+    let bytes = limited
+        .collect()
+        .await
+        .map_err(|err| format!("cannot read the body: {err}"))?
+        .to_bytes();
+    serde_json::from_slice(&bytes)
+        .map_err(|err| format!("the body is not the expected JSON: {err}"))
+}

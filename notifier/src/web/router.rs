@@ -1,6 +1,7 @@
 //! The one port's routes — `/ws` and `/events` (`streams.rs`), the jobs API under `/api/`
 //! (`api_routes.rs`), `/api/health` and `/metrics` (`health.rs`), the gallery page at `/`
-//! (`gallery/`), and `/media/<key>` (`media.rs`).
+//! (`gallery/`), `/media/<key>` (`media.rs`), and the operator console under `/ops/`
+//! (`ops_routes.rs`, `console/`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use crate::web::respond::{Body, json, not_found, query, text};
 use crate::web::state::AppState;
-use crate::web::{api_routes, health, media, streams};
+use crate::web::{api_routes, health, media, ops_routes, streams};
 
 const INDEX_HTML: &str = include_str!("gallery/index.html");
 const APP_JS: &str = include_str!("gallery/app.js");
@@ -33,6 +34,9 @@ pub async fn route(
 
 async fn answer(request: Request<Incoming>, state: Arc<AppState>) -> Response<Body> {
     let path = request.uri().path().to_owned();
+    if path == "/ops" || path.starts_with("/ops/") {
+        return ops_routes::console(request, state).await;
+    }
     if path.starts_with("/api/") && path != "/api/health" {
         return api_routes::jobs_api(request, state).await;
     }

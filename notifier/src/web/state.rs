@@ -5,10 +5,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shared::auth::Auth;
+use shared::auth::{Auth, OperatorToken};
 use shared::db::Pool;
 
 use crate::api::jobs::JobsApi;
+use crate::ops::Operations;
 use crate::push::hub::Hub;
 use crate::web::dependencies::Dependencies;
 
@@ -24,4 +25,7 @@ pub struct AppState {
     pub creation_deadline: Duration,
     /// The database's and ingest's health, checked at most once a second whoever asks.
     pub dependencies: Dependencies,
+    /// The operator console's work, and its credential (`None`: `/ops/` answers 404).
+    pub ops: Arc<Operations>,
+    pub operator_token: Option<OperatorToken>,
 }

@@ -80,6 +80,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     credit_transactions,
     job_events,
     unconfirmed_jobs,
+    webhook_attempts,
+    operator_actions,
 );
 
 diesel::table! {
@@ -88,5 +90,33 @@ diesel::table! {
         first_at -> Timestamptz,
         last_at -> Timestamptz,
         answers -> Int4,
+    }
+}
+
+diesel::table! {
+    webhook_attempts (id) {
+        id -> Int8,
+        at -> Timestamptz,
+        webhook_id -> Text,
+        replicate_id -> Nullable<Text>,
+        job_row_id -> Nullable<Text>,
+        kind -> Nullable<Text>,
+        status -> Nullable<Text>,
+        outcome -> Text,
+        detail -> Text,
+        attempt -> Int4,
+        replays -> Int4,
+        duration_ms -> Float4,
+        waited_ms -> Nullable<Float4>,
+    }
+}
+
+diesel::table! {
+    operator_actions (id) {
+        id -> Int8,
+        at -> Timestamptz,
+        action -> Text,
+        job_row_id -> Nullable<Text>,
+        detail -> Text,
     }
 }

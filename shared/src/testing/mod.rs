@@ -237,13 +237,5 @@ pub fn workspace_binary(name: &str) -> std::path::PathBuf {
 /// The sum of a metric over all its label sets in this process's recorder (each test runs
 /// in a process of its own under nextest): how a test observes that something happened.
 pub fn metric_sum(name: &str) -> f64 {
-    crate::metrics::prometheus()
-        .render()
-        .lines()
-        .filter(|line| {
-            line.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    crate::metrics::sum_in(&crate::metrics::prometheus().render(), name, None)
 }

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use worker::dead_letters::{self, Selection};
+use shared::amqp::dead_letters::{self, Selection};
 
 use crate::helpers::{TestEnv, prediction};
 use crate::images;
@@ -139,9 +139,85 @@ async fn parked_webhooks_are_listed_with_reasons_and_replayed() {
         again.len() == 1
             && again[0].reason.contains("not a Replicate prediction")
             && again[0].attempts == 1
+            && again[0].replays == 1
     })
     .await
-    .expect("the replayed garbage is dead-lettered again, once");
+    .expect("the replayed garbage is dead-lettered again, once, marked as replayed");
+
+    // A duplicate and a late webhook after the end.
+    env.send("msg-dup", &prediction("r-late", "failed", json!(null)))
+        .await;
+    env.send("msg-old", &prediction("r-late", "processing", json!(null)))
+        .await;
+
+    // The record tells each webhook's story, as the operator console shows it.
+    let story = |rows: &[Recorded], id: &str| -> Vec<(String, i32)> {
+        rows.iter()
+            .filter(|r| r.0 == id)
+            .map(|r| (r.1.clone(), r.3))
+            .collect()
+    };
+    shared::testing::eventually(Duration::from_secs(20), || async {
+        let rows = recorded(&env).await;
+        rows.iter().any(|r| r.0 == "msg-old")
+            && rows.iter().any(|r| r.0 == "msg-dup")
+            && rows.iter().filter(|r| r.0 == "msg-garbage").count() == 2
+    })
+    .await
+    .expect("every handling recorded");
+    let rows = recorded(&env).await;
+    let early = story(&rows, "msg-too-early");
+    assert!(early.len() >= 3, "{early:?}");
+    assert!(
+        early[..early.len() - 2]
+            .iter()
+            .all(|(o, r)| o == "retried" && *r == 0),
+        "{early:?}"
+    );
+    assert_eq!(
+        early[early.len() - 2..],
+        [("dead_lettered".to_owned(), 0), ("applied".to_owned(), 1)]
+    );
+    let applied = rows
+        .iter()
+        .find(|r| r.0 == "msg-too-early" && r.1 == "applied")
+        .unwrap();
+    assert_eq!(applied.2.as_deref(), Some("g-late"));
+    assert!(
+        applied.4.contains("PENDING → FAILED") && applied.4.contains("6 credits refunded"),
+        "{applied:?}"
+    );
+    assert_eq!(
+        story(&rows, "msg-garbage"),
+        [
+            ("dead_lettered".to_owned(), 0),
+            ("dead_lettered".to_owned(), 1)
+        ]
+    );
+    assert_eq!(story(&rows, "msg-dup"), [("duplicate".to_owned(), 0)]);
+    assert_eq!(story(&rows, "msg-old"), [("stale".to_owned(), 0)]);
     worker.stop().await;
     env.cleanup().await;
+}
+
+/// `(webhook_id, outcome, job_row_id, replays, detail)` of every recorded handling, in order.
+type Recorded = (String, String, Option<String>, i32, String);
+
+async fn recorded(env: &TestEnv) -> Vec<Recorded> {
+    use diesel::prelude::*;
+    use diesel_async::RunQueryDsl;
+    use shared::db::schema::webhook_attempts as w;
+    let mut conn = env.conn().await;
+    w::table
+        .order(w::id)
+        .select((
+            w::webhook_id,
+            w::outcome,
+            w::job_row_id,
+            w::replays,
+            w::detail,
+        ))
+        .load(&mut conn)
+        .await
+        .unwrap()
 }

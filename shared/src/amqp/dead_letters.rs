@@ -1,5 +1,11 @@
 //! The dead-letter queue for operators: what is parked there and why, and sending it back
-//! through the pipeline once the cause is fixed (`worker dead-letters list|replay`).
+//! through the pipeline once the cause is fixed (`worker dead-letters list|replay`, and the
+//! operator console's dead letters).
+//!
+//! The queue is the truth: listing takes every message and puts a fresh copy back (quorum
+//! queues have no browsing), so two listings at the same moment would each see part of it;
+//! the console serialises its own. A replayed message keeps a count of its replays
+//! ([`HEADER_REPLAYS`]), so one that dies again says so instead of looping unseen.
 
 use std::time::Duration;
 
@@ -7,10 +13,20 @@ use lapin::message::BasicGetMessage;
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection};
-use shared::amqp::{Outgoing, PERSISTENT, PublishError, Topology, publish_confirmed};
-use shared::config::AmqpConfig;
 
-use crate::consume::{HEADER_ATTEMPT, HEADER_DEAD_REASON, HEADER_FIRST_SEEN, HEADER_LAST_ERROR};
+use crate::amqp::{Outgoing, PERSISTENT, PublishError, Topology, publish_confirmed};
+use crate::config::AmqpConfig;
+
+/// Headers the worker adds to a message it sends on for a retry or to the dead letters.
+pub const HEADER_ATTEMPT: &str = "x-retry-attempt";
+pub const HEADER_FIRST_SEEN: &str = "x-first-seen-ms";
+pub const HEADER_LAST_ERROR: &str = "x-last-error";
+pub const HEADER_DEAD_REASON: &str = "x-dead-letter-reason";
+/// How often an operator sent this webhook back from the dead letters.
+pub const HEADER_REPLAYS: &str = "x-replays";
+
+/// Dead letters looked at in one listing, at most (the rest stay in the queue, counted).
+pub const LIST_LIMIT: usize = 5_000;
 
 /// One parked webhook.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +37,10 @@ pub struct DeadLetter {
     pub status: Option<String>,
     pub reason: String,
     pub attempts: i64,
+    /// When the pipeline first saw it (unix ms), if recorded.
+    pub first_seen_ms: Option<i64>,
+    /// How often an operator replayed it before it died (again).
+    pub replays: i64,
 }
 
 /// Which dead letters to replay.
@@ -40,7 +60,7 @@ pub enum DeadLetterError {
 
 /// A channel of its own on the broker, with the topology declared.
 pub async fn open(config: &AmqpConfig) -> Result<(Connection, Channel, Topology), DeadLetterError> {
-    let connection = shared::amqp::connect_once(&config.url, "worker dead-letters").await?;
+    let connection = crate::amqp::connect_once(&config.url, "worker dead-letters").await?;
     let topology = config.topology();
     topology.declare(&connection).await?;
     let channel = connection.create_channel().await?;
@@ -86,7 +106,10 @@ pub async fn replay(
             .with_delivery_mode(PERSISTENT)
             .with_content_type("application/json".into())
             .with_message_id(letter.webhook_id.as_str().into())
-            .with_headers(fresh_headers(delivery.properties.headers().as_ref()));
+            .with_headers(fresh_headers(
+                delivery.properties.headers().as_ref(),
+                letter.replays + 1,
+            ));
         publish_confirmed(
             channel,
             Outgoing {
@@ -106,18 +129,20 @@ pub async fn replay(
     Ok(replayed)
 }
 
-/// Takes every message without acknowledging it (so none is handed out twice).
+/// Takes every message (up to [`LIST_LIMIT`]) without acknowledging it (so none is handed
+/// out twice).
 async fn take_all(
     channel: &Channel,
     topology: &Topology,
 ) -> Result<Vec<BasicGetMessage>, DeadLetterError> {
     let mut taken = Vec::new();
-    while let Some(message) = channel
-        .basic_get(
-            topology.dead_letter_queue().into(),
-            BasicGetOptions { no_ack: false },
-        )
-        .await?
+    while taken.len() < LIST_LIMIT
+        && let Some(message) = channel
+            .basic_get(
+                topology.dead_letter_queue().into(),
+                BasicGetOptions { no_ack: false },
+            )
+            .await?
     {
         taken.push(message);
     }
@@ -165,9 +190,11 @@ async fn put_back(
     Ok(())
 }
 
-/// The original headers without the retry bookkeeping: a replay starts afresh.
-fn fresh_headers(headers: Option<&FieldTable>) -> FieldTable {
+/// The original headers without the retry bookkeeping (a replay starts afresh), counting
+/// this replay.
+fn fresh_headers(headers: Option<&FieldTable>, replays: i64) -> FieldTable {
     let mut fresh = FieldTable::default();
+    fresh.insert(HEADER_REPLAYS.into(), AMQPValue::LongLongInt(replays));
     if let Some(headers) = headers {
         for (key, value) in headers.inner() {
             let bookkeeping = [
@@ -175,6 +202,7 @@ fn fresh_headers(headers: Option<&FieldTable>) -> FieldTable {
                 HEADER_FIRST_SEEN,
                 HEADER_LAST_ERROR,
                 HEADER_DEAD_REASON,
+                HEADER_REPLAYS,
             ];
             if !bookkeeping.contains(&key.as_str()) && !key.as_str().starts_with("x-death") {
                 fresh.insert(key.clone(), value.clone());
@@ -200,7 +228,7 @@ fn describe(message: &BasicGetMessage) -> DeadLetter {
             .message_id()
             .as_ref()
             .map(|id| id.to_string())
-            .or_else(|| text(header(shared::webhook::HEADER_ID)))
+            .or_else(|| text(header(crate::webhook::HEADER_ID)))
             .unwrap_or_else(|| "-".into()),
         job_id: body["id"].as_str().map(str::to_owned),
         status: body["status"].as_str().map(str::to_owned),
@@ -212,9 +240,20 @@ fn describe(message: &BasicGetMessage) -> DeadLetter {
                     .map(|r| format!("dead-lettered by the broker: {r}"))
             })
             .unwrap_or_else(|| "no reason recorded".into()),
-        attempts: match header(HEADER_ATTEMPT) {
-            Some(AMQPValue::LongLongInt(n)) => *n,
-            _ => 0,
-        },
+        attempts: int(header(HEADER_ATTEMPT)).unwrap_or(0),
+        first_seen_ms: int(header(HEADER_FIRST_SEEN)),
+        replays: int(header(HEADER_REPLAYS)).unwrap_or(0),
+    }
+}
+
+/// An integer header, whatever width it was sent with.
+pub fn int(value: Option<&AMQPValue>) -> Option<i64> {
+    match value? {
+        AMQPValue::LongLongInt(n) => Some(*n),
+        AMQPValue::LongInt(n) => Some(i64::from(*n)),
+        AMQPValue::LongUInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortUInt(n) => Some(i64::from(*n)),
+        _ => None,
     }
 }
