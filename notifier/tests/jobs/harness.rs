@@ -22,6 +22,7 @@ pub use running::Running;
 
 pub const JWT_SECRET: &str = "jobs-api-test-secret-of-32-bytes!";
 pub const SIM_TOKEN: &str = "sim-token-1";
+pub const OPERATOR_TOKEN: &str = "operator-token-for-the-tests-32-bytes-at-least";
 
 /// A notifier (port 0) whose jobs API talks to a simulator (port 0).
 pub struct Api {
@@ -87,6 +88,15 @@ impl Api {
     /// As [`Api::start`], with the simulator's jobs taking `step` per progress step (a
     /// `sim:slow` prompt takes ten times as many steps).
     pub async fn start_stepping(replicate: Replicate, step: Duration) -> Self {
+        Self::start_configured(replicate, step, |_| {}).await
+    }
+
+    /// As [`Api::start_stepping`], with the configuration changed by `configure` last.
+    pub async fn start_configured(
+        replicate: Replicate,
+        step: Duration,
+        configure: impl FnOnce(&mut NotifierConfig),
+    ) -> Self {
         let services = Isolated::new("jobs").await;
         let create_delay = match replicate {
             Replicate::Slow(delay) => delay,
@@ -113,6 +123,8 @@ impl Api {
         config.jobs = JobsConfig::for_test(&api_url, token);
         config.jobs.training_destination = Some("acme/portraits".into());
         config.ingest_url = format!("http://127.0.0.1:{}", closed_port());
+        config.ops.operator_token = Some(OPERATOR_TOKEN.parse().unwrap());
+        configure(&mut config);
         let running = Running::start(&config).await;
         let base = format!("http://{}", running.address);
         Self {
@@ -140,6 +152,26 @@ impl Api {
         let mut request = self.http.request(method, format!("{}{path}", self.base));
         if let Some(user) = user {
             request = request.bearer_auth(self.auth.mint(user, Duration::from_secs(60)));
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// An operator call with `token` (`None`: no `Authorization` header).
+    pub async fn ops(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
         }
         if let Some(body) = body {
             request = request.json(&body);
