@@ -154,6 +154,18 @@ ensure_browser() {
   fi
 }
 
+# promtool (Debian's prometheus package) checks the Prometheus config and tests the alerts.
+ensure_promtool() {
+  command -v promtool >/dev/null 2>&1 && return 0
+  if can_apt; then
+    say "installing prometheus (for promtool) from Debian's packages"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  else
+    die "checking the alerting rules needs promtool: apt-get install prometheus"
+  fi
+}
+
 # Databases and queues that test runs killed before their cleanup left behind: their names
 # carry the test process's pid (test_<kind>_<pid>_…); those whose process is gone are removed.
 remove_stale_test_resources() {

@@ -48,9 +48,15 @@ if missing or unlisted:
     sys.exit(f"kustomization.yaml: missing {missing}, not listed {unlisted}")
 dashboard = json.load(open("deploy/grafana/dashboards/pipeline.json"))
 assert dashboard["panels"], "the dashboard has no panels"
-prometheus = yaml.safe_load(open("deploy/prometheus.yml"))
+prometheus = yaml.safe_load(open("deploy/prometheus/prometheus.yml"))
 assert prometheus["scrape_configs"], "no scrape configs"
 print("kustomization, Grafana dashboard and Prometheus config are consistent")
 PY
+    say "checking the Prometheus config and unit-testing the alerting rules (promtool)"
+    ensure_promtool
+    promtool check config --syntax-only deploy/prometheus/prometheus.yml >/dev/null
+    promtool test rules deploy/prometheus/alerts.test.yml
+    say "checking the dashboard and the alerts name only metrics and labels the code records"
+    "$venv/bin/python" deploy/lib/check_metric_names.py
   )
 }
