@@ -14,6 +14,7 @@ pipeline_env() {
   fi
   export REPLICATE_WEBHOOK_SECRET=${REPLICATE_WEBHOOK_SECRET:-whsec_$(random_key)}
   export NOTIFIER_JWT_SECRET=${NOTIFIER_JWT_SECRET:-$(random_key)}
+  export OPERATOR_TOKEN=${OPERATOR_TOKEN:-$(random_key)}
   export INGEST_ADDR=${INGEST_ADDR:-127.0.0.1:8080}
   export NOTIFIER_ADDR=${NOTIFIER_ADDR:-127.0.0.1:8081}
   export SIM_ADDR=${SIM_ADDR:-127.0.0.1:8090}

@@ -54,6 +54,7 @@ compose_command() {
 # docker compose for the infrastructure only; the services' secrets are not needed for that.
 compose() {
   REPLICATE_WEBHOOK_SECRET=${REPLICATE_WEBHOOK_SECRET:-unused} NOTIFIER_JWT_SECRET=${NOTIFIER_JWT_SECRET:-unused} \
+    OPERATOR_TOKEN=${OPERATOR_TOKEN:-unused} \
     $(compose_command) -f "$REPO_ROOT/docker-compose.yml" "$@"
 }
 

@@ -203,3 +203,199 @@ async fn through_the_front_door_with_a_worker_killed() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// The state of alert `name` in Prometheus (`firing`, `pending`), `None` when inactive.
+async fn alert_state(
+    http: &reqwest::Client,
+    prometheus: &str,
+    name: &str,
+) -> anyhow::Result<Option<String>> {
+    let answer: serde_json::Value = http
+        .get(format!("http://{prometheus}/api/v1/alerts"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok(answer["data"]["alerts"]
+        .as_array()
+        .context("Prometheus's alerts")?
+        .iter()
+        .find(|alert| alert["labels"]["alertname"] == name)
+        .and_then(|alert| alert["state"].as_str().map(str::to_owned)))
+}
+
+/// One instant query's single value.
+async fn query(http: &reqwest::Client, prometheus: &str, expr: &str) -> anyhow::Result<f64> {
+    let answer: serde_json::Value = http
+        .get(reqwest::Url::parse_with_params(
+            &format!("http://{prometheus}/api/v1/query"),
+            [("query", expr)],
+        )?)
+        .send()
+        .await?
+        .json()
+        .await?;
+    answer["data"]["result"][0]["value"][1]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no value for {expr}: {answer}"))
+}
+
+/// The console through the front door, Prometheus scraping every service, and the backlog
+/// alert proven: the workers stopped while webhooks arrive, `WebhooksBackingUp` fires; the
+/// workers back, it clears. Runs after the test above, on the same deployment.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the compose deployment: run deploy/containers"]
+async fn the_backlog_alert_fires_when_workers_stop_and_clears_when_they_return()
+-> anyhow::Result<()> {
+    const ALERT: &str = "WebhooksBackingUp";
+    let front = var("CONTAINERS_FRONTDOOR")?;
+    let prometheus = var("CONTAINERS_PROMETHEUS")?;
+    let operator_token = var("OPERATOR_TOKEN")?;
+    let workers: Vec<String> = var("CONTAINERS_WORKERS")?
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    let http = shared::http::client_builder().build()?;
+
+    // The operator console, behind the front door, only with its token.
+    let refused = http
+        .get(format!("http://{front}/ops/api/now"))
+        .send()
+        .await?;
+    ensure!(
+        refused.status() == 401,
+        "console without the token: {}",
+        refused.status()
+    );
+    let now: serde_json::Value = http
+        .get(format!("http://{front}/ops/api/now"))
+        .bearer_auth(&operator_token)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    ensure!(now["queues"][0]["name"] == "replicate.webhooks", "{now}");
+
+    // Every service is scraped.
+    let mut up = String::new();
+    for _ in 0..30 {
+        let targets: serde_json::Value = http
+            .get(format!("http://{prometheus}/api/v1/targets"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let healthy: std::collections::BTreeSet<String> = targets["data"]["activeTargets"]
+            .as_array()
+            .context("targets")?
+            .iter()
+            .filter(|t| t["health"] == "up")
+            .filter_map(|t| t["labels"]["job"].as_str().map(str::to_owned))
+            .collect();
+        up = healthy.iter().cloned().collect::<Vec<_>>().join(", ");
+        if [
+            "ingest",
+            "worker",
+            "notifier",
+            "rabbitmq",
+            "rabbitmq-queues",
+        ]
+        .iter()
+        .all(|job| healthy.contains(*job))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    println!("prometheus targets up: {up}");
+    ensure!(
+        up.contains("notifier") && up.contains("rabbitmq-queues"),
+        "targets up: {up}"
+    );
+    ensure!(
+        alert_state(&http, &prometheus, ALERT).await?.is_none(),
+        "{ALERT} active before anything happened"
+    );
+
+    // A finished job's late webhooks: accepted, and applied as no-ops once workers return.
+    let database = DatabaseConfig {
+        url: var("DATABASE_URL")?
+            .parse::<DatabaseUrl>()
+            .map_err(anyhow::Error::msg)?,
+        pool_size: 2,
+    };
+    let pool = shared::db::prepare(&database).await?;
+    let job_id: String = {
+        use diesel::prelude::*;
+        use diesel_async::RunQueryDsl;
+        use shared::db::schema::generations;
+        let mut conn = shared::db::connection(&pool).await?;
+        generations::table
+            .filter(generations::status.eq("COMPLETED"))
+            .filter(generations::job_id.is_not_null())
+            .select(generations::job_id.assume_not_null())
+            .first(&mut conn)
+            .await?
+    };
+    let secrets: WebhookSecrets = var("REPLICATE_WEBHOOK_SECRET")?.parse()?;
+    let to = format!("http://{front}/api/webhooks/replicate");
+    let body = replicate_sim::send::body(&job_id, "processing", serde_json::Value::Null);
+
+    for worker in &workers {
+        // One was killed by the test above; starting and stopping it again is harmless.
+        let _ = docker(&["start", worker]);
+        docker(&["stop", "-t", "10", worker])?;
+    }
+    let stopped = Instant::now();
+    println!("stopped the workers: {}", workers.join(" "));
+    let run = shared::testing::unique_name("alert");
+    for index in 0..150 {
+        let (status, text) =
+            replicate_sim::send::send(secrets.primary(), &to, &format!("{run}-{index}"), &body)
+                .await
+                .map_err(anyhow::Error::msg)?;
+        ensure!(
+            status == 200,
+            "webhook {index} with the workers stopped: {status} {text}"
+        );
+    }
+    let fired = loop {
+        if alert_state(&http, &prometheus, ALERT).await?.as_deref() == Some("firing") {
+            break stopped.elapsed();
+        }
+        ensure!(
+            stopped.elapsed() < Duration::from_secs(240),
+            "{ALERT} did not fire within 240 s of the workers stopping"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    let waiting = query(
+        &http,
+        &prometheus,
+        "max(pipeline_queue_messages{queue=\"replicate.webhooks\"})",
+    )
+    .await?;
+
+    for worker in &workers {
+        docker(&["start", worker])?;
+    }
+    let back = Instant::now();
+    let cleared = loop {
+        if alert_state(&http, &prometheus, ALERT).await?.is_none() {
+            break back.elapsed();
+        }
+        ensure!(
+            back.elapsed() < Duration::from_secs(180),
+            "{ALERT} still active 180 s after the workers came back"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    println!(
+        "alerts: {ALERT} fired {} s after the workers stopped ({waiting} webhooks waiting), cleared {} s after they were back",
+        fired.as_secs(),
+        cleared.as_secs()
+    );
+    Ok(())
+}

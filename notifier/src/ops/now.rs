@@ -64,7 +64,16 @@ pub struct IngestRate {
 pub struct IngestRates {
     url: String,
     http: reqwest::Client,
-    last: Mutex<Option<(Instant, f64, f64, Option<IngestRate>)>>,
+    last: Mutex<Option<Look>>,
+}
+
+/// One reading of ingest's counters, and the rate it gave.
+#[derive(Clone, Copy)]
+struct Look {
+    at: Instant,
+    accepted: f64,
+    refused: f64,
+    rate: Option<IngestRate>,
 }
 
 impl IngestRates {
@@ -96,20 +105,25 @@ impl IngestRates {
         let mut last = self.last.lock().expect("never poisoned");
         let rate = match *last {
             // Looked at a moment ago: the rate computed then.
-            Some((at, _, _, rate)) if now.duration_since(at) < Duration::from_secs(1) => {
-                return rate;
+            Some(look) if now.duration_since(look.at) < Duration::from_secs(1) => {
+                return look.rate;
             }
-            Some((at, a, r, _)) if accepted >= a && refused >= r => {
-                let secs = now.duration_since(at).as_secs_f64();
+            Some(look) if accepted >= look.accepted && refused >= look.refused => {
+                let secs = now.duration_since(look.at).as_secs_f64();
                 Some(IngestRate {
-                    accepted_per_sec: (accepted - a) / secs,
-                    refused_per_sec: (refused - r) / secs,
+                    accepted_per_sec: (accepted - look.accepted) / secs,
+                    refused_per_sec: (refused - look.refused) / secs,
                 })
             }
             // The first look (or ingest restarted): a rate from the next one.
             _ => None,
         };
-        *last = Some((now, accepted, refused, rate));
+        *last = Some(Look {
+            at: now,
+            accepted,
+            refused,
+            rate,
+        });
         rate
     }
 }

@@ -193,23 +193,23 @@ impl Operations {
             .await?;
         entries.extend(webhooks.into_iter().map(Entry::Webhook));
 
-        let events: Vec<(i64, serde_json::Value, DateTime<Utc>, Option<DateTime<Utc>>)> =
-            job_events::table
-                .filter(job_events::user_id.eq(&job.user_id))
-                .filter(
-                    diesel::dsl::sql::<diesel::sql_types::Bool>("payload -> 'job' ->> 'id' = ")
-                        .bind::<diesel::sql_types::Text, _>(&job.id),
-                )
-                .select((
-                    job_events::seq,
-                    job_events::payload,
-                    job_events::created_at,
-                    job_events::published_at,
-                ))
-                .order(job_events::seq.asc())
-                .limit(MAX_ENTRIES)
-                .load(&mut conn)
-                .await?;
+        type EventColumns = (i64, serde_json::Value, DateTime<Utc>, Option<DateTime<Utc>>);
+        let events: Vec<EventColumns> = job_events::table
+            .filter(job_events::user_id.eq(&job.user_id))
+            .filter(
+                diesel::dsl::sql::<diesel::sql_types::Bool>("payload -> 'job' ->> 'id' = ")
+                    .bind::<diesel::sql_types::Text, _>(&job.id),
+            )
+            .select((
+                job_events::seq,
+                job_events::payload,
+                job_events::created_at,
+                job_events::published_at,
+            ))
+            .order(job_events::seq.asc())
+            .limit(MAX_ENTRIES)
+            .load(&mut conn)
+            .await?;
         entries.extend(
             events
                 .into_iter()

@@ -157,7 +157,7 @@ async fn a_stuck_job_is_failed_and_refunded_once_by_an_operator() {
         .ops(Method::GET, "/ops/api/stuck", Some(OPERATOR_TOKEN), None)
         .await;
     assert_eq!(status, 200);
-    assert_eq!(stuck_ids(&stuck), [id.clone()]);
+    assert_eq!(stuck_ids(&stuck), std::slice::from_ref(&id));
     assert_eq!(stuck["jobs"][0]["credits_used"], 4);
 
     let fail = format!("/ops/api/jobs/{id}/fail");
