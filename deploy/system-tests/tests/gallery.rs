@@ -7,170 +7,33 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::Duration;
 
+use common::browser::{Browser, WAIT};
 use common::{JWT_SECRET, Pipeline};
-use fantoccini::{Client, ClientBuilder, Locator};
-use hyper_util::client::legacy::connect::HttpConnector;
+use fantoccini::Locator;
 use replicate_sim::accounts;
 use serde_json::Value;
 use shared::auth::Auth;
-use tokio::process::{Child, Command};
 
-const CHROMIUM: &str = "/usr/bin/chromium";
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-const WAIT: Duration = Duration::from_secs(30);
-
-/// A headless Chromium driven over WebDriver; closed and removed on drop.
-struct Browser {
-    client: Client,
-    _driver: Child,
-    /// chromedriver's address, for what WebDriver itself does not offer (network offline).
-    driver_url: String,
-    profile: std::path::PathBuf,
+/// What the page told the console (`window.galleryLog`).
+async fn console_log(browser: &Browser) -> Vec<String> {
+    serde_json::from_value(browser.script("return window.galleryLog || []").await).unwrap()
 }
 
-impl Browser {
-    async fn start() -> Self {
-        assert!(
-            std::path::Path::new(CHROMIUM).exists() && std::path::Path::new(CHROMEDRIVER).exists(),
-            "this test needs Debian's chromium and chromium-driver (deploy/test installs them)"
-        );
-        let port = common::free_port();
-        let driver = Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("chromedriver starts");
-        let profile = std::env::temp_dir().join(format!(
-            "gallery-profile-{}",
-            shared::testing::unique_name("browser")
-        ));
-        let mut capabilities = serde_json::Map::new();
-        capabilities.insert(
-            "goog:chromeOptions".into(),
-            serde_json::json!({
-                "binary": CHROMIUM,
-                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                         "--disable-quic", "--no-first-run", "--disable-background-networking",
-                         "--disable-component-update", "--disable-sync", "--window-size=1280,900",
-                         format!("--user-data-dir={}", profile.display())]
-            }),
-        );
-        let mut client = None;
-        for _ in 0..100 {
-            match ClientBuilder::new(HttpConnector::new())
-                .capabilities(capabilities.clone())
-                .connect(&format!("http://127.0.0.1:{port}"))
-                .await
-            {
-                Ok(connected) => {
-                    client = Some(connected);
-                    break;
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-            }
-        }
-        Self {
-            client: client.expect("a chromedriver session"),
-            _driver: driver,
-            driver_url: format!("http://127.0.0.1:{port}"),
-            profile,
-        }
-    }
-
-    /// Takes the browser's network away (or gives it back), as its offline mode does.
-    async fn set_offline(&self, offline: bool) {
-        let session = self.client.session_id().await.unwrap().expect("a session");
-        let answer = shared::http::client_builder()
-            .build()
-            .unwrap()
-            .post(format!("{}/session/{session}/chromium/network_conditions", self.driver_url))
-            .json(&serde_json::json!({"network_conditions": {
-                "offline": offline, "latency": 0, "download_throughput": -1, "upload_throughput": -1}}))
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            answer.status().is_success(),
-            "{}",
-            answer.text().await.unwrap()
-        );
-    }
-
-    async fn wait_for(&self, css: &str, what: &str) -> fantoccini::elements::Element {
-        self.client
-            .wait()
-            .at_most(WAIT)
-            .for_element(Locator::Css(css))
-            .await
-            .unwrap_or_else(|err| panic!("{what}: no {css} ({err})"))
-    }
-
-    async fn click(&self, locator: Locator<'_>) {
-        self.client
-            .find(locator)
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
-    }
-
-    async fn script(&self, script: &str) -> Value {
-        self.client.execute(script, vec![]).await.unwrap()
-    }
-
-    /// Waits until `script` returns true.
-    async fn until(&self, script: &str, what: &str) {
-        let held = shared::testing::eventually(WAIT, || async {
-            self.script(script).await == Value::Bool(true)
-        })
-        .await;
-        assert!(held.is_ok(), "{what}: `{script}` never held");
-    }
-
-    async fn text(&self, css: &str) -> String {
-        self.client
-            .find(Locator::Css(css))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    }
-
-    /// What the page told the console (`window.galleryLog`).
-    async fn console(&self) -> Vec<String> {
-        serde_json::from_value(self.script("return window.galleryLog || []").await).unwrap()
-    }
-
-    async fn generate(&self, prompt: &str) {
-        let field = self.wait_for("#prompt", "the prompt box").await;
-        field.send_keys(prompt).await.unwrap();
-        self.client
-            .find(Locator::Id("generate-button"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
-    }
-
-    async fn screenshot(&self, name: &str) -> std::path::PathBuf {
-        let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
-        std::fs::write(&path, self.client.screenshot().await.unwrap()).unwrap();
-        path
-    }
-
-    async fn close(self) {
-        let _ = self.client.close().await;
-        let _ = std::fs::remove_dir_all(&self.profile);
-    }
+/// Types `prompt` and presses Generate.
+async fn generate(browser: &Browser, prompt: &str) {
+    let field = browser.wait_for("#prompt", "the prompt box").await;
+    field.send_keys(prompt).await.unwrap();
+    browser.client
+        .find(Locator::Id("generate-button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
 }
+
 
 /// Records every status and progress width each card shows, from the moment it is called.
 const WATCH_CARDS: &str = r#"
@@ -243,7 +106,7 @@ async fn a_person_generates_watches_upscales_and_sees_a_refund() {
     browser.script(WATCH_CARDS).await;
 
     // Generate: the card appears, progresses and completes with its image from /media.
-    browser.generate("a corgi on a skateboard").await;
+    generate(&browser, "a corgi on a skateboard").await;
     let done = r#".card[data-kind="generation"][data-status="COMPLETED"]"#;
     browser.wait_for(done, "the generation completes").await;
     assert_eq!(decoded_images(&browser, done).await, 1);
@@ -334,7 +197,7 @@ async fn a_person_generates_watches_upscales_and_sees_a_refund() {
     );
 
     // A job that fails: a toast with the reason and the refund, the balance back up.
-    browser.generate("sim:fail a corgi in the rain").await;
+    generate(&browser, "sim:fail a corgi in the rain").await;
     browser
         .wait_for(
             r#".card[data-kind="generation"][data-status="FAILED"]"#,
@@ -402,7 +265,7 @@ async fn a_person_generates_watches_upscales_and_sees_a_refund() {
     );
 
     // The guide's console lines, in order.
-    let console = browser.console().await;
+    let console = console_log(&browser).await;
     let position = |expected: &str| {
         console
             .iter()
@@ -450,14 +313,14 @@ async fn a_person_generates_watches_upscales_and_sees_a_refund() {
         4,
         "the first paint lists every job"
     );
-    browser.generate("a lighthouse at dusk").await;
+    generate(&browser, "a lighthouse at dusk").await;
     browser
         .until(
             r#"return document.querySelectorAll('.card[data-kind="generation"][data-status="COMPLETED"]').length === 2"#,
             "the generation completes over SSE",
         )
         .await;
-    let console = browser.console().await;
+    let console = console_log(&browser).await;
     assert!(
         console
             .iter()
@@ -578,7 +441,7 @@ async fn a_person_trains_on_their_photos_generates_with_the_model_and_rides_out_
             "document.getElementById('model').value = {model_id}"
         ))
         .await;
-    browser.generate("me as an astronaut").await;
+    generate(&browser, "me as an astronaut").await;
     let mine = r#".card[data-kind="generation"][data-status="COMPLETED"]"#;
     browser
         .wait_for(mine, "the generation on the model completes")
@@ -616,7 +479,7 @@ async fn a_person_trains_on_their_photos_generates_with_the_model_and_rides_out_
     browser
         .script("Object.defineProperty(document, 'hidden', {configurable: true, get: () => true})")
         .await;
-    browser.generate("me on the moon").await;
+    generate(&browser, "me on the moon").await;
     browser
         .until(
             &format!("return document.querySelectorAll('{mine}').length === 2"),
@@ -638,7 +501,7 @@ async fn a_person_trains_on_their_photos_generates_with_the_model_and_rides_out_
             "looked at: the count goes",
         )
         .await;
-    let console = browser.console().await;
+    let console = console_log(&browser).await;
     let seqs = logged_seqs(&console);
     assert!(
         seqs.windows(2).all(|pair| pair[0] < pair[1]) && !seqs.is_empty(),

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)] // each test binary uses its own part
 
+pub mod browser;
 pub mod creations;
 pub mod oracle;
 pub mod report;
@@ -42,6 +43,11 @@ pub const FAULTY_REPLICATE: &[&str] = &[
     "--retry-scale",
     "0.1",
 ];
+
+/// The secret Replicate (the simulator) signs this pipeline's webhooks with.
+pub fn webhook_secret() -> WebhookSecret {
+    WebhookSecret::from_bytes(b"e2e-webhook-secret-of-32-bytes!!".to_vec())
+}
 
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -154,8 +160,7 @@ impl Pipeline {
             .cloned()
             .unwrap_or_else(shared::testing::amqp_url);
         let prefix = format!("{name}.");
-        let secret =
-            WebhookSecret::from_bytes(b"e2e-webhook-secret-of-32-bytes!!".to_vec()).to_whsec();
+        let secret = webhook_secret().to_whsec();
         let sim = format!("127.0.0.1:{}", free_port());
         let ingests: Vec<String> = (0..shape.ingests.max(1))
             .map(|_| format!("127.0.0.1:{}", free_port()))
