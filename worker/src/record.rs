@@ -35,7 +35,8 @@ const PRUNE_CHUNK: i64 = 10_000;
 #[derive(Debug, Clone, PartialEq, Insertable)]
 #[diesel(table_name = webhook_attempts)]
 pub struct Attempt {
-    /// When the worker finished handling it (rows are written a little later).
+    /// When a worker started handling it (rows are written a little later), so that a job's
+    /// timeline shows the webhook before the event and the refund it committed.
     pub at: chrono::DateTime<chrono::Utc>,
     pub webhook_id: String,
     pub replicate_id: Option<String>,
@@ -81,7 +82,8 @@ impl Attempt {
         let body: serde_json::Value = serde_json::from_slice(delivered.body).unwrap_or_default();
         let field = |name: &str| body[name].as_str().map(str::to_owned);
         Self {
-            at: chrono::Utc::now(),
+            at: chrono::Utc::now()
+                - chrono::Duration::from_std(elapsed).unwrap_or_else(|_| chrono::Duration::zero()),
             webhook_id: delivered.webhook_id.to_owned(),
             replicate_id: processed.map(|p| p.job_id.clone()).or_else(|| field("id")),
             job_row_id: processed.map(|p| p.row_id.clone()),

@@ -32,7 +32,13 @@ async fn credits(pipeline: &Pipeline) -> i32 {
 }
 
 /// A generation as the web app inserts it (credits already taken by the app).
-async fn insert_generation(pipeline: &Pipeline, id: &str, job_id: &str, status: &str, age: chrono::Duration) {
+async fn insert_generation(
+    pipeline: &Pipeline,
+    id: &str,
+    job_id: &str,
+    status: &str,
+    age: chrono::Duration,
+) {
     let mut conn = shared::db::connection(&pipeline.pool).await.unwrap();
     diesel::insert_into(generations::table)
         .values((
@@ -51,7 +57,9 @@ async fn insert_generation(pipeline: &Pipeline, id: &str, job_id: &str, status: 
 
 /// Presses the dialog's confirm button, after typing `reason` when it asks for one.
 async fn confirm(browser: &Browser, reason: Option<&str>) {
-    browser.wait_for("dialog[open]", "the confirmation dialog").await;
+    browser
+        .wait_for("dialog[open]", "the confirmation dialog")
+        .await;
     if let Some(reason) = reason {
         browser
             .client
@@ -78,10 +86,15 @@ async fn an_operator_replays_a_dead_letter_fails_a_stuck_job_and_searches_webhoo
     let pipeline = Pipeline::start_with(
         &["--step-ms", "40"],
         1,
-        &[("OPERATOR_TOKEN", OPERATOR_TOKEN), ("UNKNOWN_JOB_RETRY_SECS", "2")],
+        &[
+            ("OPERATOR_TOKEN", OPERATOR_TOKEN),
+            ("UNKNOWN_JOB_RETRY_SECS", "2"),
+        ],
     )
     .await;
-    accounts::ensure_user(&pipeline.pool, USER, 100).await.unwrap();
+    accounts::ensure_user(&pipeline.pool, USER, 100)
+        .await
+        .unwrap();
     let browser = Browser::start().await;
 
     // Signing in: the page asks for the token; a wrong one is refused in words.
@@ -124,18 +137,33 @@ async fn an_operator_replays_a_dead_letter_fails_a_stuck_job_and_searches_webhoo
     .await;
     assert!(shown.is_ok(), "the dead letter is listed");
     let row = browser.text("#letter-rows").await;
-    assert!(row.contains("job not found") && row.contains("r-late-1"), "{row}");
+    assert!(
+        row.contains("job not found") && row.contains("r-late-1"),
+        "{row}"
+    );
     let letters = browser.screenshot("console-dead-letters.png").await;
     println!("screenshot: {}", letters.display());
 
     // The app inserts the row; the operator replays the webhook, which now applies.
-    insert_generation(&pipeline, "g-late", "r-late-1", "PROCESSING", chrono::Duration::zero()).await;
+    insert_generation(
+        &pipeline,
+        "g-late",
+        "r-late-1",
+        "PROCESSING",
+        chrono::Duration::zero(),
+    )
+    .await;
     browser
-        .click(Locator::XPath("//tbody[@id='letter-rows']//tr[contains(., 'wh-too-early')]//button"))
+        .click(Locator::XPath(
+            "//tbody[@id='letter-rows']//tr[contains(., 'wh-too-early')]//button",
+        ))
         .await;
     confirm(&browser, None).await;
     browser
-        .until("return document.getElementById('toast').textContent === '1 replayed'", "the replay is confirmed")
+        .until(
+            "return document.getElementById('toast').textContent === '1 replayed'",
+            "the replay is confirmed",
+        )
         .await;
     open(&browser, &pipeline, "#job/g-late").await;
     let story = shared::testing::eventually(Duration::from_secs(30), || async {
@@ -155,11 +183,21 @@ async fn an_operator_replays_a_dead_letter_fails_a_stuck_job_and_searches_webhoo
     println!("screenshot: {}", job.display());
 
     // A job without news for two hours that Replicate never heard of: failed and refunded.
-    insert_generation(&pipeline, "g-stuck", "r-never", "PROCESSING", chrono::Duration::hours(2)).await;
+    insert_generation(
+        &pipeline,
+        "g-stuck",
+        "r-never",
+        "PROCESSING",
+        chrono::Duration::hours(2),
+    )
+    .await;
     open(&browser, &pipeline, "#stuck").await;
     browser.client.refresh().await.unwrap();
     browser
-        .until("return document.getElementById('stuck-rows').textContent.includes('g-stuck')", "the stuck job listed")
+        .until(
+            "return document.getElementById('stuck-rows').textContent.includes('g-stuck')",
+            "the stuck job listed",
+        )
         .await;
     let stuck = browser.screenshot("console-stuck.png").await;
     println!("screenshot: {}", stuck.display());
@@ -174,7 +212,10 @@ async fn an_operator_replays_a_dead_letter_fails_a_stuck_job_and_searches_webhoo
         )
         .await;
     browser
-        .until("return !document.getElementById('stuck-rows').textContent.includes('g-stuck')", "no longer stuck")
+        .until(
+            "return !document.getElementById('stuck-rows').textContent.includes('g-stuck')",
+            "no longer stuck",
+        )
         .await;
     assert_eq!(credits(&pipeline).await, 108, "the balance up once");
     let mut conn = shared::db::connection(&pipeline.pool).await.unwrap();
@@ -192,12 +233,21 @@ async fn an_operator_replays_a_dead_letter_fails_a_stuck_job_and_searches_webhoo
         .first(&mut conn)
         .await
         .unwrap();
-    assert!(action.contains("4 credits refunded: lost at Replicate"), "{action}");
+    assert!(
+        action.contains("4 credits refunded: lost at Replicate"),
+        "{action}"
+    );
 
     // The webhook list: filtered by outcome, searched by id.
     open(&browser, &pipeline, "#webhooks").await;
-    browser.wait_for("#webhook-rows tr", "the webhook list").await;
-    let select = browser.client.find(Locator::Css("select[name=outcome]")).await.unwrap();
+    browser
+        .wait_for("#webhook-rows tr", "the webhook list")
+        .await;
+    let select = browser
+        .client
+        .find(Locator::Css("select[name=outcome]"))
+        .await
+        .unwrap();
     select.select_by_value("dead_lettered").await.unwrap();
     browser.click(Locator::Css("#webhook-filters button")).await;
     browser

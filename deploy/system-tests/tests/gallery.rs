@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::browser::{Browser, WAIT};
+use common::browser::Browser;
 use common::{JWT_SECRET, Pipeline};
 use fantoccini::Locator;
 use replicate_sim::accounts;
@@ -25,7 +25,8 @@ async fn console_log(browser: &Browser) -> Vec<String> {
 async fn generate(browser: &Browser, prompt: &str) {
     let field = browser.wait_for("#prompt", "the prompt box").await;
     field.send_keys(prompt).await.unwrap();
-    browser.client
+    browser
+        .client
         .find(Locator::Id("generate-button"))
         .await
         .unwrap()
@@ -33,7 +34,6 @@ async fn generate(browser: &Browser, prompt: &str) {
         .await
         .unwrap();
 }
-
 
 /// Records every status and progress width each card shows, from the moment it is called.
 const WATCH_CARDS: &str = r#"
@@ -218,9 +218,7 @@ async fn a_person_generates_watches_upscales_and_sees_a_refund() {
         .await;
 
     // Cancel a running generation from its card: refunded, and the card says so.
-    browser
-        .generate("sim:slow a corgi reading a long book")
-        .await;
+    generate(&browser, "sim:slow a corgi reading a long book").await;
     let cancel = r#".card[data-kind="generation"][data-status="PROCESSING"] button.cancel"#;
     browser
         .wait_for(cancel, "a running job offers Cancel")

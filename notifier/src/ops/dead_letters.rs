@@ -92,6 +92,7 @@ impl Operations {
             )));
         }
         let _one_at_a_time = self.dead_letters.lock().await;
+        let started = chrono::Utc::now();
         let channel = self.channel()?;
         let replayed = dead_letters::replay(&channel, &self.topology, &Selection::Ids(ids))
             .await
@@ -107,7 +108,7 @@ impl Operations {
             }
             let detail = format!("{} replayed: {}", replayed.len(), shown.join(", "));
             let mut conn = shared::db::connection(&self.pool).await?;
-            record_action(&mut conn, "replay_dead_letters", None, &detail).await?;
+            record_action(&mut conn, started, "replay_dead_letters", None, &detail).await?;
             // A job's page shows the replay of its webhooks too.
             for letter in &replayed {
                 if let Some(job_id) = &letter.job_id
@@ -117,7 +118,14 @@ impl Operations {
                         "webhook {} replayed from the dead letters",
                         letter.webhook_id
                     );
-                    record_action(&mut conn, "replay_dead_letter", Some(&job.id), &detail).await?;
+                    record_action(
+                        &mut conn,
+                        started,
+                        "replay_dead_letter",
+                        Some(&job.id),
+                        &detail,
+                    )
+                    .await?;
                 }
             }
         }

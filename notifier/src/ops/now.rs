@@ -270,6 +270,8 @@ impl Operations {
                 }
                 Err(err) => tracing::debug!(error = %err, "queue figures not exported this time"),
             }
+            // Keeps a recent look at ingest's counters, so the console has a rate at once.
+            let _ = self.ingest.rate().await;
             match self.stuck_count().await {
                 Ok(n) => metrics::gauge!("pipeline_jobs_stuck").set(n as f64),
                 Err(err) => tracing::debug!(error = %err, "stuck jobs not counted this time"),

@@ -84,6 +84,7 @@ impl Operations {
     /// Asks Replicate about job `id` now; its answer goes into `replicate.webhooks` as a
     /// webhook (and so is applied, downloaded and refunded as any other).
     pub async fn ask_replicate(&self, id: &str) -> Result<ActionDone, OpsError> {
+        let started = Utc::now();
         let mut conn = shared::db::connection(&self.pool).await?;
         let job = find(&mut conn, id).await?;
         drop(conn);
@@ -137,7 +138,7 @@ impl Operations {
             Err(err) => return Err(OpsError::Unavailable(err.to_string())),
         };
         let mut conn = shared::db::connection(&self.pool).await?;
-        record_action(&mut conn, "ask_replicate", Some(&job.id), &detail).await?;
+        record_action(&mut conn, started, "ask_replicate", Some(&job.id), &detail).await?;
         tracing::info!(operator = true, action = "ask_replicate", job = %job.id, job_id = %replicate_id, %detail, "operator asked Replicate about a job");
         let job = find(&mut conn, id).await?;
         Ok(ActionDone { message, job })
@@ -146,6 +147,7 @@ impl Operations {
     /// Fails job `id` and refunds it through the ledger (once: a second call finds it
     /// ended, `409`), tells its user's browsers, records the action.
     pub async fn fail_and_refund(&self, id: &str, reason: &str) -> Result<ActionDone, OpsError> {
+        let started = Utc::now();
         let reason = reason.trim();
         if reason.is_empty() || reason.chars().count() > 500 {
             return Err(OpsError::Invalid(
@@ -174,7 +176,14 @@ impl Operations {
             applied.from.as_str(),
             applied.refunded
         );
-        record_action(&mut conn, "fail_and_refund", Some(&job.id), &detail).await?;
+        record_action(
+            &mut conn,
+            started,
+            "fail_and_refund",
+            Some(&job.id),
+            &detail,
+        )
+        .await?;
         if let Some(replicate_id) = &summary.job_id {
             diesel::delete(unconfirmed_jobs::table.find(replicate_id))
                 .execute(&mut conn)
@@ -208,15 +217,18 @@ async fn note_not_found(
     Ok(())
 }
 
-/// Writes what an operator did to `operator_actions`.
+/// Writes what an operator did to `operator_actions`, dated when the action started (so a
+/// job's timeline shows it before what it caused).
 pub async fn record_action(
     conn: &mut shared::db::Connection,
+    started: DateTime<Utc>,
     action: &str,
     job_row_id: Option<&str>,
     detail: &str,
 ) -> Result<(), OpsError> {
     diesel::insert_into(operator_actions::table)
         .values((
+            operator_actions::at.eq(started),
             operator_actions::action.eq(action),
             operator_actions::job_row_id.eq(job_row_id),
             operator_actions::detail.eq(detail),

@@ -145,4 +145,3 @@ impl Browser {
         let _ = std::fs::remove_dir_all(&self.profile);
     }
 }
-

@@ -111,7 +111,7 @@
       tile("Creations failing", now.creations_failed + " of " + now.creations, now.creations_failed > 0 ? "warn" : ""),
       tile("Stuck jobs", now.stuck_jobs, now.stuck_jobs > 0 ? "warn" : ""),
     );
-    if (!now.ingest) $("tiles").append(el("p", { class: "hint" }, "Ingest's figures appear once its /metrics answers twice (INGEST_URL)."));
+    $("ingest-hint").hidden = Boolean(now.ingest);
     $("queues").replaceChildren(...now.queues.map((q) =>
       el("tr", {}, el("td", {}, code(q.name)), el("td", { class: "num" }, q.messages), el("td", { class: "num" }, q.consumers))));
     const outcomes = Object.entries(now.handled_last_minute);
@@ -138,7 +138,7 @@
       el("td", {}, code(row.webhook_id), row.attempt > 1 ? el("span", { class: "hint small" }, " attempt " + row.attempt) : null,
         row.replays > 0 ? el("span", { class: "badge replayed" }, "replayed") : null),
       el("td", {}, code(row.replicate_id)),
-      el("td", {}, row.job_row_id ? jobLink(row.job_row_id, (row.kind || "job") + " " + row.job_row_id) : job ? jobLink(job, "look up") : "—"),
+      el("td", {}, row.job_row_id ? jobLink(row.job_row_id, (row.kind || "job") + " " + row.job_row_id) : job ? jobLink(job, "find the job") : "—"),
       el("td", {}, row.status || "—"),
       el("td", {}, badge(row.outcome), el("div", { class: "detail" }, row.detail)),
       el("td", { class: "num" }, row.duration_ms.toFixed(1) + " ms"));
