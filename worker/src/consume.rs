@@ -20,7 +20,7 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::broker::Broker;
 use crate::process::{Effect, Failure, ProcessError, Processed, Processor};
-use crate::record::{Attempt, Delivered, WebhookRecord};
+use crate::record::{Attempt, Delivered, Settled, WebhookRecord};
 
 /// How long webhooks are retried before they are dead-lettered.
 #[derive(Debug, Clone, Copy)]
@@ -180,6 +180,12 @@ impl Consumer {
             }
         };
         let label = reason_label(result.as_ref().err());
+        let settled = match (&result, &disposition) {
+            (Ok(processed), _) => Settled::Processed(processed),
+            (Err(_), Disposition::Retry { error, .. }) => Settled::Retried(error),
+            (Err(_), Disposition::DeadLetter { reason }) => Settled::DeadLettered(reason),
+            (Err(_), Disposition::Ack) => unreachable!("a failed webhook is retried or parked"),
+        };
         self.record.add(Attempt::of(
             &Delivered {
                 webhook_id: &webhook_id,
@@ -189,8 +195,7 @@ impl Consumer {
                 sent_at: header_text(&delivery, shared::webhook::HEADER_TIMESTAMP)
                     .and_then(|ts| ts.parse().ok()),
             },
-            &result,
-            &disposition,
+            &settled,
             elapsed,
         ));
 

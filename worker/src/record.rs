@@ -18,8 +18,7 @@ use shared::db::{self, DbError, Pool};
 use shared::jobs::transition::{Ignored, target_of};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::consume::Disposition;
-use crate::process::{Effect, ProcessError, Processed};
+use crate::process::{Effect, Processed};
 
 /// Most rows written by one statement.
 const RECORD_BATCH: usize = 500;
@@ -51,6 +50,15 @@ pub struct Attempt {
     pub waited_ms: Option<f32>,
 }
 
+/// What became of a delivery, as the delivery loop settled it.
+pub enum Settled<'a> {
+    Processed(&'a Processed),
+    /// Sent to a delay queue, with the error.
+    Retried(&'a str),
+    /// Parked in the dead letters, with the reason.
+    DeadLettered(&'a str),
+}
+
 /// What a delivery carried besides its body.
 pub struct Delivered<'a> {
     pub webhook_id: &'a str,
@@ -64,19 +72,15 @@ pub struct Delivered<'a> {
 
 impl Attempt {
     /// The row for a handled delivery: its result and what was decided about it.
-    pub fn of(
-        delivered: &Delivered<'_>,
-        result: &Result<Processed, ProcessError>,
-        disposition: &Disposition,
-        elapsed: Duration,
-    ) -> Self {
-        let (outcome, detail) = match (result, disposition) {
-            (Ok(processed), _) => outcome_of(processed),
-            (Err(_), Disposition::Retry { error, .. }) => ("retried", error.clone()),
-            (Err(_), Disposition::DeadLetter { reason }) => ("dead_lettered", reason.clone()),
-            (Err(err), Disposition::Ack) => ("failed", err.report()),
+    pub fn of(delivered: &Delivered<'_>, settled: &Settled<'_>, elapsed: Duration) -> Self {
+        let (outcome, detail, processed) = match settled {
+            Settled::Processed(processed) => {
+                let (outcome, detail) = outcome_of(processed);
+                (outcome, detail, Some(*processed))
+            }
+            Settled::Retried(error) => ("retried", error.to_string(), None),
+            Settled::DeadLettered(reason) => ("dead_lettered", reason.to_string(), None),
         };
-        let processed = result.as_ref().ok();
         // The body as far as it is JSON: a webhook that is not a prediction still shows
         // its id and status when it has them.
         let body: serde_json::Value = serde_json::from_slice(delivered.body).unwrap_or_default();

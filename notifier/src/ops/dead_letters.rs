@@ -20,36 +20,10 @@ pub struct DeadLetterFilter {
 }
 
 #[derive(Debug, Serialize)]
-pub struct Letter {
-    pub webhook_id: String,
-    pub job_id: Option<String>,
-    pub status: Option<String>,
-    pub reason: String,
-    pub attempts: i64,
-    pub first_seen_ms: Option<i64>,
-    /// Replayed this many times and died again.
-    pub replays: i64,
-}
-
-#[derive(Debug, Serialize)]
 pub struct LetterList {
     /// Messages in the queue (the list holds the first `LIST_LIMIT`).
     pub total: usize,
-    pub letters: Vec<Letter>,
-}
-
-impl From<DeadLetter> for Letter {
-    fn from(letter: DeadLetter) -> Self {
-        Self {
-            webhook_id: letter.webhook_id,
-            job_id: letter.job_id,
-            status: letter.status,
-            reason: letter.reason,
-            attempts: letter.attempts,
-            first_seen_ms: letter.first_seen_ms,
-            replays: letter.replays,
-        }
-    }
+    pub letters: Vec<DeadLetter>,
 }
 
 impl DeadLetterFilter {
@@ -78,14 +52,13 @@ impl Operations {
             letters: letters
                 .into_iter()
                 .filter(|letter| filter.matches(letter))
-                .map(Letter::from)
                 .collect(),
         })
     }
 
     /// Sends the dead letters with these webhook ids back to `replicate.webhooks`; returns
     /// those replayed (ids no longer there are skipped).
-    pub async fn replay(&self, ids: Vec<String>) -> Result<Vec<Letter>, OpsError> {
+    pub async fn replay(&self, ids: Vec<String>) -> Result<Vec<DeadLetter>, OpsError> {
         if ids.is_empty() || ids.len() > MAX_REPLAY {
             return Err(OpsError::Invalid(format!(
                 "name 1 to {MAX_REPLAY} webhook ids to replay"
@@ -135,6 +108,6 @@ impl Operations {
             replayed = replayed.len(),
             "operator replayed dead letters"
         );
-        Ok(replayed.into_iter().map(Letter::from).collect())
+        Ok(replayed)
     }
 }

@@ -14,14 +14,13 @@ const DEFAULT_LIMIT: i64 = 50;
 const MAX_LIMIT: i64 = 500;
 
 /// The outcomes a worker records (the `outcome` filter takes these).
-pub const OUTCOMES: [&str; 7] = [
+pub const OUTCOMES: [&str; 6] = [
     "applied",
     "duplicate",
     "stale",
     "ignored",
     "retried",
     "dead_lettered",
-    "failed",
 ];
 const KINDS: [&str; 3] = ["generation", "upscale", "training"];
 

@@ -142,6 +142,7 @@ impl Api {
         self.running.shut_down().await;
     }
 
+    /// A call as `user` (a fresh token), or with no token at all.
     pub async fn call(
         &self,
         method: reqwest::Method,
@@ -149,19 +150,12 @@ impl Api {
         user: Option<&str>,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let mut request = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(user) = user {
-            request = request.bearer_auth(self.auth.mint(user, Duration::from_secs(60)));
-        }
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
+        let token = user.map(|user| self.auth.mint(user, Duration::from_secs(60)));
+        self.ops(method, path, token.as_deref(), body).await
     }
 
-    /// An operator call with `token` (`None`: no `Authorization` header).
+    /// A call with `token` as the bearer (`None`: no `Authorization` header): the operator
+    /// token, a user's, or anything else.
     pub async fn ops(
         &self,
         method: reqwest::Method,

@@ -29,7 +29,7 @@ pub const HEADER_REPLAYS: &str = "x-replays";
 pub const LIST_LIMIT: usize = 5_000;
 
 /// One parked webhook.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct DeadLetter {
     pub webhook_id: String,
     /// The Replicate id in the body, if it has one.

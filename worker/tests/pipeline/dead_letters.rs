@@ -221,3 +221,43 @@ async fn recorded(env: &TestEnv) -> Vec<Recorded> {
         .await
         .unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_record_keeps_only_its_retention() {
+    use diesel::prelude::*;
+    use diesel_async::RunQueryDsl;
+    use shared::db::schema::webhook_attempts as w;
+    let server = images::start().await;
+    let env = TestEnv::new(&server.host).await;
+    let mut conn = env.conn().await;
+    let now = chrono::Utc::now();
+    for (id, hours_ago) in [
+        ("wh-new", 1),
+        ("wh-day", 23),
+        ("wh-old", 25),
+        ("wh-older", 200),
+    ] {
+        diesel::insert_into(w::table)
+            .values((
+                w::at.eq(now - chrono::Duration::hours(hours_ago)),
+                w::webhook_id.eq(id),
+                w::outcome.eq("applied"),
+            ))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    let pruned = worker::record::prune(&env.pool, Duration::from_secs(24 * 3600))
+        .await
+        .unwrap();
+    assert_eq!(pruned, 2);
+    let kept: Vec<String> = w::table
+        .order(w::id)
+        .select(w::webhook_id)
+        .load(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(kept, ["wh-new", "wh-day"]);
+    drop(conn);
+    env.cleanup().await;
+}
