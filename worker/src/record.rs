@@ -118,8 +118,10 @@ fn waited(delivered: &Delivered<'_>, elapsed: Duration) -> Option<f32> {
     Some((started_ms - sent_ms).max(0) as f32)
 }
 
-/// `applied`, `duplicate` (the status it already had), `stale` (older than, or after, the
-/// job's end) or `ignored` (a status this version does not know), with the move in words.
+/// `applied`; `progress` (the running status again: Replicate sends one for each log line or
+/// output, carrying progress only); `duplicate` (the final status again); `stale` (older
+/// than, or after, the job's end) or `ignored` (a status this version does not know), with
+/// the move in words.
 fn outcome_of(processed: &Processed) -> (&'static str, String) {
     match &processed.effect {
         Effect::Moved {
@@ -147,10 +149,12 @@ fn outcome_of(processed: &Processed) -> (&'static str, String) {
         ),
         Effect::Ignored(_) => {
             let found = processed.found.as_str();
-            if target_of(&processed.status) == Some(processed.found) {
+            if target_of(&processed.status) != Some(processed.found) {
+                ("stale", format!("the job was already {found}"))
+            } else if processed.found.is_terminal() {
                 ("duplicate", format!("the job was already {found}"))
             } else {
-                ("stale", format!("the job was already {found}"))
+                ("progress", format!("still {found}: logs or output only"))
             }
         }
     }

@@ -35,8 +35,8 @@ pub struct QueueFigures {
 
 #[derive(Debug, Serialize)]
 pub struct Now {
-    /// Ingest's webhooks per second since the previous look (`None` when ingest's
-    /// `/metrics` cannot be read), accepted and refused.
+    /// Ingest's webhooks per second over the last few seconds (`None` until ingest's
+    /// `/metrics` was read twice), accepted and refused.
     pub ingest: Option<IngestRate>,
     /// What workers made of webhooks in the last minute, by outcome.
     pub handled_last_minute: BTreeMap<String, i64>,
@@ -88,34 +88,26 @@ impl IngestRates {
         }
     }
 
-    async fn rate(&self) -> Option<IngestRate> {
-        let text = self
-            .http
-            .get(&self.url)
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
+    /// Reads ingest's counters and turns them into a rate over the time since the last
+    /// reading (the export task reads every few seconds).
+    async fn sample(&self) {
+        let Some(text) = self.read().await else {
+            return;
+        };
         let name = "ingest_webhooks_total";
         let accepted = shared::metrics::sum_in(&text, name, Some(("outcome", "accepted")));
         let refused = shared::metrics::sum_in(&text, name, None) - accepted;
         let now = Instant::now();
         let mut last = self.last.lock().expect("never poisoned");
         let rate = match *last {
-            // Looked at a moment ago: the rate computed then.
-            Some(look) if now.duration_since(look.at) < Duration::from_secs(1) => {
-                return look.rate;
-            }
             Some(look) if accepted >= look.accepted && refused >= look.refused => {
-                let secs = now.duration_since(look.at).as_secs_f64();
+                let secs = now.duration_since(look.at).as_secs_f64().max(0.001);
                 Some(IngestRate {
                     accepted_per_sec: (accepted - look.accepted) / secs,
                     refused_per_sec: (refused - look.refused) / secs,
                 })
             }
-            // The first look (or ingest restarted): a rate from the next one.
+            // The first reading (or ingest restarted): a rate from the next one.
             _ => None,
         };
         *last = Some(Look {
@@ -124,7 +116,15 @@ impl IngestRates {
             refused,
             rate,
         });
-        rate
+    }
+
+    async fn read(&self) -> Option<String> {
+        self.http.get(&self.url).send().await.ok()?.text().await.ok()
+    }
+
+    /// The latest rate, if ingest answered the last two readings.
+    fn rate(&self) -> Option<IngestRate> {
+        self.last.lock().expect("never poisoned").and_then(|look| look.rate)
     }
 }
 
@@ -154,8 +154,8 @@ struct Creations {
 
 impl Operations {
     pub async fn now(&self) -> Result<Now, OpsError> {
-        let (ingest, queues) = tokio::join!(self.ingest.rate(), self.queues());
-        let queues = queues?;
+        let ingest = self.ingest.rate();
+        let queues = self.queues().await?;
         let mut conn = shared::db::connection(&self.pool).await?;
         let handled: Vec<Count> = diesel::sql_query(
             "SELECT outcome, count(*) AS n FROM webhook_attempts
@@ -270,8 +270,7 @@ impl Operations {
                 }
                 Err(err) => tracing::debug!(error = %err, "queue figures not exported this time"),
             }
-            // Keeps a recent look at ingest's counters, so the console has a rate at once.
-            let _ = self.ingest.rate().await;
+            self.ingest.sample().await;
             match self.stuck_count().await {
                 Ok(n) => metrics::gauge!("pipeline_jobs_stuck").set(n as f64),
                 Err(err) => tracing::debug!(error = %err, "stuck jobs not counted this time"),

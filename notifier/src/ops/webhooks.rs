@@ -14,8 +14,9 @@ const DEFAULT_LIMIT: i64 = 50;
 const MAX_LIMIT: i64 = 500;
 
 /// The outcomes a worker records (the `outcome` filter takes these).
-pub const OUTCOMES: [&str; 6] = [
+pub const OUTCOMES: [&str; 7] = [
     "applied",
+    "progress",
     "duplicate",
     "stale",
     "ignored",

@@ -17,7 +17,7 @@ CREATE TABLE IF NOT EXISTS webhook_attempts (
     kind         text,
     -- The Replicate status the webhook carried.
     status       text,
-    -- applied, duplicate, stale, ignored, retried, dead_lettered.
+    -- applied, progress, duplicate, stale, ignored, retried, dead_lettered.
     outcome      text NOT NULL,
     -- The move made (`PENDING → PROCESSING`), or the error with its causes.
     detail       text NOT NULL DEFAULT '',
