@@ -65,8 +65,8 @@ pub fn report(dir: &Path, notes: &Path) -> anyhow::Result<PathBuf> {
         let ratio = rate / tps.max(1.0);
         rows.push(Row {
             figure: format!(
-                "worker: webhooks/s drained by 2 workers ({} jobs: processing, then failed with a refund)",
-                worker["jobs"]
+                "worker: webhooks/s drained by 2 workers ({} jobs: processing, then failed with a refund; {} handlings recorded for the console)",
+                worker["jobs"], worker["recorded"]
             ),
             value: format!("{rate:.0}/s"),
             reference: format!("pgbench -N, 8 clients: {tps:.0} tps"),

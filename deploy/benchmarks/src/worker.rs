@@ -91,6 +91,10 @@ pub async fn worker(
     }
     let elapsed = started.elapsed().as_secs_f64();
     drain.finish();
+    // The operator console's record, written in batches beside the webhooks: proof that the
+    // figure above paid for it (a moment for the last batch first).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let recorded = count_recorded(&pool).await?;
     for worker in &mut workers {
         let _ = worker.kill();
         let _ = worker.wait();
@@ -106,7 +110,22 @@ pub async fn worker(
         "seconds": elapsed,
         "per_second": (completed * 2) as f64 / elapsed,
         "complete": completed == expected,
+        "recorded": recorded,
     }))
+}
+
+/// Rows of the webhook record (`webhook_attempts`) the workers wrote.
+async fn count_recorded(pool: &shared::db::Pool) -> anyhow::Result<u64> {
+    use diesel::prelude::*;
+    use diesel_async::RunQueryDsl;
+    use shared::db::schema::webhook_attempts;
+
+    let mut conn = shared::db::connection(pool).await?;
+    let rows: i64 = webhook_attempts::table
+        .count()
+        .get_result(&mut conn)
+        .await?;
+    Ok(rows as u64)
 }
 
 /// 100 users and `jobs` generations with Replicate ids `bench-job-<i>`.

@@ -119,12 +119,22 @@ impl IngestRates {
     }
 
     async fn read(&self) -> Option<String> {
-        self.http.get(&self.url).send().await.ok()?.text().await.ok()
+        self.http
+            .get(&self.url)
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()
     }
 
     /// The latest rate, if ingest answered the last two readings.
     fn rate(&self) -> Option<IngestRate> {
-        self.last.lock().expect("never poisoned").and_then(|look| look.rate)
+        self.last
+            .lock()
+            .expect("never poisoned")
+            .and_then(|look| look.rate)
     }
 }
 
