@@ -103,7 +103,8 @@
       tile("Accepted", now.ingest ? rate(now.ingest.accepted_per_sec) : "—"),
       tile("Refused", now.ingest ? rate(now.ingest.refused_per_sec) : "—", now.ingest && now.ingest.refused_per_sec > 0 ? "warn" : ""),
       tile("Waiting", work.messages, work.messages > 100 ? "warn" : ""),
-      tile("Oldest wait", now.oldest_wait_secs === null ? "—" : duration(now.oldest_wait_secs), now.oldest_wait_secs > 60 ? "warn" : ""),
+      // Webhook timestamps are whole seconds: below one second the wait is not known better.
+      tile("Oldest wait", now.oldest_wait_secs === null ? "—" : now.oldest_wait_secs < 1 ? "under 1 s" : duration(now.oldest_wait_secs), now.oldest_wait_secs > 60 ? "warn" : ""),
       tile("Delayed (retries)", delayed),
       tile("Dead letters", dead.messages, dead.messages > 0 ? "bad" : ""),
       tile("Workers consuming", now.workers, now.workers === 0 ? "bad" : ""),
@@ -237,6 +238,9 @@
         return el("li", { class: "webhook" }, el("time", {}, when(item.at)), " webhook ", code(item.webhook_id), " ",
           item.status || "", " → ", badge(item.outcome), item.attempt > 1 ? " (attempt " + item.attempt + ")" : "",
           el("div", { class: "detail" }, item.detail));
+      case "progress-run":
+        return el("li", { class: "webhook" }, el("time", {}, when(item.at)), " " + item.count + " webhooks ", item.status || "", " → ", badge("progress"),
+          el("div", { class: "detail" }, "logs or output only, until " + when(item.until)));
       case "event":
         return el("li", { class: "event" }, el("time", {}, when(item.at)), " event ", el("strong", {}, "#" + item.seq), " sent to the browser: ",
           item.status || "", item.refunded ? " (" + item.refunded + " credits refunded)" : "", item.published_at ? "" : " — not yet published");
@@ -248,6 +252,20 @@
         return el("li", {}, JSON.stringify(item));
     }
   }
+  // Runs of progress-only webhooks (one per log line while a job runs) folded into one line.
+  function grouped(entries) {
+    const out = [];
+    for (const item of entries) {
+      const last = out[out.length - 1];
+      const progress = item.type === "webhook" && item.outcome === "progress";
+      if (progress && last && (last.type === "progress-run" || (last.type === "webhook" && last.outcome === "progress"))) {
+        if (last.type === "webhook") out[out.length - 1] = { type: "progress-run", at: last.at, until: item.at, count: 2, status: item.status };
+        else Object.assign(last, { until: item.at, count: last.count + 1 });
+      } else out.push(item);
+    }
+    return out;
+  }
+
   async function loadJob(id) {
     const timeline = await api("jobs/" + encodeURIComponent(id));
     const job = timeline.job;
@@ -264,7 +282,7 @@
         field(job.kind === "training" ? "Name" : "Prompt", job.label),
         job.error_message ? field("Error", job.error_message) : null));
     $("job-actions").replaceChildren(...jobActions(job, () => loadJob(id)));
-    $("timeline").replaceChildren(...(timeline.entries.length ? timeline.entries.map(entry) : [el("li", { class: "hint" }, "Nothing recorded yet.")]));
+    $("timeline").replaceChildren(...(timeline.entries.length ? grouped(timeline.entries).map(entry) : [el("li", { class: "hint" }, "Nothing recorded yet.")]));
   }
 
   // ---- Navigation ----
