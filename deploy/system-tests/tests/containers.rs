@@ -25,6 +25,17 @@ fn var(name: &str) -> anyhow::Result<String> {
     std::env::var(name).with_context(|| format!("{name} is not set: run deploy/containers"))
 }
 
+/// A pool on the deployment's database (`DATABASE_URL`, its published port).
+async fn deployment_database(pool_size: usize) -> anyhow::Result<shared::db::Pool> {
+    let database = DatabaseConfig {
+        url: var("DATABASE_URL")?
+            .parse::<DatabaseUrl>()
+            .map_err(anyhow::Error::msg)?,
+        pool_size,
+    };
+    Ok(shared::db::prepare(&database).await?)
+}
+
 /// Runs `docker <args>` and returns its standard output.
 fn docker(args: &[&str]) -> anyhow::Result<String> {
     let docker = std::env::var("DOCKER").unwrap_or_else(|_| "docker".into());
@@ -68,13 +79,7 @@ async fn through_the_front_door_with_a_worker_killed() -> anyhow::Result<()> {
         workers.len() == 3,
         "three worker containers, got {workers:?}"
     );
-    let database = DatabaseConfig {
-        url: var("DATABASE_URL")?
-            .parse::<DatabaseUrl>()
-            .map_err(anyhow::Error::msg)?,
-        pool_size: 4,
-    };
-    let pool = shared::db::prepare(&database).await?;
+    let pool = deployment_database(4).await?;
     let http = shared::http::client_builder().build()?;
     let deployment = Deployment {
         http: &http,
@@ -320,13 +325,7 @@ async fn the_backlog_alert_fires_when_workers_stop_and_clears_when_they_return()
     );
 
     // A finished job's late webhooks: accepted, and applied as no-ops once workers return.
-    let database = DatabaseConfig {
-        url: var("DATABASE_URL")?
-            .parse::<DatabaseUrl>()
-            .map_err(anyhow::Error::msg)?,
-        pool_size: 2,
-    };
-    let pool = shared::db::prepare(&database).await?;
+    let pool = deployment_database(2).await?;
     let job_id: String = {
         use diesel::prelude::*;
         use diesel_async::RunQueryDsl;
