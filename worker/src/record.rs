@@ -50,6 +50,13 @@ pub struct Attempt {
     pub waited_ms: Option<f32>,
 }
 
+/// The two fields of a webhook's body the record shows when it could not be processed.
+#[derive(Default, serde::Deserialize)]
+struct Named {
+    id: Option<String>,
+    status: Option<String>,
+}
+
 /// What became of a delivery, as the delivery loop settled it.
 pub enum Settled<'a> {
     Processed(&'a Processed),
@@ -81,20 +88,23 @@ impl Attempt {
             Settled::Retried(error) => ("retried", error.to_string(), None),
             Settled::DeadLettered(reason) => ("dead_lettered", reason.to_string(), None),
         };
-        // The body as far as it is JSON: a webhook that is not a prediction still shows
-        // its id and status when it has them.
-        let body: serde_json::Value = serde_json::from_slice(delivered.body).unwrap_or_default();
-        let field = |name: &str| body[name].as_str().map(str::to_owned);
+        let (replicate_id, status) = match processed {
+            Some(p) => (Some(p.job_id.clone()), Some(p.status.as_str().to_owned())),
+            // Not processed: its id and status as far as the body has them (only then is
+            // the body read again, and only for these two fields).
+            None => {
+                let named: Named = serde_json::from_slice(delivered.body).unwrap_or_default();
+                (named.id, named.status)
+            }
+        };
         Self {
             at: chrono::Utc::now()
                 - chrono::Duration::from_std(elapsed).unwrap_or_else(|_| chrono::Duration::zero()),
             webhook_id: delivered.webhook_id.to_owned(),
-            replicate_id: processed.map(|p| p.job_id.clone()).or_else(|| field("id")),
+            replicate_id,
             job_row_id: processed.map(|p| p.row_id.clone()),
             kind: processed.map(|p| p.kind.as_str().to_owned()),
-            status: processed
-                .map(|p| p.status.as_str().to_owned())
-                .or_else(|| field("status")),
+            status,
             outcome: outcome.to_owned(),
             detail,
             attempt: i32::try_from(delivered.attempt + 1).unwrap_or(i32::MAX),
