@@ -57,15 +57,10 @@ pub async fn console(request: Request<Incoming>, state: Arc<AppState>) -> Respon
         ));
     }
     let method = request.method().clone();
-    let segments: Vec<String> = path
-        .trim_start_matches("/ops/api/")
-        .split('/')
-        .map(str::to_owned)
-        .collect();
-    let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
-    if !path.starts_with("/ops/api/") {
+    let Some(call) = path.strip_prefix("/ops/api/") else {
         return not_found();
-    }
+    };
+    let segments: Vec<&str> = call.split('/').collect();
     let params = query(&request);
     let ops = &state.ops;
     let answer = match (&method, segments.as_slice()) {
