@@ -80,9 +80,14 @@ pub struct WorkerConfig {
     #[arg(long, env = "WORKER_PREFETCH", default_value_t = 200)]
     pub prefetch: u16,
 
-    /// Webhooks processed at the same time.
-    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 32)]
+    /// Webhooks processed at the same time, across batches.
+    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 64)]
     pub concurrency: usize,
+
+    /// The most webhooks applied in one transaction: what the consumer holds when a batch
+    /// starts, up to this many (never waiting for more). 1 processes each on its own.
+    #[arg(long, env = "WORKER_BATCH_SIZE", default_value_t = 32)]
+    pub batch_size: usize,
 
     /// How long a webhook for an unknown job is retried before it is dead-lettered.
     #[arg(long, env = "UNKNOWN_JOB_RETRY_SECS", default_value_t = 150)]
@@ -160,7 +165,8 @@ impl WorkerConfig {
                 timeout_secs: 10,
             },
             prefetch: 50,
-            concurrency: 8,
+            concurrency: 16,
+            batch_size: 8,
             unknown_job_retry_secs: 150,
             transient_retry_secs: 60,
             webhook_record_retention_hours: 168,

@@ -1,5 +1,5 @@
-//! The delivery loop: a prefetch window of webhooks processed concurrently, each acked only
-//! once its effects are committed; retried through the delay queues when the job is not
+//! The delivery loop: a prefetch window of webhooks taken in batches (see [`crate::batch`]),
+//! batches processed concurrently, each webhook acked only once its effects are committed; retried through the delay queues when the job is not
 //! there yet or something transient failed; dead-lettered with the reason when retries
 //! are exhausted or the webhook can never be processed.
 
@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use std::panic::AssertUnwindSafe;
 
+use futures_util::future::join_all;
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
@@ -18,6 +19,7 @@ use shared::amqp::{
 };
 use tokio::sync::{Semaphore, watch};
 
+use crate::batch::Incoming;
 use crate::broker::Broker;
 use crate::process::{Effect, Failure, ProcessError, Processed, Processor};
 use crate::record::{Attempt, Delivered, Settled, WebhookRecord};
@@ -78,13 +80,43 @@ pub struct Consumer {
     pub broker: Arc<Broker>,
     pub processor: Arc<Processor>,
     pub record: WebhookRecord,
+    /// Webhooks in flight at once, across batches.
     pub concurrency: usize,
+    /// The most webhooks one batch takes.
+    pub batch_size: usize,
     pub retry: RetryPolicy,
+}
+
+/// What the consumer reads off a delivery's headers.
+struct Meta {
+    webhook_id: String,
+    attempt: u32,
+    first_seen: i64,
+    tag: Option<String>,
+}
+
+impl Meta {
+    fn of(delivery: &Delivery) -> Self {
+        Self {
+            webhook_id: delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|id| id.to_string())
+                .unwrap_or_else(|| "-".into()),
+            attempt: header_int(delivery, HEADER_ATTEMPT).unwrap_or(0).max(0) as u32,
+            first_seen: header_int(delivery, HEADER_FIRST_SEEN).unwrap_or_else(now_ms),
+            tag: header_text(delivery, shared::amqp::HEADER_JOB_TAG),
+        }
+    }
 }
 
 impl Consumer {
     /// Consumes until `stop` fires, across reconnections; then stops taking deliveries and
     /// waits up to `drain` for those in flight (unacked ones go back to the queue).
+    ///
+    /// Deliveries are taken in batches of what the consumer already holds (never waiting
+    /// for more): under load a batch fills up, at a trickle each webhook is a batch of one.
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>, drain: Duration) {
         let permits = Arc::new(Semaphore::new(self.concurrency));
         'connections: loop {
@@ -96,20 +128,46 @@ impl Consumer {
                 },
             };
             let mut deliveries = link.consumer.clone();
+            // An item taken while filling a batch that was not a delivery: handled next.
+            let mut taken = None;
             loop {
-                let delivery = tokio::select! {
-                    _ = stop.changed() => {
-                        link.cancel_consumer().await;
-                        break 'connections;
-                    }
-                    delivery = deliveries.next() => delivery,
+                let item = match taken.take() {
+                    Some(item) => item,
+                    None => tokio::select! {
+                        _ = stop.changed() => {
+                            link.cancel_consumer().await;
+                            break 'connections;
+                        }
+                        item = deliveries.next() => item,
+                    },
                 };
-                match delivery {
+                match item {
                     Some(Ok(delivery)) => {
-                        let permit = permits.clone().acquire_owned().await.expect("never closed");
+                        let mut permit = permits
+                            .clone()
+                            .acquire_owned()
+                            .await
+                            .expect("never closed");
+                        let mut batch = vec![delivery];
+                        while batch.len() < self.batch_size {
+                            let Ok(more) = permits.clone().try_acquire_owned() else {
+                                break;
+                            };
+                            match deliveries.next().now_or_never() {
+                                Some(Some(Ok(delivery))) => {
+                                    permit.merge(more);
+                                    batch.push(delivery);
+                                }
+                                Some(other) => {
+                                    taken = Some(other);
+                                    break;
+                                }
+                                None => break,
+                            }
+                        }
                         let this = self.clone();
                         tokio::spawn(async move {
-                            this.handle(delivery).await;
+                            this.handle(batch).await;
                             drop(permit);
                         });
                     }
@@ -139,39 +197,80 @@ impl Consumer {
         self.broker.link.close().await;
     }
 
-    async fn handle(&self, delivery: Delivery) {
+    /// Processes a batch, then settles each delivery (ack, retry or dead letter) by its
+    /// own result. A panic in the batch's path has each webhook processed alone, so that
+    /// only the one that panics is parked.
+    async fn handle(&self, batch: Vec<Delivery>) {
         let started = Instant::now();
-        let webhook_id = delivery
-            .properties
-            .message_id()
-            .as_ref()
-            .map(|id| id.to_string())
-            .unwrap_or_else(|| "-".into());
-        let attempt = header_int(&delivery, HEADER_ATTEMPT).unwrap_or(0).max(0) as u32;
-        let first_seen = header_int(&delivery, HEADER_FIRST_SEEN).unwrap_or_else(now_ms);
-        let tag = header_text(&delivery, shared::amqp::HEADER_JOB_TAG);
-        let result = AssertUnwindSafe(self.processor.process(
-            &webhook_id,
-            &delivery.data,
-            tag.as_deref(),
-        ))
+        let metas: Vec<Meta> = batch.iter().map(Meta::of).collect();
+        let incoming: Vec<Incoming<'_>> = batch
+            .iter()
+            .zip(&metas)
+            .map(|(delivery, meta)| Incoming {
+                webhook_id: &meta.webhook_id,
+                body: &delivery.data,
+                tag: meta.tag.as_deref(),
+            })
+            .collect();
+        let results = match AssertUnwindSafe(self.processor.process_batch(&incoming))
             .catch_unwind()
             .await
-            .unwrap_or_else(|panic| {
-                let message = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "no message".into());
-                metrics::counter!("worker_panics_total").increment(1);
-                tracing::error!(%webhook_id, panic = %message, "processing panicked; the webhook goes to the dead letters");
-                Err(ProcessError::Panicked(message))
-            });
+        {
+            Ok(results) => results,
+            Err(panic) => {
+                tracing::error!(webhooks = batch.len(), panic = %panic_message(&*panic), "a batch panicked; its webhooks are processed one at a time");
+                let mut results = Vec::with_capacity(batch.len());
+                for item in &incoming {
+                    results.push(self.process_alone(item).await);
+                }
+                results
+            }
+        };
         let elapsed = started.elapsed();
+        join_all(
+            batch
+                .iter()
+                .zip(&metas)
+                .zip(results)
+                .map(|((delivery, meta), result)| self.settle(delivery, meta, result, elapsed)),
+        )
+        .await;
+    }
 
+    /// One webhook on its own path, a panic turned into a dead letter.
+    async fn process_alone(&self, item: &Incoming<'_>) -> Result<Processed, ProcessError> {
+        AssertUnwindSafe(
+            self.processor
+                .process(item.webhook_id, item.body, item.tag),
+        )
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| {
+            let message = panic_message(&*panic);
+            metrics::counter!("worker_panics_total").increment(1);
+            tracing::error!(webhook_id = %item.webhook_id, panic = %message, "processing panicked; the webhook goes to the dead letters");
+            Err(ProcessError::Panicked(message))
+        })
+    }
+
+    /// Acks, retries or dead-letters one delivery by its result, and records the handling.
+    async fn settle(
+        &self,
+        delivery: &Delivery,
+        meta: &Meta,
+        result: Result<Processed, ProcessError>,
+        elapsed: Duration,
+    ) {
+        let Meta {
+            webhook_id,
+            attempt,
+            first_seen,
+            ..
+        } = meta;
+        let (attempt, first_seen) = (*attempt, *first_seen);
         let disposition = match &result {
             Ok(processed) => {
-                report_processed(&webhook_id, processed, elapsed);
+                report_processed(webhook_id, processed, elapsed);
                 Disposition::Ack
             }
             Err(err) => {
@@ -188,11 +287,11 @@ impl Consumer {
         };
         self.record.add(Attempt::of(
             &Delivered {
-                webhook_id: &webhook_id,
+                webhook_id,
                 body: &delivery.data,
                 attempt,
-                replays: header_int(&delivery, HEADER_REPLAYS).unwrap_or(0).max(0) as u32,
-                sent_at: header_text(&delivery, shared::webhook::HEADER_TIMESTAMP)
+                replays: header_int(delivery, HEADER_REPLAYS).unwrap_or(0).max(0) as u32,
+                sent_at: header_text(delivery, shared::webhook::HEADER_TIMESTAMP)
                     .and_then(|ts| ts.parse().ok()),
             },
             &settled,
@@ -205,29 +304,25 @@ impl Consumer {
                 metrics::counter!("worker_retries_total", "reason" => label).increment(1);
                 tracing::warn!(%webhook_id, attempt = attempt + 1, retry_in = ?delay, %error, elapsed = ?elapsed, "webhook will be retried");
                 let headers = bookkeeping(
-                    &delivery,
+                    delivery,
                     attempt + 1,
                     first_seen,
                     (HEADER_LAST_ERROR, &error),
                 );
-                self.send_on(&delivery, &self.broker.topology.retry_queue(delay), headers)
+                self.send_on(delivery, &self.broker.topology.retry_queue(delay), headers)
                     .await
             }
             Disposition::DeadLetter { reason } => {
                 metrics::counter!("worker_dead_letters_total", "reason" => label).increment(1);
                 tracing::error!(%webhook_id, %reason, elapsed = ?elapsed, "webhook dead-lettered");
                 let headers = bookkeeping(
-                    &delivery,
+                    delivery,
                     attempt + 1,
                     first_seen,
                     (HEADER_DEAD_REASON, &reason),
                 );
-                self.send_on(
-                    &delivery,
-                    &self.broker.topology.dead_letter_queue(),
-                    headers,
-                )
-                .await
+                self.send_on(delivery, &self.broker.topology.dead_letter_queue(), headers)
+                    .await
             }
         };
         if let Err(err) = settled {
@@ -260,6 +355,14 @@ impl Consumer {
             }
         }
     }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into())
 }
 
 fn reason_label(error: Option<&ProcessError>) -> &'static str {

@@ -5,8 +5,9 @@
 //!
 //! | step | module | what it does |
 //! |---|---|---|
-//! | consume | [`broker`], [`consume`] | the broker link; a prefetch window of deliveries, each acked, retried or dead-lettered once processed |
-//! | process | [`process`] | one webhook: parse, find the job (or bind it by its webhook URL's tag, `shared::jobs::bind`), decide, prepare, apply, publish |
+//! | consume | [`broker`], [`consume`] | the broker link; a prefetch window of deliveries taken in batches, each acked, retried or dead-lettered once processed |
+//! | batch | [`batch`] | what the consumer had ready, up to `WORKER_BATCH_SIZE`: one lookup, each decided in order, downloads outside, one transaction (`shared::jobs::batch`), events published together; a failing transaction split to isolate its cause |
+//! | process | [`process`] | one webhook: parse, find the job (or bind it by its webhook URL's tag, `shared::jobs::bind`), decide, prepare, apply, publish — for what a batch leaves to be processed alone |
 //! | classify | [`classify`] | which job a Replicate id belongs to, and its kind (generation, upscale, training) |
 //! | download, store | [`download`], [`store`], [`thumbnail`] | a succeeded generation's outputs fetched (within the allowed hosts and the memory budget) and stored, each with a small JPEG rendition |
 //! | apply, transition, refund | `shared::jobs` | one transaction: the status machine, the refund once, the user's next `seq`, the event in the log (the outbox) |
@@ -25,6 +26,8 @@ pub mod broker;
 pub mod consume;
 
 pub mod process;
+
+pub mod batch;
 
 pub mod classify;
 

@@ -205,7 +205,7 @@ impl Processor {
     /// The job with this webhook's Replicate id; failing that, the row the jobs API tagged
     /// the job's webhook URL with, bound to the id now if it is still waiting for one (the
     /// jobs API had not stored Replicate's answer yet, or never will).
-    async fn find_or_bind(
+    pub(crate) async fn find_or_bind(
         &self,
         webhook_id: &str,
         prediction: &Prediction,
@@ -252,7 +252,7 @@ impl Processor {
 
     /// Builds the change that moves the job to `target`; for a succeeded generation this
     /// downloads and stores every output.
-    async fn prepare_change(
+    pub(crate) async fn prepare_change(
         &self,
         webhook_id: &str,
         job: &Job,
@@ -380,7 +380,7 @@ impl Processor {
     }
 
     /// Pushes `job_progress` for a running job when its progress moved.
-    async fn publish_progress(&self, job: &Job, prediction: &Prediction, effect: &Effect) {
+    pub(crate) async fn publish_progress(&self, job: &Job, prediction: &Prediction, effect: &Effect) {
         if prediction.status != Status::Processing {
             return;
         }

@@ -63,6 +63,7 @@ impl Worker {
                 Duration::from_secs(config.webhook_record_retention_hours.saturating_mul(3600)),
             ),
             concurrency: config.concurrency.max(1),
+            batch_size: config.batch_size.clamp(1, config.concurrency.max(1)),
             retry: RetryPolicy {
                 unknown_job: Duration::from_secs(config.unknown_job_retry_secs),
                 transient: Duration::from_secs(config.transient_retry_secs),

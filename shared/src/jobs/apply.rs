@@ -186,7 +186,7 @@ async fn record(
     })))
 }
 
-fn error_of(change: &Change) -> Option<String> {
+pub(crate) fn error_of(change: &Change) -> Option<String> {
     match change {
         Change::Failed { error } => Some(error.clone()),
         _ => None,

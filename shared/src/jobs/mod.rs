@@ -2,11 +2,12 @@
 //! and the refund when Replicate refuses a job): the status state machine, one transaction
 //! per status change, exactly-once refunds and the per-user event log.
 //!
-//! Both services change a job only through [`apply::apply`] (and create one only through
-//! the jobs API), so a job is debited once, refunded at most once, and every change gets the
-//! user's next gapless `seq`.
+//! Both services change a job only through [`apply::apply`] or, for the worker's batches,
+//! [`batch::apply_many`] (and create one only through the jobs API), so a job is debited
+//! once, refunded at most once, and every change gets the user's next gapless `seq`.
 
 pub mod apply;
+pub mod batch;
 pub mod bind;
 pub mod event_log;
 pub mod refund;
@@ -57,7 +58,7 @@ fn timestamp(at: &DateTime<Utc>) -> String {
 }
 
 /// The columns of a `generations` row that browsers see.
-#[derive(Debug, Clone, Queryable, Selectable)]
+#[derive(Debug, Clone, Queryable, QueryableByName, Selectable)]
 #[diesel(table_name = generations, check_for_backend(diesel::pg::Pg))]
 pub struct GenerationRow {
     pub id: String,
@@ -97,7 +98,7 @@ impl From<GenerationRow> for JobState {
 }
 
 /// The columns of an `ai_models` row that browsers see.
-#[derive(Debug, Clone, Queryable, Selectable)]
+#[derive(Debug, Clone, Queryable, QueryableByName, Selectable)]
 #[diesel(table_name = ai_models, check_for_backend(diesel::pg::Pg))]
 pub struct TrainingRow {
     pub id: String,
