@@ -143,11 +143,8 @@ impl Consumer {
                 };
                 match item {
                     Some(Ok(delivery)) => {
-                        let mut permit = permits
-                            .clone()
-                            .acquire_owned()
-                            .await
-                            .expect("never closed");
+                        let mut permit =
+                            permits.clone().acquire_owned().await.expect("never closed");
                         let mut batch = vec![delivery];
                         while batch.len() < self.batch_size {
                             let Ok(more) = permits.clone().try_acquire_owned() else {

@@ -380,7 +380,12 @@ impl Processor {
     }
 
     /// Pushes `job_progress` for a running job when its progress moved.
-    pub(crate) async fn publish_progress(&self, job: &Job, prediction: &Prediction, effect: &Effect) {
+    pub(crate) async fn publish_progress(
+        &self,
+        job: &Job,
+        prediction: &Prediction,
+        effect: &Effect,
+    ) {
         if prediction.status != Status::Processing {
             return;
         }

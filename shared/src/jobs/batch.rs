@@ -143,7 +143,11 @@ async fn update_generations(
         Change::ImagesStored {
             image_urls,
             thumb_urls,
-        } => Some(serde_json::json!(if thumbs { thumb_urls } else { image_urls })),
+        } => Some(serde_json::json!(if thumbs {
+            thumb_urls
+        } else {
+            image_urls
+        })),
         _ => None,
     };
     let rows: Vec<GenerationRow> = diesel::sql_query(
@@ -257,9 +261,17 @@ async fn refund_all(
              ON CONFLICT (job_id, kind) DO NOTHING \
              RETURNING job_id, amount",
         )
-        .bind::<Array<Text>, _>(owed.iter().map(|(job, _)| job.user_id.as_str()).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(
+            owed.iter()
+                .map(|(job, _)| job.user_id.as_str())
+                .collect::<Vec<_>>(),
+        )
         .bind::<Array<Integer>, _>(owed.iter().map(|(_, amount)| *amount).collect::<Vec<_>>())
-        .bind::<Array<Text>, _>(owed.iter().map(|(job, _)| job.job_id.as_str()).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(
+            owed.iter()
+                .map(|(job, _)| job.job_id.as_str())
+                .collect::<Vec<_>>(),
+        )
         .bind::<Text, _>(REFUND)
         .load(conn)
         .await?;
@@ -328,7 +340,10 @@ async fn number_events(
             .iter()
             .find(|(id, _, _)| *id == user.id)
             .expect("only the batch's users are returned");
-        next.insert(user.id, (user.event_seq - events + 1, user.credits - refunds));
+        next.insert(
+            user.id,
+            (user.event_seq - events + 1, user.credits - refunds),
+        );
     }
     let mut numbered = Vec::with_capacity(applied.len());
     for ((i, state), refund) in applied.iter().zip(refunded) {

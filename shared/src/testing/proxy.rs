@@ -18,8 +18,22 @@ pub enum Mode {
     Forward,
     /// Connections stay open but no byte moves: the broker hangs.
     Freeze,
+    /// What the client sends is held; what the service sends still arrives: a client
+    /// that receives but whose answers (acks, commits) never reach the service.
+    HoldRequests,
     /// Every connection is closed and new ones are dropped at once: the broker is gone.
     Down,
+}
+
+impl Mode {
+    /// Whether bytes going `toward_service` (or back) wait in this mode.
+    fn holds(self, toward_service: bool) -> bool {
+        match self {
+            Self::Freeze => true,
+            Self::HoldRequests => toward_service,
+            Self::Forward | Self::Down => false,
+        }
+    }
 }
 
 pub struct ServiceProxy {
@@ -101,8 +115,8 @@ async fn pipe(
     let (server_read, server_write) = server.into_split();
     let mut down = mode.clone();
     tokio::select! {
-        _ = forward(client_read, server_write, mode.clone(), held.clone()) => {}
-        _ = forward(server_read, client_write, mode, held) => {}
+        _ = forward(client_read, server_write, true, mode.clone(), held.clone()) => {}
+        _ = forward(server_read, client_write, false, mode, held) => {}
         _ = down.wait_for(|m| *m == Mode::Down) => {}
     }
 }
@@ -110,6 +124,7 @@ async fn pipe(
 async fn forward(
     mut from: OwnedReadHalf,
     mut to: OwnedWriteHalf,
+    toward_service: bool,
     mut mode: watch::Receiver<Mode>,
     held: Arc<AtomicUsize>,
 ) {
@@ -119,17 +134,20 @@ async fn forward(
             Ok(0) | Err(_) => return,
             Ok(read) => read,
         };
-        let frozen = *mode.borrow() == Mode::Freeze;
+        let frozen = mode.borrow().holds(toward_service);
         if frozen {
             held.fetch_add(1, Ordering::Relaxed);
         }
-        let moving = mode.wait_for(|m| *m != Mode::Freeze).await.map(|m| *m);
+        let moving = mode
+            .wait_for(|m| !m.holds(toward_service))
+            .await
+            .map(|m| *m);
         if frozen {
             held.fetch_sub(1, Ordering::Relaxed);
         }
         match moving {
-            Ok(Mode::Forward) => {}
-            _ => return,
+            Ok(Mode::Forward | Mode::HoldRequests) => {}
+            Ok(Mode::Down | Mode::Freeze) | Err(_) => return,
         }
         if to.write_all(&buffer[..read]).await.is_err() {
             return;

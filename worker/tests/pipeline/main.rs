@@ -1,6 +1,7 @@
 //! Integration tests of the worker against the real PostgreSQL and RabbitMQ, each test
 //! with its own database and queue-name prefix.
 
+mod batches;
 mod binding;
 mod crash;
 mod dead_letters;
