@@ -108,6 +108,9 @@ async fn move_rows(
         let (trainings, generations): (Vec<usize>, Vec<usize>) = members
             .into_iter()
             .partition(|&i| moves[i].job.is_training());
+        if round == 0 {
+            lock_in_order(conn, moves, &generations, &trainings).await?;
+        }
         let mut moved = update_generations(conn, moves, &generations).await?;
         moved.extend(update_trainings(conn, moves, &trainings).await?);
         for i in generations.into_iter().chain(trainings) {
@@ -124,6 +127,33 @@ async fn move_rows(
         }
     }
     Ok(states)
+}
+
+/// Locks the batch's job rows in id order before anything else. Two batches sharing jobs
+/// (one job's `processing` in one, its `failed` in the other) then queue behind each other
+/// instead of deadlocking: an `UPDATE … FROM unnest(…)` locks in whatever order its plan
+/// visits the rows, which differs with the batch's size. `NO KEY UPDATE` is the lock an
+/// `UPDATE` of non-key columns takes: it does not conflict with the `KEY SHARE` locks that
+/// inserts referencing the row (refunds, events) hold.
+async fn lock_in_order(
+    conn: &mut Connection,
+    moves: &[Move],
+    generations: &[usize],
+    trainings: &[usize],
+) -> Result<(), DbError> {
+    for (table, members) in [("generations", generations), ("ai_models", trainings)] {
+        if members.is_empty() {
+            continue;
+        }
+        let ids: Vec<&str> = members.iter().map(|&i| moves[i].job.id.as_str()).collect();
+        diesel::sql_query(format!(
+            "SELECT 1 FROM {table} WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE"
+        ))
+        .bind::<Array<Text>, _>(ids)
+        .execute(conn)
+        .await?;
+    }
+    Ok(())
 }
 
 fn terminal(step: &Move) -> bool {
@@ -323,9 +353,10 @@ async fn number_events(
     }
     per_user.sort_unstable_by_key(|(user, _, _)| *user);
     let after: Vec<UserAfter> = diesel::sql_query(
-        "UPDATE users AS u SET event_seq = u.event_seq + d.events, credits = u.credits + d.refunds \
-         FROM unnest($1::text[], $2::int8[], $3::int4[]) AS d(id, events, refunds) \
-         WHERE u.id = d.id \
+        "WITH locked AS (SELECT id FROM users WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE) \
+         UPDATE users AS u SET event_seq = u.event_seq + d.events, credits = u.credits + d.refunds \
+         FROM unnest($1::text[], $2::int8[], $3::int4[]) AS d(id, events, refunds), locked \
+         WHERE u.id = d.id AND locked.id = d.id \
          RETURNING u.id, u.event_seq, u.credits",
     )
     .bind::<Array<Text>, _>(per_user.iter().map(|(id, _, _)| *id).collect::<Vec<_>>())
