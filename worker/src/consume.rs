@@ -80,7 +80,8 @@ pub struct Consumer {
     pub broker: Arc<Broker>,
     pub processor: Arc<Processor>,
     pub record: WebhookRecord,
-    /// Webhooks in flight at once, across batches.
+    /// Webhooks in flight at once, across batches: `concurrency / batch_size` batches
+    /// (rounded up) run at the same time.
     pub concurrency: usize,
     /// The most webhooks one batch takes.
     pub batch_size: usize,
@@ -118,7 +119,10 @@ impl Consumer {
     /// Deliveries are taken in batches of what the consumer already holds (never waiting
     /// for more): under load a batch fills up, at a trickle each webhook is a batch of one.
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>, drain: Duration) {
-        let permits = Arc::new(Semaphore::new(self.concurrency));
+        // Batches in flight at once: few and full rather than many and small, so that a
+        // batch waiting for a slot lets the next one gather what arrives meanwhile.
+        let slots = self.concurrency.div_ceil(self.batch_size).max(1);
+        let permits = Arc::new(Semaphore::new(slots));
         'connections: loop {
             let link = tokio::select! {
                 _ = stop.changed() => break 'connections,
@@ -143,18 +147,11 @@ impl Consumer {
                 };
                 match item {
                     Some(Ok(delivery)) => {
-                        let mut permit =
-                            permits.clone().acquire_owned().await.expect("never closed");
+                        let permit = permits.clone().acquire_owned().await.expect("never closed");
                         let mut batch = vec![delivery];
                         while batch.len() < self.batch_size {
-                            let Ok(more) = permits.clone().try_acquire_owned() else {
-                                break;
-                            };
                             match deliveries.next().now_or_never() {
-                                Some(Some(Ok(delivery))) => {
-                                    permit.merge(more);
-                                    batch.push(delivery);
-                                }
+                                Some(Some(Ok(delivery))) => batch.push(delivery),
                                 Some(other) => {
                                     taken = Some(other);
                                     break;
@@ -180,15 +177,15 @@ impl Consumer {
                 }
             }
         }
-        let all = u32::try_from(self.concurrency).unwrap_or(u32::MAX);
+        let all = u32::try_from(slots).unwrap_or(u32::MAX);
         if tokio::time::timeout(drain, permits.acquire_many(all))
             .await
             .is_err()
         {
-            let unfinished = self.concurrency.saturating_sub(permits.available_permits());
+            let unfinished = slots.saturating_sub(permits.available_permits());
             tracing::warn!(
-                unfinished,
-                "in-flight webhooks did not finish in time; the broker will redeliver them"
+                batches = unfinished,
+                "in-flight batches did not finish in time; the broker will redeliver their webhooks"
             );
         }
         self.broker.link.close().await;

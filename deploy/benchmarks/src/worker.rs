@@ -74,8 +74,11 @@ pub async fn worker(
             .stdout(std::process::Stdio::null())
             .spawn()
     };
+    let ports = [free_port()?, free_port()?];
     let started = Instant::now();
-    let mut workers = vec![spawn(0)?, spawn(0)?];
+    let mut workers = vec![spawn(ports[0])?, spawn(ports[1])?];
+    let pids: Vec<String> = workers.iter().map(|w| w.id().to_string()).collect();
+    let cpu = CpuShares::start(vec![("workers", pids), ("broker", broker_pids())]);
     let finished = AtomicU64::new(0);
     let expected = jobs as u64;
     let drain = bar(0, "worker: draining");
@@ -90,15 +93,23 @@ pub async fn worker(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu.finish();
     drain.finish();
     // The operator console's record, written in batches beside the webhooks: proof that the
     // figure above paid for it (a moment for the last batch first).
     tokio::time::sleep(Duration::from_millis(500)).await;
     let recorded = count_recorded(&pool).await?;
+    // How the workers took the queue: the mean batch, and the webhooks a batch left to be
+    // processed alone (their job raced by the other worker).
+    let metrics = scrape(&ports).await;
     for worker in &mut workers {
         let _ = worker.kill();
         let _ = worker.wait();
     }
+    let metrics = metrics?;
+    let batches = shared::metrics::sum_in(&metrics, "worker_batch_webhooks_count", None);
+    let batched = shared::metrics::sum_in(&metrics, "worker_batch_webhooks_sum", None);
+    let alone = shared::metrics::sum_in(&metrics, "worker_batch_alone_total", None);
     pool.close();
     topology.delete(&channel).await?;
     shared::db::drop_database(&database.url).await?;
@@ -111,7 +122,28 @@ pub async fn worker(
         "per_second": (completed * 2) as f64 / elapsed,
         "complete": completed == expected,
         "recorded": recorded,
+        "mean_batch": batched / batches.max(1.0),
+        "alone": alone,
+        "cpu_cores": cpu,
     }))
+}
+
+/// The workers' `/metrics`, one after the other.
+async fn scrape(ports: &[u16]) -> anyhow::Result<String> {
+    let client = shared::http::client_builder().build()?;
+    let mut text = String::new();
+    for port in ports {
+        let url = format!("http://127.0.0.1:{port}/metrics");
+        text += &client.get(&url).send().await?.text().await?;
+    }
+    Ok(text)
+}
+
+/// A port free on this machine now, for a worker's `/metrics`.
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// Rows of the webhook record (`webhook_attempts`) the workers wrote.
