@@ -65,16 +65,13 @@ pub fn report(dir: &Path, notes: &Path) -> anyhow::Result<PathBuf> {
         let ratio = rate / tps.max(1.0);
         rows.push(Row {
             figure: format!(
-                "worker: webhooks/s drained by 2 workers in batches ({} jobs: processing, then failed with a refund; {} handlings recorded for the console; mean batch {:.1}, {} processed alone; {})",
+                "worker: webhooks/s drained by 2 workers in batches ({} jobs: processing, then failed with a refund; {} handlings recorded for the console; mean batch {:.1}, {} processed alone; CPU: workers {:.2}, broker {:.2} cores)",
                 worker["jobs"],
                 worker["recorded"],
                 worker["mean_batch"].as_f64().unwrap_or_default(),
                 worker["alone"].as_f64().unwrap_or_default() as u64,
-                format!(
-                    "CPU: workers {:.2}, broker {:.2} cores",
-                    worker["cpu_cores"]["workers"].as_f64().unwrap_or_default(),
-                    worker["cpu_cores"]["broker"].as_f64().unwrap_or_default()
-                )
+                worker["cpu_cores"]["workers"].as_f64().unwrap_or_default(),
+                worker["cpu_cores"]["broker"].as_f64().unwrap_or_default()
             ),
             value: format!("{rate:.0}/s"),
             reference: format!("pgbench -N, 8 clients: {tps:.0} tps"),
