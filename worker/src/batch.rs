@@ -26,7 +26,7 @@ use shared::jobs::Job;
 use shared::jobs::apply::{Applied, ApplyError};
 use shared::jobs::batch::{Move, MoveOutcome, apply_many};
 use shared::jobs::transition::{Decision, Ignored, JobStatus, decide};
-use shared::replicate::Prediction;
+use shared::replicate::{JobRef, Prediction, Status};
 
 use crate::classify;
 use crate::process::{Effect, ProcessError, Processed, Processor};
@@ -58,6 +58,29 @@ struct Planned {
 enum Plan {
     Ignore(Ignored),
     MoveTo(JobStatus),
+}
+
+/// Splits a batch (by position) into the webhooks of jobs with nothing to fetch, and those
+/// of jobs with a `succeeded` webhook in the batch, whose outputs are downloaded and stored
+/// first: the consumer processes the second part after the first is settled and its slot
+/// given back, so that a slow download holds up neither the rest of its batch nor the next
+/// batch. A job's webhooks stay together and in order.
+pub fn split_by_downloads(batch: &[Incoming<'_>]) -> (Vec<usize>, Vec<usize>) {
+    let refs: Vec<Option<JobRef<'_>>> = batch
+        .iter()
+        .map(|item| JobRef::parse(item.body).ok())
+        .collect();
+    let fetching: HashSet<&str> = refs
+        .iter()
+        .flatten()
+        .filter(|job| job.status == Status::Succeeded)
+        .map(|job| job.id.as_ref())
+        .collect();
+    (0..batch.len()).partition(|&i| {
+        !refs[i]
+            .as_ref()
+            .is_some_and(|job| fetching.contains(job.id.as_ref()))
+    })
 }
 
 impl Processor {
@@ -329,5 +352,34 @@ impl Processor {
             results.push(self.process(item.webhook_id, item.body, item.tag).await);
         }
         results
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(body: &[u8]) -> Incoming<'_> {
+        Incoming {
+            webhook_id: "w",
+            body,
+            tag: None,
+        }
+    }
+
+    #[test]
+    fn jobs_with_outputs_to_fetch_go_second_whole_and_in_order() {
+        let bodies: Vec<&[u8]> = vec![
+            br#"{"id":"a","status":"processing"}"#,
+            br#"{"id":"b","status":"processing"}"#,
+            br#"{"id":"a","status":"succeeded"}"#,
+            b"not json",
+            br#"{"id":"c","status":"failed"}"#,
+            br#"{"id":"a","status":"succeeded"}"#,
+        ];
+        let batch: Vec<Incoming<'_>> = bodies.iter().map(|body| item(body)).collect();
+        let (quick, slow) = split_by_downloads(&batch);
+        assert_eq!(quick, [1, 3, 4]);
+        assert_eq!(slow, [0, 2, 5]);
     }
 }

@@ -17,9 +17,9 @@ use shared::amqp::{
     HEADER_ATTEMPT, HEADER_DEAD_REASON, HEADER_FIRST_SEEN, HEADER_LAST_ERROR, HEADER_REPLAYS,
     RETRY_DELAYS,
 };
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
-use crate::batch::Incoming;
+use crate::batch::{Incoming, split_by_downloads};
 use crate::broker::Broker;
 use crate::process::{Effect, Failure, ProcessError, Processed, Processor};
 use crate::record::{Attempt, Delivered, Settled, WebhookRecord};
@@ -88,6 +88,18 @@ pub struct Consumer {
     pub retry: RetryPolicy,
 }
 
+/// More parts of batches than can fetch outputs at once (each holds at least one unacked
+/// delivery, and the prefetch window is a `u16`).
+const FETCHING_PARTS: u32 = 1 << 16;
+
+/// A batch as the consumer took it, for processing it in parts.
+struct Parts<'a> {
+    batch: &'a [Delivery],
+    metas: &'a [Meta],
+    incoming: &'a [Incoming<'a>],
+    started: Instant,
+}
+
 /// What the consumer reads off a delivery's headers.
 struct Meta {
     webhook_id: String,
@@ -123,6 +135,9 @@ impl Consumer {
         // batch waiting for a slot lets the next one gather what arrives meanwhile.
         let slots = self.concurrency.div_ceil(self.batch_size).max(1);
         let permits = Arc::new(Semaphore::new(slots));
+        // Parts of batches fetching outputs after their slot was given back (bounded by
+        // the prefetch window); counted so that a shutdown waits for them too.
+        let fetching = Arc::new(Semaphore::new(FETCHING_PARTS as usize));
         'connections: loop {
             let link = tokio::select! {
                 _ = stop.changed() => break 'connections,
@@ -160,9 +175,9 @@ impl Consumer {
                             }
                         }
                         let this = self.clone();
+                        let fetching = fetching.clone();
                         tokio::spawn(async move {
-                            this.handle(batch).await;
-                            drop(permit);
+                            this.handle(batch, permit, fetching).await;
                         });
                     }
                     Some(Err(err)) => {
@@ -178,10 +193,12 @@ impl Consumer {
             }
         }
         let all = u32::try_from(slots).unwrap_or(u32::MAX);
-        if tokio::time::timeout(drain, permits.acquire_many(all))
-            .await
-            .is_err()
-        {
+        let finished = async {
+            let slots = permits.acquire_many(all).await;
+            let fetches = fetching.acquire_many(FETCHING_PARTS).await;
+            (slots, fetches)
+        };
+        if tokio::time::timeout(drain, finished).await.is_err() {
             let unfinished = slots.saturating_sub(permits.available_permits());
             tracing::warn!(
                 batches = unfinished,
@@ -192,9 +209,14 @@ impl Consumer {
     }
 
     /// Processes a batch, then settles each delivery (ack, retry or dead letter) by its
-    /// own result. A panic in the batch's path has each webhook processed alone, so that
-    /// only the one that panics is parked.
-    async fn handle(&self, batch: Vec<Delivery>) {
+    /// own result: first the webhooks of jobs with nothing to fetch, then, with the slot
+    /// given back, those whose outputs are downloaded ([`split_by_downloads`]).
+    async fn handle(
+        &self,
+        batch: Vec<Delivery>,
+        slot: OwnedSemaphorePermit,
+        fetching: Arc<Semaphore>,
+    ) {
         let started = Instant::now();
         let metas: Vec<Meta> = batch.iter().map(Meta::of).collect();
         let incoming: Vec<Incoming<'_>> = batch
@@ -206,27 +228,50 @@ impl Consumer {
                 tag: meta.tag.as_deref(),
             })
             .collect();
-        let results = match AssertUnwindSafe(self.processor.process_batch(&incoming))
+        let (quick, slow) = split_by_downloads(&incoming);
+        let parts = Parts {
+            batch: &batch,
+            metas: &metas,
+            incoming: &incoming,
+            started,
+        };
+        self.handle_part(&parts, &quick).await;
+        if slow.is_empty() {
+            return;
+        }
+        let counted = fetching.acquire_owned().await.expect("never closed");
+        drop(slot);
+        self.handle_part(&parts, &slow).await;
+        drop(counted);
+    }
+
+    /// Processes the webhooks of `part` (positions in the batch) as one batch and settles
+    /// them. A panic in the batch's path has each processed alone, so that only the one that
+    /// panics is parked.
+    async fn handle_part(&self, parts: &Parts<'_>, part: &[usize]) {
+        if part.is_empty() {
+            return;
+        }
+        let items: Vec<Incoming<'_>> = part.iter().map(|&i| parts.incoming[i]).collect();
+        let results = match AssertUnwindSafe(self.processor.process_batch(&items))
             .catch_unwind()
             .await
         {
             Ok(results) => results,
             Err(panic) => {
-                tracing::error!(webhooks = batch.len(), panic = %panic_message(&*panic), "a batch panicked; its webhooks are processed one at a time");
-                let mut results = Vec::with_capacity(batch.len());
-                for item in &incoming {
+                tracing::error!(webhooks = items.len(), panic = %panic_message(&*panic), "a batch panicked; its webhooks are processed one at a time");
+                let mut results = Vec::with_capacity(items.len());
+                for item in &items {
                     results.push(self.process_alone(item).await);
                 }
                 results
             }
         };
-        let elapsed = started.elapsed();
+        let elapsed = parts.started.elapsed();
         join_all(
-            batch
-                .iter()
-                .zip(&metas)
+            part.iter()
                 .zip(results)
-                .map(|((delivery, meta), result)| self.settle(delivery, meta, result, elapsed)),
+                .map(|(&i, result)| self.settle(&parts.batch[i], &parts.metas[i], result, elapsed)),
         )
         .await;
     }

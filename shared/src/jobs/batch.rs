@@ -156,8 +156,25 @@ async fn lock_in_order(
     Ok(())
 }
 
-fn terminal(step: &Move) -> bool {
-    step.change.status().is_terminal()
+/// The columns every job table's move binds: row, expected status, new status, whether
+/// it ends the job.
+struct Moved<'a> {
+    ids: Vec<&'a str>,
+    expected: Vec<&'static str>,
+    statuses: Vec<&'static str>,
+    terminal: Vec<bool>,
+}
+
+impl<'a> Moved<'a> {
+    fn of(moves: &'a [Move], members: &[usize]) -> Self {
+        let steps = || members.iter().map(|&i| &moves[i]);
+        Self {
+            ids: steps().map(|s| s.job.id.as_str()).collect(),
+            expected: steps().map(|s| s.from.as_str()).collect(),
+            statuses: steps().map(|s| s.change.status().as_str()).collect(),
+            terminal: steps().map(|s| s.change.status().is_terminal()).collect(),
+        }
+    }
 }
 
 async fn update_generations(
@@ -169,6 +186,7 @@ async fn update_generations(
         return Ok(HashMap::new());
     }
     let steps = members.iter().map(|&i| &moves[i]);
+    let moved = Moved::of(moves, members);
     let images = |step: &Move, thumbs: bool| match &step.change {
         Change::ImagesStored {
             image_urls,
@@ -194,15 +212,10 @@ async fn update_generations(
          RETURNING g.id, g.job_id, g.prompt, g.status, g.credits_used, g.image_urls, \
            g.error_message, g.created_at, g.thumb_urls, g.model_id, g.model_name, g.source_id",
     )
-    .bind::<Array<Text>, _>(steps.clone().map(|s| s.job.id.as_str()).collect::<Vec<_>>())
-    .bind::<Array<Text>, _>(steps.clone().map(|s| s.from.as_str()).collect::<Vec<_>>())
-    .bind::<Array<Text>, _>(
-        steps
-            .clone()
-            .map(|s| s.change.status().as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind::<Array<Bool>, _>(steps.clone().map(terminal).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(moved.ids)
+    .bind::<Array<Text>, _>(moved.expected)
+    .bind::<Array<Text>, _>(moved.statuses)
+    .bind::<Array<Bool>, _>(moved.terminal)
     .bind::<Array<Nullable<Jsonb>>, _>(steps.clone().map(|s| images(s, false)).collect::<Vec<_>>())
     .bind::<Array<Nullable<Jsonb>>, _>(steps.clone().map(|s| images(s, true)).collect::<Vec<_>>())
     .bind::<Array<Nullable<Text>>, _>(steps.map(|s| error_of(&s.change)).collect::<Vec<_>>())
@@ -223,6 +236,7 @@ async fn update_trainings(
         return Ok(HashMap::new());
     }
     let steps = members.iter().map(|&i| &moves[i]);
+    let moved = Moved::of(moves, members);
     let outputs = |step: &Move| match &step.change {
         Change::TrainingSucceeded {
             model_version,
@@ -242,15 +256,10 @@ async fn update_trainings(
          RETURNING m.id, m.job_id, m.name, m.status, m.credits_used, m.model_version, \
            m.weights_url, m.error_message, m.created_at",
     )
-    .bind::<Array<Text>, _>(steps.clone().map(|s| s.job.id.as_str()).collect::<Vec<_>>())
-    .bind::<Array<Text>, _>(steps.clone().map(|s| s.from.as_str()).collect::<Vec<_>>())
-    .bind::<Array<Text>, _>(
-        steps
-            .clone()
-            .map(|s| s.change.status().as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind::<Array<Bool>, _>(steps.clone().map(terminal).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(moved.ids)
+    .bind::<Array<Text>, _>(moved.expected)
+    .bind::<Array<Text>, _>(moved.statuses)
+    .bind::<Array<Bool>, _>(moved.terminal)
     .bind::<Array<Nullable<Text>>, _>(steps.clone().map(|s| outputs(s).0).collect::<Vec<_>>())
     .bind::<Array<Nullable<Text>>, _>(steps.clone().map(|s| outputs(s).1).collect::<Vec<_>>())
     .bind::<Array<Nullable<Text>>, _>(steps.map(|s| error_of(&s.change)).collect::<Vec<_>>())

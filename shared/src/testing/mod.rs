@@ -202,6 +202,15 @@ pub async fn get_json<T: serde::de::DeserializeOwned>(
 
 /// Messages ready in `queue` (a passive declare: the queue must exist).
 pub async fn queue_depth(channel: &lapin::Channel, queue: &str) -> u32 {
+    passive_declare(channel, queue).await.message_count()
+}
+
+/// Consumers of `queue` (a passive declare: the queue must exist).
+pub async fn queue_consumers(channel: &lapin::Channel, queue: &str) -> u32 {
+    passive_declare(channel, queue).await.consumer_count()
+}
+
+async fn passive_declare(channel: &lapin::Channel, queue: &str) -> lapin::Queue {
     channel
         .queue_declare(
             queue.into(),
@@ -213,7 +222,6 @@ pub async fn queue_depth(channel: &lapin::Channel, queue: &str) -> u32 {
         )
         .await
         .unwrap_or_else(|err| panic!("queue {queue}: {err}"))
-        .message_count()
 }
 
 /// A binary of the workspace, built beside the running test: `target/<profile>/<name>` (the

@@ -138,6 +138,19 @@ async fn snapshot(env: &TestEnv, case: usize) -> Value {
     json!({"generations": jobs, "trainings": trainings, "users": balances, "refunds": refunds, "events": events})
 }
 
+/// The batch the consumer would hand over: each body with its webhook id, untagged.
+fn incoming<'a>(bodies: &'a [Vec<u8>], ids: &'a [String]) -> Vec<Incoming<'a>> {
+    bodies
+        .iter()
+        .zip(ids)
+        .map(|(body, id)| Incoming {
+            webhook_id: id,
+            body,
+            tag: None,
+        })
+        .collect()
+}
+
 fn comparable(result: &Result<Processed, ProcessError>) -> String {
     match result {
         Ok(processed) => format!("{processed:?}"),
@@ -183,15 +196,7 @@ fn batches_end_where_one_at_a_time_ends() {
                 .map(|hook| serde_json::to_vec(&body(&images, case, hook)).unwrap())
                 .collect();
             let ids: Vec<String> = (0..hooks.len()).map(|i| format!("c{case}-w{i}")).collect();
-            let incoming: Vec<Incoming<'_>> = bodies
-                .iter()
-                .zip(&ids)
-                .map(|(body, id)| Incoming {
-                    webhook_id: id,
-                    body,
-                    tag: None,
-                })
-                .collect();
+            let incoming = incoming(&bodies, &ids);
 
             let (one, many): (&Arc<Processor>, &Arc<Processor>) = (&processors.0, &processors.1);
             let mut expected = Vec::new();
@@ -266,15 +271,7 @@ async fn a_poison_webhook_in_a_batch_of_32_fails_alone() {
         bodies.push(serde_json::to_vec(&body).unwrap());
     }
     let ids: Vec<String> = (0..32).map(|i| format!("w{i}")).collect();
-    let batch: Vec<Incoming<'_>> = bodies
-        .iter()
-        .zip(&ids)
-        .map(|(body, id)| Incoming {
-            webhook_id: id,
-            body,
-            tag: None,
-        })
-        .collect();
+    let batch = incoming(&bodies, &ids);
     let processor = Worker::build(&env.config).await.unwrap().processor();
     let policy = RetryPolicy {
         unknown_job: Duration::from_secs(150),

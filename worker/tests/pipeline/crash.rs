@@ -184,7 +184,7 @@ async fn killed_between_commit_and_ack_loses_and_doubles_nothing() {
     let mut first = spawn_worker_process_on(&env, &amqp_url, 64);
     let queue = env.topology.webhooks_queue();
     shared::testing::eventually(Duration::from_secs(30), || async {
-        consumers_of(&env, &queue).await == 1
+        shared::testing::queue_consumers(&env.channel, &queue).await == 1
     })
     .await
     .expect("the first worker consumes");
@@ -240,21 +240,6 @@ async fn killed_between_commit_and_ack_loses_and_doubles_nothing() {
     assert!(env.dead_letters().await.is_empty());
     drop(second);
     env.cleanup().await;
-}
-
-async fn consumers_of(env: &TestEnv, queue: &str) -> u32 {
-    env.channel
-        .queue_declare(
-            queue.into(),
-            lapin::options::QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            lapin::types::FieldTable::default(),
-        )
-        .await
-        .unwrap()
-        .consumer_count()
 }
 
 /// Handlings the console's record holds that found their job already changed: the second
