@@ -15,39 +15,7 @@ use shared::jobs::{Job, kind_of_generation};
 
 /// Finds the job with Replicate id `job_id` in `generations`, then in `ai_models`.
 pub async fn find_job(conn: &mut Connection, job_id: &str) -> Result<Option<Job>, DbError> {
-    let generation = generations::table
-        .filter(generations::job_id.eq(job_id))
-        .select((
-            generations::id,
-            generations::user_id,
-            generations::prompt,
-            generations::status,
-        ))
-        .first::<(String, String, String, String)>(conn)
-        .await
-        .optional()?;
-    if let Some((id, user_id, prompt, status)) = generation {
-        return Ok(Some(Job {
-            kind: kind_of_generation(&prompt),
-            id,
-            user_id,
-            job_id: job_id.to_owned(),
-            status,
-        }));
-    }
-    let training = ai_models::table
-        .filter(ai_models::job_id.eq(job_id))
-        .select((ai_models::id, ai_models::user_id, ai_models::status))
-        .first::<(String, String, String)>(conn)
-        .await
-        .optional()?;
-    Ok(training.map(|(id, user_id, status)| Job {
-        kind: JobKind::Training,
-        id,
-        user_id,
-        job_id: job_id.to_owned(),
-        status,
-    }))
+    Ok(find_jobs(conn, &[job_id]).await?.remove(job_id))
 }
 
 /// The jobs with these Replicate ids, by Replicate id: two statements whatever their number

@@ -1,5 +1,7 @@
-//! Processing one webhook: find and classify the job, do the slow I/O (downloads) before
-//! any row lock, apply the change in one transaction, then publish the event.
+//! Processing one webhook on its own: find and classify the job, do the slow I/O (downloads)
+//! before any row lock, apply the change in one transaction, then publish the event. The
+//! path of what a batch ([`crate::batch`]) leaves to be processed alone, and of
+//! `WORKER_BATCH_SIZE=1`.
 
 use std::sync::Arc;
 use std::time::Instant;
