@@ -169,15 +169,9 @@ impl Processor {
             let effect = match (&entry.plan, step) {
                 _ if deferring.contains(job) => None,
                 (Plan::Ignore(reason), _) => Some(Effect::Ignored(*reason)),
-                (Plan::MoveTo(_), Some(step)) => applied[*step].as_ref().map(|applied| {
-                    self.settled_move(&entry.job, applied);
-                    Effect::Moved {
-                        from: applied.from,
-                        to: applied.to,
-                        refunded: applied.refunded,
-                        seq: applied.event.seq,
-                    }
-                }),
+                (Plan::MoveTo(_), Some(step)) => applied[*step]
+                    .as_ref()
+                    .map(|applied| self.settled(&entry.job, applied)),
                 (Plan::MoveTo(_), None) => None,
             };
             let Some(effect) = effect else {
@@ -333,16 +327,6 @@ impl Processor {
             }
         }
         outcomes
-    }
-
-    /// The bookkeeping of a move the batch applied.
-    fn settled_move(&self, job: &Job, applied: &Applied) {
-        if applied.refunded > 0 {
-            metrics::counter!("worker_refunds_total", "kind" => job.kind.as_str()).increment(1);
-        }
-        if applied.to.is_terminal() {
-            self.progress.forget(&job.job_id);
-        }
     }
 
     /// Every webhook of the batch on its own: when the batch's lookup could not be made.

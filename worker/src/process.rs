@@ -18,7 +18,7 @@ use crate::marks::PublishedMarks;
 use crate::progress::ProgressTracker;
 use crate::store::MediaStore;
 use shared::jobs::Job;
-use shared::jobs::apply::{self, ApplyError, ApplyOutcome, Change};
+use shared::jobs::apply::{self, Applied, ApplyError, ApplyOutcome, Change};
 use shared::jobs::bind::{self, Binding};
 use shared::jobs::event_log::StoredEvent;
 use shared::jobs::transition::{Decision, Ignored, JobStatus, decide};
@@ -174,20 +174,8 @@ impl Processor {
                 match outcome {
                     ApplyOutcome::Ignored(reason) => Effect::Ignored(reason),
                     ApplyOutcome::Applied(applied) => {
-                        if applied.refunded > 0 {
-                            metrics::counter!("worker_refunds_total", "kind" => job.kind.as_str())
-                                .increment(1);
-                        }
                         self.publish_stored(&applied.event).await;
-                        if applied.to.is_terminal() {
-                            self.progress.forget(&job.job_id);
-                        }
-                        Effect::Moved {
-                            from: applied.from,
-                            to: applied.to,
-                            refunded: applied.refunded,
-                            seq: applied.event.seq,
-                        }
+                        self.settled(&job, &applied)
                     }
                 }
             }
@@ -364,6 +352,23 @@ impl Processor {
                 tracing::warn!(%webhook_id, job_id = %job.job_id, index, error = %err, "no thumbnail; the card shows the original");
                 Ok(original_url.to_owned())
             }
+        }
+    }
+
+    /// The bookkeeping of an applied change (the refund counted, the job's progress
+    /// forgotten once it ended) and its effect, whichever path applied it.
+    pub(crate) fn settled(&self, job: &Job, applied: &Applied) -> Effect {
+        if applied.refunded > 0 {
+            metrics::counter!("worker_refunds_total", "kind" => job.kind.as_str()).increment(1);
+        }
+        if applied.to.is_terminal() {
+            self.progress.forget(&job.job_id);
+        }
+        Effect::Moved {
+            from: applied.from,
+            to: applied.to,
+            refunded: applied.refunded,
+            seq: applied.event.seq,
         }
     }
 
