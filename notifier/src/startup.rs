@@ -74,6 +74,7 @@ impl Notifier {
             jobs.clone(),
             hub.clone(),
         );
+        tokio::spawn(db::watch_database(pool.clone(), shutdown_rx.clone()));
         tokio::spawn(ops.clone().export(shutdown_rx));
         metrics::gauge!("notifier_connections_limit").set(config.sockets.max_connections as f64);
         let state = Arc::new(AppState {

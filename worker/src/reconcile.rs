@@ -36,6 +36,8 @@ use crate::process::Processor;
 
 /// The advisory lock only the reconciling worker holds ("reconcil").
 const LEADER_LOCK_KEY: i64 = 0x7265_636f_6e63_696c;
+/// How long the leader's session may take to answer before it counts as lost.
+const LEADER_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Jobs asked about per tick, at most.
 const BATCH: i64 = 100;
 
@@ -105,13 +107,22 @@ impl Reconciler {
     /// Keeps (or tries to take) the leader lock; true while this worker holds it.
     async fn hold_leadership(&self, leader: &mut Option<AsyncPgConnection>) -> bool {
         if let Some(conn) = leader {
-            // Still the same session (and so still the lock)?
-            if diesel::sql_query("SELECT 1").execute(conn).await.is_ok() {
+            // Still the same session (and so still the lock)? A server that stopped
+            // answering counts as lost: its lock is no proof of anything any more.
+            let check = diesel::sql_query("SELECT 1").execute(conn);
+            if matches!(
+                tokio::time::timeout(LEADER_CHECK_TIMEOUT, check).await,
+                Ok(Ok(_))
+            ) {
                 return true;
             }
+            tracing::warn!(
+                "the reconciler lost its database session (and its lead); taking the lead again on the writable server"
+            );
             *leader = None;
         }
-        let Ok(mut conn) = AsyncPgConnection::establish(self.database.as_str()).await else {
+        let connect = AsyncPgConnection::establish(self.database.as_str());
+        let Ok(Ok(mut conn)) = tokio::time::timeout(LEADER_CHECK_TIMEOUT, connect).await else {
             return false;
         };
         let locked = diesel::sql_query("SELECT pg_try_advisory_lock($1) AS locked")

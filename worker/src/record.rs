@@ -25,6 +25,10 @@ const RECORD_BATCH: usize = 500;
 /// Rows waiting to be written, at most; past it a row is dropped and counted (the webhook
 /// path never waits for the record).
 const RECORD_BACKLOG: usize = 50_000;
+/// How long a batch of rows waits for the database to come back before it is dropped.
+const RECORD_OUTAGE: Duration = Duration::from_secs(60);
+/// Between two tries of a batch while the database is away.
+const RECORD_RETRY_PAUSE: Duration = Duration::from_millis(250);
 /// How often old rows are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 /// Rows deleted by one pruning statement (short transactions, whatever the backlog).
@@ -221,7 +225,7 @@ async fn write_attempts(pool: Pool, mut rx: mpsc::Receiver<Message>, retention: 
             }
         }
         if !batch.is_empty() {
-            if let Err(err) = insert(&pool, &batch).await {
+            if let Err(err) = insert_riding_out_outages(&pool, &batch).await {
                 metrics::counter!("worker_record_dropped_total").increment(batch.len() as u64);
                 tracing::warn!(rows = batch.len(), error = %err, "webhook record rows not written");
             }
@@ -237,6 +241,22 @@ async fn write_attempts(pool: Pool, mut rx: mpsc::Receiver<Message>, retention: 
                 Ok(rows) => tracing::info!(rows, "webhook record pruned"),
                 Err(err) => tracing::warn!(error = %err, "webhook record not pruned"),
             }
+        }
+    }
+}
+
+/// [`insert`], tried again while the database is away (a restart, a primary failing over)
+/// for up to [`RECORD_OUTAGE`]: the handlings that failed because of the outage are the
+/// ones an operator looks for afterwards. Rows keep arriving in the channel meanwhile. An
+/// insert whose commit was cut may be written twice; the record is for people, not a ledger.
+async fn insert_riding_out_outages(pool: &Pool, batch: &[Attempt]) -> Result<(), DbError> {
+    let deadline = Instant::now() + RECORD_OUTAGE;
+    loop {
+        match insert(pool, batch).await {
+            Err(err) if err.is_transient() && Instant::now() < deadline => {
+                tokio::time::sleep(RECORD_RETRY_PAUSE).await;
+            }
+            written => return written,
         }
     }
 }

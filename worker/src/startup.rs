@@ -132,6 +132,10 @@ impl Worker {
             stopped.clone(),
         ));
         let reconciler = tokio::spawn(self.reconciler.run(self.processor.clone(), stopped.clone()));
+        tokio::spawn(db::watch_database(
+            self.processor.pool.clone(),
+            stopped.clone(),
+        ));
         let consumer = tokio::spawn(self.consumer.clone().run(stopped, self.drain));
         shutdown.await;
         tracing::info!("shutdown requested: finishing in-flight webhooks");

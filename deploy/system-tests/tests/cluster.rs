@@ -13,12 +13,12 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::creations::Creations;
+use common::logs::Logs;
 use common::oracle::{self, Inbox, watch_user};
 use common::report::RunReport;
 use common::{FAULTY_REPLICATE, JWT_SECRET, Pipeline, Shape, replica_name};
@@ -123,73 +123,6 @@ impl Cluster {
                 Some(format!("r{}", port.checked_sub(5700)?))
             })
         })
-    }
-}
-
-/// Every program's log lines (JSON logs), read once after the run, by program name.
-struct Logs(BTreeMap<String, Vec<serde_json::Value>>);
-
-impl Logs {
-    fn read(pipeline: &Pipeline, programs: &[String]) -> Self {
-        let parsed = programs.iter().map(|program| {
-            let lines = pipeline
-                .log(program)
-                .lines()
-                .filter_map(|line| serde_json::from_str(line).ok())
-                .collect();
-            (program.clone(), lines)
-        });
-        Self(parsed.collect())
-    }
-
-    /// Every `failover_ms` each program logged.
-    fn failovers(&self) -> impl Iterator<Item = (&String, Vec<u64>)> {
-        self.0.iter().map(|(program, lines)| {
-            let times = lines
-                .iter()
-                .filter_map(|line| line["failover_ms"].as_u64())
-                .collect();
-            (program, times)
-        })
-    }
-
-    /// The ingests' log lines.
-    fn ingests(&self) -> impl Iterator<Item = &serde_json::Value> {
-        (self.0.iter())
-            .filter(|(program, _)| program.starts_with("ingest"))
-            .flat_map(|(_, lines)| lines)
-    }
-
-    /// How many lines with `message` the ingests logged.
-    fn ingest_lines(&self, message: &str) -> usize {
-        self.ingests()
-            .filter(|line| line["message"] == message)
-            .count()
-    }
-
-    /// How long the ingests took to answer the webhooks they accepted (their log lines'
-    /// `elapsed`, a `Duration` in debug form), in milliseconds, sorted.
-    fn ingest_answer_times(&self) -> Vec<f64> {
-        let mut times: Vec<f64> = self
-            .ingests()
-            .filter(|line| line["message"] == "webhook accepted")
-            .filter_map(|line| {
-                let elapsed = line["elapsed"].as_str()?;
-                let split = elapsed.find(|c: char| c.is_ascii_alphabetic() || c == 'µ')?;
-                let (value, unit) = elapsed.split_at(split);
-                let value: f64 = value.parse().ok()?;
-                let scale = match unit {
-                    "ns" => 1e-6,
-                    "µs" => 1e-3,
-                    "ms" => 1.0,
-                    "s" => 1e3,
-                    _ => return None,
-                };
-                Some(value * scale)
-            })
-            .collect();
-        times.sort_by(f64::total_cmp);
-        times
     }
 }
 
@@ -361,7 +294,7 @@ async fn losing_a_broker_node_or_an_ingest_under_load_loses_nothing() {
         ),
     );
     report.faults(&faults);
-    for (program, times) in logs.failovers() {
+    for (program, times) in logs.failovers("connected to RabbitMQ again") {
         let shown: Vec<String> = times.iter().map(|ms| format!("{ms} ms")).collect();
         let shown = if shown.is_empty() {
             "none (its node stayed up)".to_owned()

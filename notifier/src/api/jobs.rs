@@ -20,7 +20,7 @@ use shared::db::{self, Connection, Pool};
 use shared::events::{JobKind, JobState, ModelName};
 use shared::jobs::bind::{self, Binding};
 use shared::jobs::event_log::StoredEvent;
-use shared::jobs::{GenerationRow, UPSCALE_MARKER};
+use shared::jobs::{GenerationRow, Job, UPSCALE_MARKER};
 
 use crate::api::cancel;
 use crate::api::error::{Created, JobsError};
@@ -32,6 +32,9 @@ use crate::api::publish::EventPublisher;
 use crate::api::replicate::{ReplicateApi, ReplicateError, Request};
 use crate::api::validate;
 use crate::config::JobsConfig;
+
+/// Between two tries of storing Replicate's answer while the database is away.
+const STORE_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// What the gallery needs to know to show its forms.
 pub fn features(config: &JobsConfig, enabled: bool) -> Value {
@@ -405,12 +408,49 @@ impl Inner {
             let mut conn = db::connection(&self.pool).await?;
             record_pending(&mut conn, user_id, &new).await?
         };
-        let kind = new.kind;
         let answer = replicate.create(&job.id, &request).await;
+        // The job is debited and Replicate has answered: a database lost now (a primary
+        // failing over) is waited out for a while rather than answered 503, since the
+        // job goes on either way (its first webhook binds it). Storing the answer is
+        // idempotent: a bind or a failure that did commit is found done on the next try.
+        let deadline = started + self.config.replicate.creation_deadline();
+        loop {
+            match self
+                .store_answer(user_id, &new, &job, &answer, started)
+                .await
+            {
+                Err(JobsError::Database(err))
+                    if err.is_transient()
+                        && std::time::Instant::now() + STORE_RETRY_PAUSE < deadline =>
+                {
+                    tracing::warn!(%user_id, id = %job.id, error = %err, "cannot store Replicate's answer yet; trying again");
+                    tokio::time::sleep(STORE_RETRY_PAUSE).await;
+                }
+                Err(JobsError::Database(err)) => {
+                    return Err(JobsError::Interrupted(format!(
+                        "job {} was debited and sent to Replicate, but its answer could not be stored ({err}); the job goes on and appears in the gallery, or ends failed and refunded",
+                        job.id
+                    )));
+                }
+                stored => return stored,
+            }
+        }
+    }
+
+    /// Binds the job to Replicate's id, or fails and refunds it when Replicate refused.
+    async fn store_answer(
+        &self,
+        user_id: &str,
+        new: &NewJob,
+        job: &Job,
+        answer: &Result<String, ReplicateError>,
+        started: std::time::Instant,
+    ) -> Result<Created, JobsError> {
+        let kind = new.kind;
         let mut conn = db::connection(&self.pool).await?;
         match answer {
             Ok(replicate_id) => {
-                let created = match bind::bind(&mut conn, &job.id, &replicate_id).await? {
+                let created = match bind::bind(&mut conn, &job.id, replicate_id).await? {
                     Binding::Bound { event, .. } => {
                         self.publisher.publish(&mut conn, &event).await;
                         created_from(&event)
@@ -418,13 +458,12 @@ impl Inner {
                     // The job's first webhook got here first (the worker bound it), or it
                     // has moved on since: answer with the job as it stands.
                     Binding::AlreadyBound(_) | Binding::NotWaiting(_) | Binding::NoRow => Created {
-                        job: job_state(&mut conn, &job).await?,
+                        job: job_state(&mut conn, job).await?,
                         credits: credits_of(&mut conn, user_id).await?,
                     },
                 };
                 if cancel::was_requested(&mut conn, kind == JobKind::Training, &job.id).await? {
-                    self.cancel_asked_earlier(&job.id, kind, &replicate_id)
-                        .await;
+                    self.cancel_asked_earlier(&job.id, kind, replicate_id).await;
                 }
                 metrics::counter!("notifier_jobs_created_total", "kind" => kind.as_str())
                     .increment(1);
@@ -436,10 +475,10 @@ impl Inner {
                 let Some(applied) = failed else {
                     // A webhook bound the job meanwhile: Replicate did create it (its answer
                     // was too slow, or lost), and it goes on like any other.
-                    let state = job_state(&mut conn, &job).await?;
+                    let state = job_state(&mut conn, job).await?;
                     let credits = credits_of(&mut conn, user_id).await?;
                     if state.job_id().is_some() {
-                        tracing::info!(%user_id, id = %job.id, %kind, error = %shared::telemetry::error_chain(&err), "Replicate's answer failed, but the job's webhook had already bound it");
+                        tracing::info!(%user_id, id = %job.id, %kind, error = %shared::telemetry::error_chain(err), "Replicate's answer failed, but the job's webhook had already bound it");
                         return Ok(Created {
                             job: state,
                             credits,
@@ -453,9 +492,9 @@ impl Inner {
                 };
                 metrics::counter!("notifier_jobs_refused_total", "kind" => kind.as_str())
                     .increment(1);
-                tracing::warn!(%user_id, id = %job.id, %kind, error = %shared::telemetry::error_chain(&err), elapsed_ms = started.elapsed().as_millis() as u64, "Replicate did not create the job; refunded");
+                tracing::warn!(%user_id, id = %job.id, %kind, error = %shared::telemetry::error_chain(err), elapsed_ms = started.elapsed().as_millis() as u64, "Replicate did not create the job; refunded");
                 self.publisher.publish(&mut conn, &applied.event).await;
-                let message = match &err {
+                let message = match err {
                     ReplicateError::Unreachable(_) => format!(
                         "{err}; the job is marked failed and its {} credits are refunded (if Replicate did start it, its results are not kept)",
                         new.cost

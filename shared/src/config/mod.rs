@@ -212,6 +212,20 @@ mod tests {
             no_password.to_string(),
             "postgres://postgres@127.0.0.1:5432/db"
         );
+        // Several hosts (libpq's form): the first that accepts writes is used.
+        let pair: DatabaseUrl =
+            "postgres://app:pw@10.0.0.1:5432,10.0.0.2:5432/pipeline?target_session_attrs=read-write"
+                .parse()
+                .unwrap();
+        assert_eq!(pair.database_name(), "pipeline");
+        assert_eq!(
+            pair.with_database("postgres").as_str(),
+            "postgres://app:pw@10.0.0.1:5432,10.0.0.2:5432/postgres?target_session_attrs=read-write"
+        );
+        assert_eq!(
+            pair.to_string(),
+            "postgres://app:<redacted>@10.0.0.1:5432,10.0.0.2:5432/pipeline?target_session_attrs=read-write"
+        );
         assert!("postgres://host:5432".parse::<DatabaseUrl>().is_err());
         assert!("mysql://host/db".parse::<DatabaseUrl>().is_err());
     }

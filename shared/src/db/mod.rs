@@ -1,6 +1,7 @@
 //! PostgreSQL: schema, embedded migrations, database creation and the connection pool.
 
 pub mod schema;
+mod watch;
 
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use crate::config::{DatabaseConfig, DatabaseUrl};
 
 pub use diesel_async::AsyncPgConnection as Connection;
+pub use watch::{watch_database, writable_server};
 
 pub type Pool = DeadPool<AsyncPgConnection>;
 pub type PooledConnection = Object<AsyncPgConnection>;

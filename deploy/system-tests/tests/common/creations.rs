@@ -1,7 +1,7 @@
 //! Jobs created through the jobs API at a steady rate while a test injects faults: one
 //! generation after another (every tenth a training), spread over the users and over the
 //! notifiers given, each creation on its own so that a slow Replicate does not slow the
-//! rate. A refused creation is counted and tried again; with impatient clients, every fifth
+//! rate. A refused creation (an error answer) is counted; with impatient clients, every fifth
 //! creation hangs up before the answer (its job must still end right).
 
 use std::sync::Arc;

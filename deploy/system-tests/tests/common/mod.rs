@@ -6,6 +6,7 @@
 
 pub mod browser;
 pub mod creations;
+pub mod logs;
 pub mod oracle;
 pub mod report;
 

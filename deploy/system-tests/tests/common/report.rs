@@ -32,7 +32,10 @@ impl RunReport {
         let mut report = Self { rows: Vec::new() };
         report.row("jobs created through the jobs API", creations.created());
         report.row("jobs that ran on Replicate", decided.len());
-        report.row("job creations refused and retried", creations.refused());
+        report.row(
+            "job creations refused (answered with an error)",
+            creations.refused(),
+        );
         report.row(
             "job creations left without an answer (client hung up, notifier killed)",
             creations.unanswered(),

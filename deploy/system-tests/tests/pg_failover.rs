@@ -1,0 +1,236 @@
+//! Past one machine, the database too: a PostgreSQL primary and its synchronous standby,
+//! every service given both hosts (`…@p1,p2/db?target_session_attrs=read-write`). Jobs are
+//! created through two notifiers (their webhooks duplicated, reordered, failing and
+//! cancelled) and watched by a browser on each notifier for every user; two workers apply
+//! them. Under that load the primary is killed (`kill -9` of the postmaster and every
+//! backend), the standby promoted, and later the old primary rewound and brought back as
+//! the new standby; then the same again the other way. Then the chaos oracle: every job in
+//! the state the simulator decided, refunds once, credits balancing, every browser with
+//! each of its user's events once in `seq` order, the queues drained.
+//!
+//! `deploy/pg-failover` runs it: it starts the pair, names its control script in `PG_PAIR`
+//! (`deploy/lib/postgres-pair`) and its multi-host URL in `DATABASE_URL`. Jobs are created
+//! `PG_FAILOVER_RATE` a second (default 10).
+
+mod common;
+
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::creations::Creations;
+use common::logs::Logs;
+use common::oracle::{self, Inbox, watch_user};
+use common::report::RunReport;
+use common::{FAULTY_REPLICATE, JWT_SECRET, Pipeline, Shape, replica_name};
+use replicate_sim::accounts;
+use replicate_sim::jobs_client::JobsClient;
+
+const USERS: usize = 8;
+const START_CREDITS: i32 = 1_000_000;
+/// How long the failover manager (Patroni, CloudNativePG, a managed service) takes to
+/// decide the primary is gone before it promotes the standby: the pipeline is without a
+/// writable database at least this long.
+const DETECTION: Duration = Duration::from_secs(1);
+
+/// The pair's control script (`deploy/lib/postgres-pair`).
+struct Pair {
+    script: String,
+}
+
+impl Pair {
+    fn from_env() -> Self {
+        Self {
+            script: std::env::var("PG_PAIR")
+                .expect("PG_PAIR names the pair's control script (deploy/pg-failover)"),
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let output = Command::new(&self.script)
+            .args(args)
+            .output()
+            .unwrap_or_else(|err| panic!("cannot run {}: {err}", self.script));
+        assert!(
+            output.status.success(),
+            "{} {args:?}: {}{}",
+            self.script,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    /// The node accepting writes (`p1` or `p2`).
+    fn primary(&self) -> String {
+        self.run(&["primary"])
+    }
+}
+
+/// The other node of the pair.
+fn other(node: &str) -> &'static str {
+    if node == "p1" { "p2" } else { "p1" }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the PostgreSQL pair deploy/pg-failover starts"]
+async fn losing_the_primary_database_under_load_loses_nothing() {
+    let pair = Pair::from_env();
+    let rate: f64 = std::env::var("PG_FAILOVER_RATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10.0);
+    let started = Instant::now();
+    let shape = Shape {
+        ingests: 1,
+        workers: 2,
+        notifiers: 2,
+        amqp_nodes: &[],
+    };
+    // Replicate answers creations 400 ms late: creations are under way at Replicate when
+    // the primary dies, and must store its answer on the new one.
+    let replicate: Vec<&str> = [FAULTY_REPLICATE, &["--create-delay-ms", "400"]].concat();
+    let pipeline = Pipeline::start_shaped(
+        &replicate,
+        shape,
+        &[
+            ("REPLICATE_CREATE_TIMEOUT_SECS", "3"),
+            ("RECONCILE_AFTER_SECS", "8"),
+            ("RECONCILE_INTERVAL_SECS", "2"),
+            ("OUTBOX_SWEEP_SECS", "1"),
+            ("LOG_FORMAT", "json"),
+        ],
+    )
+    .await;
+    let clients: Vec<Arc<JobsClient>> = pipeline
+        .notifiers
+        .iter()
+        .map(|notifier| Arc::new(JobsClient::new(&format!("http://{notifier}"), JWT_SECRET)))
+        .collect();
+    let users: Vec<String> = (0..USERS).map(|i| format!("pg-failover-{i}")).collect();
+    let mut browsers: Vec<(String, Arc<Mutex<Inbox>>)> = Vec::new();
+    let mut watchers = Vec::new();
+    for user in &users {
+        accounts::ensure_user(&pipeline.pool, user, START_CREDITS)
+            .await
+            .unwrap();
+        for notifier in &pipeline.notifiers {
+            let inbox = Arc::new(Mutex::new(Inbox::default()));
+            browsers.push((user.clone(), inbox.clone()));
+            watchers.push(tokio::spawn(watch_user(
+                notifier.clone(),
+                clients[0].token(user, Duration::from_secs(3600)),
+                inbox,
+                None,
+            )));
+        }
+    }
+
+    oracle::wait_greeted(browsers.iter().map(|(_, inbox)| inbox)).await;
+    let (creations, creating) = Creations::start(clients.clone(), Vec::new(), users.clone(), rate);
+    let mut faults: Vec<String> = Vec::new();
+    let mut promotions: Vec<String> = Vec::new();
+    let moment = || tokio::time::sleep(Duration::from_secs(4));
+
+    // Twice: the primary killed, the standby promoted, the old primary back as its standby.
+    for _ in 0..2 {
+        moment().await;
+        let primary = pair.primary();
+        let standby = other(&primary);
+        let killed = Instant::now();
+        pair.run(&["kill", &primary]);
+        faults.push(format!(
+            "kill -9 {primary}, the primary (postmaster and backends)"
+        ));
+        tokio::time::sleep(DETECTION).await;
+        pair.run(&["promote", standby]);
+        promotions.push(format!(
+            "{standby}: {} ms after the kill",
+            killed.elapsed().as_millis()
+        ));
+        faults.push(format!("promote {standby}"));
+        moment().await;
+        pair.run(&["rejoin", &primary]);
+        faults.push(format!(
+            "{primary} rewound, back as {standby}'s synchronous standby"
+        ));
+    }
+
+    moment().await;
+    creations.finish(creating).await;
+    let decided = oracle::settle(&pipeline.deployment(), Duration::from_secs(240)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut verdict = oracle::check(
+        &pipeline.deployment(),
+        &decided,
+        START_CREDITS,
+        browsers.iter().map(|(user, inbox)| (user, inbox)),
+    )
+    .await;
+    let status = pair.run(&["status"]);
+    if !status.contains("streaming sync") {
+        (verdict.mismatches).push(format!(
+            "the pair ends without a synchronous standby: {status}"
+        ));
+    }
+    let programs: Vec<String> = (0..2)
+        .map(|i| format!("worker-{i}"))
+        .chain((0..2).map(|i| replica_name("notifier", i)))
+        .collect();
+    let logs = Logs::read(&pipeline, &programs);
+    // The reconciler's lead moves with the database: taken once at start, again after each
+    // failover (its session died with the primary).
+    let leads = logs.count("this worker reconciles unfinished jobs with Replicate");
+    if leads < 1 + promotions.len() {
+        (verdict.mismatches).push(format!(
+            "the reconciler's lead was taken {leads} times over {} failovers",
+            promotions.len()
+        ));
+    }
+    let reconnects: usize = browsers
+        .iter()
+        .map(|(_, inbox)| inbox.lock().unwrap().reconnects)
+        .sum();
+
+    let mut report = RunReport::new(&pipeline, &decided, &creations).await;
+    report.faults(&faults);
+    for promotion in &promotions {
+        report.row("standby promoted", promotion);
+    }
+    for (program, times) in logs.failovers("connected to PostgreSQL again") {
+        let shown: Vec<String> = times.iter().map(|ms| format!("{ms} ms")).collect();
+        let shown = if shown.is_empty() {
+            "none".to_owned()
+        } else {
+            shown.join(", ")
+        };
+        report.row(format!("{program}: without a writable database for"), shown);
+    }
+    report.row(
+        "creations that waited out a failover to store Replicate's answer (then answered)",
+        logs.distinct("cannot store Replicate's answer yet; trying again", "id"),
+    );
+    report.row(
+        "reconciler leads taken (start, then after each failover)",
+        leads,
+    );
+    report.row("the pair at the end", status.replace('\n', "; "));
+    report.verdict(reconnects, &verdict);
+    report.print(&format!(
+        "PostgreSQL failover run: primary + synchronous standby, 1 ingest, 2 workers, 2 notifiers, 2 browsers per user ({:.0} s)",
+        started.elapsed().as_secs_f64()
+    ));
+    for watcher in watchers {
+        watcher.abort();
+    }
+    verdict.assert_clean(creations.created(), pipeline.logs.display());
+    // Every service moved to the new primary and said how long it took.
+    for (program, times) in logs.failovers("connected to PostgreSQL again") {
+        assert!(
+            !times.is_empty(),
+            "{program} never logged its reconnection; logs in {}",
+            pipeline.logs.display()
+        );
+    }
+    pipeline.stop().await;
+}
