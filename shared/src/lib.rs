@@ -5,7 +5,7 @@
 //! | [`webhook`] | Standard Webhooks: secrets, signing, constant-time verification | ingest, the simulator |
 //! | [`replicate`] | Replicate's payloads, statuses, and the job tag on webhook URLs | all |
 //! | [`amqp`] | the topology, confirmed publishing (webhooks, events), the reconnecting link | ingest, worker, notifier |
-//! | `db` | schema, models, embedded migrations, the pool | worker, notifier |
+//! | `db` | schema, models, embedded migrations, the pool, the watch that reports a failover | worker, notifier |
 //! | `jobs` | the ledger: status machine, one transaction per change, refunds once, the event log, binding | worker, notifier |
 //! | [`events`] | the browser events (`jobs.events`) and their routing keys | worker, notifier |
 //! | [`config`] | settings groups, secrets and URLs that are never printed | all |

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use shared::testing::browser;
+use shared::testing::{Mode, ServiceProxy, browser, upstream_of};
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
@@ -107,6 +107,67 @@ async fn replicate_unreachable_fails_the_job_and_refunds_it_once() -> anyhow::Re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicate_refusing_the_job_fails_it_with_replicates_reason() -> anyhow::Result<()> {
     creation_fails_and_refunds(Replicate::WrongToken, "valid authentication token").await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_lost_while_replicate_answers_is_waited_out_and_the_creation_completes()
+-> anyhow::Result<()> {
+    // The notifier reaches PostgreSQL through a proxy the test cuts, as a primary dying
+    // (and a standby taking over) would, while Replicate takes 1.5 s to answer.
+    let proxy =
+        ServiceProxy::start(upstream_of(shared::testing::database_url("any").as_str())).await;
+    let api = Api::start_configured(
+        Replicate::Slow(Duration::from_millis(1500)),
+        Duration::from_secs(30),
+        |config| {
+            config.database.url = proxy.url(config.database.url.as_str()).parse().unwrap();
+        },
+    )
+    .await;
+    api.user("u1", 10).await;
+    let creating = {
+        let (http, base, token) = (
+            api.http.clone(),
+            api.base.clone(),
+            api.auth.mint("u1", Duration::from_secs(60)),
+        );
+        tokio::spawn(async move {
+            let response = http
+                .post(format!("{base}/api/generations"))
+                .bearer_auth(token)
+                .json(&json!({"prompt": "a corgi"}))
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            (
+                status,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        })
+    };
+    // Debited (the row is there), then the database goes away until after Replicate answered.
+    let debited = shared::testing::eventually(Duration::from_secs(5), || async {
+        api.credits("u1").await == 6
+    })
+    .await;
+    assert!(debited.is_ok(), "the creation was never debited");
+    proxy.set(Mode::Down);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    proxy.set(Mode::Forward);
+
+    let (status, answer) = creating.await?;
+    assert_eq!(status, 201, "{answer}");
+    let job_id = answer["job"]["job_id"].as_str().expect("Replicate's id");
+    assert_eq!(answer["job"]["status"], "PENDING");
+    assert_eq!(answer["credits"], 6);
+    assert_eq!(
+        api.movements("u1").await,
+        vec![("DEBIT".to_owned(), -4, job_id.to_owned())],
+        "debited once"
+    );
+    api.stop().await;
     Ok(())
 }
 

@@ -1,4 +1,5 @@
-//! PostgreSQL: schema, embedded migrations, database creation and the connection pool.
+//! PostgreSQL: schema, embedded migrations, database creation, the connection pool and its
+//! failover watch (`watch.rs`).
 
 pub mod schema;
 mod watch;
