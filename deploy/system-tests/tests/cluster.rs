@@ -14,16 +14,14 @@
 mod common;
 
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::audience::{Audience, FAULT_RUN_SETTINGS};
 use common::creations::Creations;
 use common::logs::Logs;
-use common::oracle::{self, Inbox, watch_user};
+use common::oracle;
 use common::report::RunReport;
-use common::{FAULTY_REPLICATE, JWT_SECRET, Pipeline, Shape, replica_name};
-use replicate_sim::accounts;
-use replicate_sim::jobs_client::JobsClient;
+use common::{FAULTY_REPLICATE, Pipeline, Shape, replica_name};
 
 const USERS: usize = 8;
 const START_CREDITS: i32 = 1_000_000;
@@ -146,45 +144,14 @@ async fn losing_a_broker_node_or_an_ingest_under_load_loses_nothing() {
         notifiers: 2,
         amqp_nodes: &nodes,
     };
-    let mut pipeline = Pipeline::start_shaped(
-        FAULTY_REPLICATE,
-        shape,
-        &[
-            ("REPLICATE_CREATE_TIMEOUT_SECS", "3"),
-            ("RECONCILE_AFTER_SECS", "8"),
-            ("RECONCILE_INTERVAL_SECS", "2"),
-            ("OUTBOX_SWEEP_SECS", "1"),
-            ("LOG_FORMAT", "json"),
-        ],
-    )
-    .await;
-    let clients: Vec<Arc<JobsClient>> = pipeline
-        .notifiers
-        .iter()
-        .map(|notifier| Arc::new(JobsClient::new(&format!("http://{notifier}"), JWT_SECRET)))
-        .collect();
-    let users: Vec<String> = (0..USERS).map(|i| format!("cluster-{i}")).collect();
-    // One browser per user on each notifier.
-    let mut browsers: Vec<(String, Arc<Mutex<Inbox>>)> = Vec::new();
-    let mut watchers = Vec::new();
-    for user in &users {
-        accounts::ensure_user(&pipeline.pool, user, START_CREDITS)
-            .await
-            .unwrap();
-        for notifier in &pipeline.notifiers {
-            let inbox = Arc::new(Mutex::new(Inbox::default()));
-            browsers.push((user.clone(), inbox.clone()));
-            watchers.push(tokio::spawn(watch_user(
-                notifier.clone(),
-                clients[0].token(user, Duration::from_secs(3600)),
-                inbox,
-                None,
-            )));
-        }
-    }
-
-    oracle::wait_greeted(browsers.iter().map(|(_, inbox)| inbox)).await;
-    let (creations, creating) = Creations::start(clients.clone(), Vec::new(), users.clone(), rate);
+    let mut pipeline = Pipeline::start_shaped(FAULTY_REPLICATE, shape, FAULT_RUN_SETTINGS).await;
+    let audience = Audience::gather(&pipeline, "cluster", USERS, START_CREDITS).await;
+    let (creations, creating) = Creations::start(
+        audience.clients.clone(),
+        Vec::new(),
+        audience.users.clone(),
+        rate,
+    );
     let mut faults: Vec<String> = Vec::new();
     let moment = || tokio::time::sleep(Duration::from_secs(4));
 
@@ -245,7 +212,7 @@ async fn losing_a_broker_node_or_an_ingest_under_load_loses_nothing() {
         &pipeline.deployment(),
         &decided,
         START_CREDITS,
-        browsers.iter().map(|(user, inbox)| (user, inbox)),
+        audience.inboxes(),
     )
     .await;
     // Every queue on all three nodes again, the restarted ones caught up.
@@ -257,10 +224,7 @@ async fn losing_a_broker_node_or_an_ingest_under_load_loses_nothing() {
     if queues.len() != 7 || replicated != queues.len() {
         (verdict.mismatches).push(format!("queues not quorum on 3 nodes: {queues:?}"));
     }
-    let reconnects: usize = browsers
-        .iter()
-        .map(|(_, inbox)| inbox.lock().unwrap().reconnects)
-        .sum();
+    let reconnects = audience.reconnects();
     let programs: Vec<String> = (0..2)
         .map(|i| replica_name("ingest", i))
         .chain((0..3).map(|i| format!("worker-{i}")))
@@ -312,9 +276,7 @@ async fn losing_a_broker_node_or_an_ingest_under_load_loses_nothing() {
         "cluster run: 3 RabbitMQ nodes, 2 ingests, 3 workers, 2 notifiers, 2 browsers per user ({:.0} s)",
         started.elapsed().as_secs_f64()
     ));
-    for watcher in watchers {
-        watcher.abort();
-    }
+    audience.leave();
     verdict.assert_clean(creations.created(), pipeline.logs.display());
     pipeline.stop().await;
 }

@@ -15,16 +15,14 @@
 mod common;
 
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::audience::{Audience, FAULT_RUN_SETTINGS};
 use common::creations::Creations;
 use common::logs::Logs;
-use common::oracle::{self, Inbox, watch_user};
+use common::oracle;
 use common::report::RunReport;
-use common::{FAULTY_REPLICATE, JWT_SECRET, Pipeline, Shape, replica_name};
-use replicate_sim::accounts;
-use replicate_sim::jobs_client::JobsClient;
+use common::{FAULTY_REPLICATE, Pipeline, Shape, replica_name};
 
 const USERS: usize = 8;
 const START_CREDITS: i32 = 1_000_000;
@@ -90,44 +88,14 @@ async fn losing_the_primary_database_under_load_loses_nothing() {
     // Replicate answers creations 400 ms late: creations are under way at Replicate when
     // the primary dies, and must store its answer on the new one.
     let replicate: Vec<&str> = [FAULTY_REPLICATE, &["--create-delay-ms", "400"]].concat();
-    let pipeline = Pipeline::start_shaped(
-        &replicate,
-        shape,
-        &[
-            ("REPLICATE_CREATE_TIMEOUT_SECS", "3"),
-            ("RECONCILE_AFTER_SECS", "8"),
-            ("RECONCILE_INTERVAL_SECS", "2"),
-            ("OUTBOX_SWEEP_SECS", "1"),
-            ("LOG_FORMAT", "json"),
-        ],
-    )
-    .await;
-    let clients: Vec<Arc<JobsClient>> = pipeline
-        .notifiers
-        .iter()
-        .map(|notifier| Arc::new(JobsClient::new(&format!("http://{notifier}"), JWT_SECRET)))
-        .collect();
-    let users: Vec<String> = (0..USERS).map(|i| format!("pg-failover-{i}")).collect();
-    let mut browsers: Vec<(String, Arc<Mutex<Inbox>>)> = Vec::new();
-    let mut watchers = Vec::new();
-    for user in &users {
-        accounts::ensure_user(&pipeline.pool, user, START_CREDITS)
-            .await
-            .unwrap();
-        for notifier in &pipeline.notifiers {
-            let inbox = Arc::new(Mutex::new(Inbox::default()));
-            browsers.push((user.clone(), inbox.clone()));
-            watchers.push(tokio::spawn(watch_user(
-                notifier.clone(),
-                clients[0].token(user, Duration::from_secs(3600)),
-                inbox,
-                None,
-            )));
-        }
-    }
-
-    oracle::wait_greeted(browsers.iter().map(|(_, inbox)| inbox)).await;
-    let (creations, creating) = Creations::start(clients.clone(), Vec::new(), users.clone(), rate);
+    let pipeline = Pipeline::start_shaped(&replicate, shape, FAULT_RUN_SETTINGS).await;
+    let audience = Audience::gather(&pipeline, "pg-failover", USERS, START_CREDITS).await;
+    let (creations, creating) = Creations::start(
+        audience.clients.clone(),
+        Vec::new(),
+        audience.users.clone(),
+        rate,
+    );
     let mut faults: Vec<String> = Vec::new();
     let mut promotions: Vec<String> = Vec::new();
     let moment = || tokio::time::sleep(Duration::from_secs(4));
@@ -164,7 +132,7 @@ async fn losing_the_primary_database_under_load_loses_nothing() {
         &pipeline.deployment(),
         &decided,
         START_CREDITS,
-        browsers.iter().map(|(user, inbox)| (user, inbox)),
+        audience.inboxes(),
     )
     .await;
     let status = pair.run(&["status"]);
@@ -194,10 +162,7 @@ async fn losing_the_primary_database_under_load_loses_nothing() {
             "the workers dropped webhook record rows {dropped} times"
         ));
     }
-    let reconnects: usize = browsers
-        .iter()
-        .map(|(_, inbox)| inbox.lock().unwrap().reconnects)
-        .sum();
+    let reconnects = audience.reconnects();
 
     let mut report = RunReport::new(&pipeline, &decided, &creations).await;
     report.faults(&faults);
@@ -227,9 +192,7 @@ async fn losing_the_primary_database_under_load_loses_nothing() {
         "PostgreSQL failover run: primary + synchronous standby, 1 ingest, 2 workers, 2 notifiers, 2 browsers per user ({:.0} s)",
         started.elapsed().as_secs_f64()
     ));
-    for watcher in watchers {
-        watcher.abort();
-    }
+    audience.leave();
     verdict.assert_clean(creations.created(), pipeline.logs.display());
     // Every service moved to the new primary and said how long it took.
     for (program, times) in logs.failovers("connected to PostgreSQL again") {

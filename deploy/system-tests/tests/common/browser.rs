@@ -115,10 +115,14 @@ impl Browser {
         self.client.execute(script, vec![]).await.unwrap()
     }
 
-    /// Waits until `script` returns true.
+    /// Waits until `script` returns true. A script that throws has not held yet: right after
+    /// a navigation or a refresh the element it reads may not exist.
     pub async fn until(&self, script: &str, what: &str) {
         let held = shared::testing::eventually(WAIT, || async {
-            self.script(script).await == Value::Bool(true)
+            matches!(
+                self.client.execute(script, vec![]).await,
+                Ok(Value::Bool(true))
+            )
         })
         .await;
         assert!(held.is_ok(), "{what}: `{script}` never held");

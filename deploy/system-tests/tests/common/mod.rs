@@ -4,6 +4,7 @@
 
 #![allow(dead_code)] // each test binary uses its own part
 
+pub mod audience;
 pub mod browser;
 pub mod creations;
 pub mod logs;

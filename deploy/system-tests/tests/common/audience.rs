@@ -1,0 +1,87 @@
+//! Who watches a run under faults across several notifiers: users with credits, a jobs
+//! API client per notifier, and a browser for every user on every notifier, greeted
+//! before the faults start.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use replicate_sim::accounts;
+use replicate_sim::jobs_client::JobsClient;
+use tokio::task::JoinHandle;
+
+use super::oracle::{self, Inbox, watch_user};
+use super::{JWT_SECRET, Pipeline};
+
+/// Settings every run under faults gives its programs: Replicate's creation timeout, the
+/// reconciler and the outbox sweep compressed to the run's few minutes, JSON logs (the
+/// run reads them).
+pub const FAULT_RUN_SETTINGS: &[(&str, &str)] = &[
+    ("REPLICATE_CREATE_TIMEOUT_SECS", "3"),
+    ("RECONCILE_AFTER_SECS", "8"),
+    ("RECONCILE_INTERVAL_SECS", "2"),
+    ("OUTBOX_SWEEP_SECS", "1"),
+    ("LOG_FORMAT", "json"),
+];
+
+pub struct Audience {
+    /// A jobs API client per notifier.
+    pub clients: Vec<Arc<JobsClient>>,
+    pub users: Vec<String>,
+    /// Every browser, with its user.
+    pub browsers: Vec<(String, Arc<Mutex<Inbox>>)>,
+    watchers: Vec<JoinHandle<()>>,
+}
+
+impl Audience {
+    /// `count` users named `<name>-<i>` with `credits` each, a browser for each on every
+    /// notifier; returns once every browser is greeted (subscribed: it misses nothing after).
+    pub async fn gather(pipeline: &Pipeline, name: &str, count: usize, credits: i32) -> Self {
+        let clients: Vec<Arc<JobsClient>> = (pipeline.notifiers.iter())
+            .map(|notifier| Arc::new(JobsClient::new(&format!("http://{notifier}"), JWT_SECRET)))
+            .collect();
+        let users: Vec<String> = (0..count).map(|i| format!("{name}-{i}")).collect();
+        let mut browsers = Vec::new();
+        let mut watchers = Vec::new();
+        for user in &users {
+            accounts::ensure_user(&pipeline.pool, user, credits)
+                .await
+                .unwrap();
+            for notifier in &pipeline.notifiers {
+                let inbox = Arc::new(Mutex::new(Inbox::default()));
+                browsers.push((user.clone(), inbox.clone()));
+                watchers.push(tokio::spawn(watch_user(
+                    notifier.clone(),
+                    clients[0].token(user, Duration::from_secs(3600)),
+                    inbox,
+                    None,
+                )));
+            }
+        }
+        oracle::wait_greeted(browsers.iter().map(|(_, inbox)| inbox)).await;
+        Self {
+            clients,
+            users,
+            browsers,
+            watchers,
+        }
+    }
+
+    /// Every browser with its user, as the oracle takes them.
+    pub fn inboxes(&self) -> impl Iterator<Item = (&String, &Arc<Mutex<Inbox>>)> {
+        self.browsers.iter().map(|(user, inbox)| (user, inbox))
+    }
+
+    /// How many times the browsers had to reconnect.
+    pub fn reconnects(&self) -> usize {
+        (self.browsers.iter())
+            .map(|(_, inbox)| inbox.lock().unwrap().reconnects)
+            .sum()
+    }
+
+    /// Closes every browser.
+    pub fn leave(self) {
+        for watcher in self.watchers {
+            watcher.abort();
+        }
+    }
+}
