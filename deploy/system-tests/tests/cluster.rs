@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 use common::audience::{Audience, FAULT_RUN_SETTINGS};
 use common::creations::Creations;
 use common::logs::Logs;
-use common::oracle;
 use common::report::RunReport;
 use common::{FAULTY_REPLICATE, Pipeline, Shape, replica_name};
 
@@ -205,16 +204,9 @@ async fn losing_a_broker_node_or_an_ingest_under_load_loses_nothing() {
     faults.push(format!("SIGKILL {ingest}, started again 1 s later"));
 
     moment().await;
-    creations.finish(creating).await;
-    let decided = oracle::settle(&pipeline.deployment(), Duration::from_secs(240)).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut verdict = oracle::check(
-        &pipeline.deployment(),
-        &decided,
-        START_CREDITS,
-        audience.inboxes(),
-    )
-    .await;
+    let (decided, mut verdict) = audience
+        .judge(&pipeline, &creations, creating, START_CREDITS)
+        .await;
     // Every queue on all three nodes again, the restarted ones caught up.
     let queues = cluster.queues(&pipeline.prefix);
     let replicated = queues
@@ -258,15 +250,11 @@ async fn losing_a_broker_node_or_an_ingest_under_load_loses_nothing() {
         ),
     );
     report.faults(&faults);
-    for (program, times) in logs.failovers("connected to RabbitMQ again") {
-        let shown: Vec<String> = times.iter().map(|ms| format!("{ms} ms")).collect();
-        let shown = if shown.is_empty() {
-            "none (its node stayed up)".to_owned()
-        } else {
-            shown.join(", ")
-        };
-        report.row(format!("failovers seen by {program}"), shown);
-    }
+    report.failovers(
+        logs.failovers("connected to RabbitMQ again"),
+        |program| format!("failovers seen by {program}"),
+        "none (its node stayed up)",
+    );
     report.row(
         "queues quorum with 3 replicas online at the end",
         format!("{replicated} of {}", queues.len()),

@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 use common::audience::{Audience, FAULT_RUN_SETTINGS};
 use common::creations::Creations;
 use common::logs::Logs;
-use common::oracle;
 use common::report::RunReport;
 use common::{FAULTY_REPLICATE, Pipeline, Shape, replica_name};
 
@@ -125,16 +124,9 @@ async fn losing_the_primary_database_under_load_loses_nothing() {
     }
 
     moment().await;
-    creations.finish(creating).await;
-    let decided = oracle::settle(&pipeline.deployment(), Duration::from_secs(240)).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut verdict = oracle::check(
-        &pipeline.deployment(),
-        &decided,
-        START_CREDITS,
-        audience.inboxes(),
-    )
-    .await;
+    let (decided, mut verdict) = audience
+        .judge(&pipeline, &creations, creating, START_CREDITS)
+        .await;
     let status = pair.run(&["status"]);
     if !status.contains("streaming sync") {
         (verdict.mismatches).push(format!(
@@ -169,15 +161,11 @@ async fn losing_the_primary_database_under_load_loses_nothing() {
     for promotion in &promotions {
         report.row("standby promoted", promotion);
     }
-    for (program, times) in logs.failovers("connected to PostgreSQL again") {
-        let shown: Vec<String> = times.iter().map(|ms| format!("{ms} ms")).collect();
-        let shown = if shown.is_empty() {
-            "none".to_owned()
-        } else {
-            shown.join(", ")
-        };
-        report.row(format!("{program}: without a writable database for"), shown);
-    }
+    report.failovers(
+        logs.failovers("connected to PostgreSQL again"),
+        |program| format!("{program}: without a writable database for"),
+        "none",
+    );
     report.row(
         "creations that waited out a failover to store Replicate's answer",
         logs.distinct("cannot store Replicate's answer yet; trying again", "id"),

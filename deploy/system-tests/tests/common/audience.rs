@@ -2,14 +2,17 @@
 //! API client per notifier, and a browser for every user on every notifier, greeted
 //! before the faults start.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use replicate_sim::accounts;
 use replicate_sim::jobs_client::JobsClient;
+use serde_json::Value;
 use tokio::task::JoinHandle;
 
-use super::oracle::{self, Inbox, watch_user};
+use super::creations::Creations;
+use super::oracle::{self, Inbox, Verdict, watch_user};
 use super::{JWT_SECRET, Pipeline};
 
 /// Settings every run under faults gives its programs: Replicate's creation timeout, the
@@ -64,6 +67,29 @@ impl Audience {
             browsers,
             watchers,
         }
+    }
+
+    /// The end of a run: creation stops (`creating` is [`Creations::start`]'s task), every
+    /// job the simulator ran settles, then the oracle compares it all with what the
+    /// simulator decided (returned with the verdict): jobs, credits, every browser.
+    pub async fn judge(
+        &self,
+        pipeline: &Pipeline,
+        creations: &Creations,
+        creating: JoinHandle<()>,
+        start_credits: i32,
+    ) -> (HashMap<String, Value>, Verdict) {
+        creations.finish(creating).await;
+        let decided = oracle::settle(&pipeline.deployment(), Duration::from_secs(240)).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let verdict = oracle::check(
+            &pipeline.deployment(),
+            &decided,
+            start_credits,
+            self.inboxes(),
+        )
+        .await;
+        (decided, verdict)
     }
 
     /// Every browser with its user, as the oracle takes them.

@@ -64,6 +64,25 @@ impl RunReport {
         }
     }
 
+    /// A row per program with the failover times it logged (`what` names the row after
+    /// the program), or `none` when it logged none.
+    pub fn failovers<'a>(
+        &mut self,
+        failovers: impl Iterator<Item = (&'a String, Vec<u64>)>,
+        what: impl Fn(&str) -> String,
+        none: &str,
+    ) {
+        for (program, times) in failovers {
+            let shown: Vec<String> = times.iter().map(|ms| format!("{ms} ms")).collect();
+            let shown = if shown.is_empty() {
+                none.to_owned()
+            } else {
+                shown.join(", ")
+            };
+            self.row(what(program), shown);
+        }
+    }
+
     /// The closing rows: browser reconnects and what the oracle checked and found.
     pub fn verdict(&mut self, reconnects: usize, verdict: &Verdict) {
         self.row("browser reconnects", reconnects);
