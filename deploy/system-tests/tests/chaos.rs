@@ -17,7 +17,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::creations::Creations;
+use common::creations::{Creations, rate_from_env};
 use common::oracle::{self, Inbox, watch_user};
 use common::report::RunReport;
 use common::{FAULTY_REPLICATE, JWT_SECRET, Pipeline};
@@ -64,10 +64,7 @@ fn restart_postgresql() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "restarts this machine's RabbitMQ and PostgreSQL: run by deploy/chaos"]
 async fn nothing_is_lost_under_crashes_restarts_and_cut_webhooks() {
-    let rate: f64 = std::env::var("CHAOS_RATE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(15.0);
+    let rate = rate_from_env("CHAOS_RATE", 15.0);
     let started = Instant::now();
     let replicate: Vec<&str> = [FAULTY_REPLICATE, &["--create-delay-ms", "400"]].concat();
     let mut pipeline = Pipeline::start_with(

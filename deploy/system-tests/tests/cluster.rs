@@ -13,11 +13,11 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::audience::{Audience, FAULT_RUN_SETTINGS};
-use common::creations::Creations;
+use common::control::ControlScript;
+use common::creations::{Creations, rate_from_env};
 use common::logs::Logs;
 use common::report::RunReport;
 use common::{FAULTY_REPLICATE, Pipeline, Shape, replica_name};
@@ -27,30 +27,22 @@ const START_CREDITS: i32 = 1_000_000;
 const NODES: [&str; 3] = ["r1", "r2", "r3"];
 
 /// The cluster's control script (`deploy/lib/rabbitmq-cluster`).
-struct Cluster {
-    script: String,
-}
+struct Cluster(ControlScript);
 
 impl Cluster {
     fn from_env() -> Self {
-        Self {
-            script: std::env::var("RABBITMQ_CLUSTER")
-                .expect("RABBITMQ_CLUSTER names the cluster's control script (deploy/cluster)"),
-        }
+        Self(ControlScript::from_env(
+            "RABBITMQ_CLUSTER",
+            "deploy/cluster",
+        ))
     }
 
-    /// Runs the script; `None` when it failed.
     fn try_run(&self, args: &[&str]) -> Option<String> {
-        let output = Command::new(&self.script).args(args).output().ok()?;
-        output
-            .status
-            .success()
-            .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+        self.0.try_run(args)
     }
 
     fn run(&self, args: &[&str]) -> String {
-        self.try_run(args)
-            .unwrap_or_else(|| panic!("{} {args:?} failed", self.script))
+        self.0.run(args)
     }
 
     /// The node leading a quorum queue.
@@ -132,10 +124,7 @@ async fn losing_a_broker_node_or_an_ingest_under_load_loses_nothing() {
         .split_whitespace()
         .map(|url| format!("{url}?heartbeat=5"))
         .collect();
-    let rate: f64 = std::env::var("CLUSTER_RATE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10.0);
+    let rate = rate_from_env("CLUSTER_RATE", 10.0);
     let started = Instant::now();
     let shape = Shape {
         ingests: 2,

@@ -14,11 +14,11 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::audience::{Audience, FAULT_RUN_SETTINGS};
-use common::creations::Creations;
+use common::control::ControlScript;
+use common::creations::{Creations, rate_from_env};
 use common::logs::Logs;
 use common::report::RunReport;
 use common::{FAULTY_REPLICATE, Pipeline, Shape, replica_name};
@@ -31,31 +31,15 @@ const START_CREDITS: i32 = 1_000_000;
 const DETECTION: Duration = Duration::from_secs(1);
 
 /// The pair's control script (`deploy/lib/postgres-pair`).
-struct Pair {
-    script: String,
-}
+struct Pair(ControlScript);
 
 impl Pair {
     fn from_env() -> Self {
-        Self {
-            script: std::env::var("PG_PAIR")
-                .expect("PG_PAIR names the pair's control script (deploy/pg-failover)"),
-        }
+        Self(ControlScript::from_env("PG_PAIR", "deploy/pg-failover"))
     }
 
     fn run(&self, args: &[&str]) -> String {
-        let output = Command::new(&self.script)
-            .args(args)
-            .output()
-            .unwrap_or_else(|err| panic!("cannot run {}: {err}", self.script));
-        assert!(
-            output.status.success(),
-            "{} {args:?}: {}{}",
-            self.script,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+        self.0.run(args)
     }
 
     /// The node accepting writes (`p1` or `p2`).
@@ -73,10 +57,7 @@ fn other(node: &str) -> &'static str {
 #[ignore = "needs the PostgreSQL pair deploy/pg-failover starts"]
 async fn losing_the_primary_database_under_load_loses_nothing() {
     let pair = Pair::from_env();
-    let rate: f64 = std::env::var("PG_FAILOVER_RATE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10.0);
+    let rate = rate_from_env("PG_FAILOVER_RATE", 10.0);
     let started = Instant::now();
     let shape = Shape {
         ingests: 1,

@@ -11,6 +11,15 @@ use std::time::Duration;
 use replicate_sim::jobs_client::{JobsClient, random_prompt};
 use tokio::task::JoinHandle;
 
+/// Jobs created a second in a run under faults: `variable` (set by its deploy script's
+/// `--quick`), else `default`.
+pub fn rate_from_env(variable: &str, default: f64) -> f64 {
+    std::env::var(variable)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// One creation in five hangs up, when impatient clients are given.
 const HANG_UP_EVERY: usize = 5;
 

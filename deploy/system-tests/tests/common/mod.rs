@@ -6,6 +6,7 @@
 
 pub mod audience;
 pub mod browser;
+pub mod control;
 pub mod creations;
 pub mod logs;
 pub mod oracle;
