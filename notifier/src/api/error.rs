@@ -36,7 +36,9 @@ pub enum JobsError {
     /// allowed.
     #[error("{0}")]
     TooMany(String),
-    /// The creation's task ended without an answer (a bug, or shutdown).
+    /// The creation's task ended without an answer (a bug, or shutdown), or Replicate's
+    /// answer could not be stored before the creation's deadline (the database away): the
+    /// job goes on either way.
     #[error("{0}")]
     Interrupted(String),
     #[error("the database is unavailable: {0}")]
