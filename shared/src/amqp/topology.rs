@@ -121,30 +121,27 @@ impl Topology {
     /// dead-letter settings are unchanged), so one that is not empty yet is left for the
     /// next start; so is one whose node is down. Nothing here stops the service. Workers,
     /// who publish retries, call it once when they start.
+    ///
+    /// RabbitMQ deletes a queue that is not there as a success, so no probe comes first:
+    /// a passive declare of a missing queue closes its channel, which the client logs as an
+    /// error at every start.
     pub async fn retire_legacy_retry_queues(&self, connection: &Connection) {
         for delay in RETRY_DELAYS {
             let queue = self.legacy_retry_queue(*delay);
             let Ok(channel) = connection.create_channel().await else {
                 return;
             };
-            if channel
-                .queue_declare(queue.as_str().into(), passive(), FieldTable::default())
-                .await
-                .is_err()
-            {
-                continue; // none (the usual case), or its node is down: nothing to do now
-            }
             let options = QueueDeleteOptions {
                 if_empty: true,
                 ..QueueDeleteOptions::default()
             };
             match channel.queue_delete(queue.as_str().into(), options).await {
                 Ok(_) => {
-                    tracing::info!(%queue, "retired a classic delay queue of an earlier version");
+                    tracing::debug!(%queue, "no classic delay queue of an earlier version left");
                     let _ = channel.close(200, "retired".into()).await;
                 }
                 Err(err) => {
-                    tracing::info!(%queue, error = %err, "a classic delay queue of an earlier version still holds messages; left for now");
+                    tracing::info!(%queue, error = %err, "a classic delay queue of an earlier version still holds messages (or its node is down); left for now");
                 }
             }
         }
