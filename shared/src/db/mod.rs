@@ -15,7 +15,7 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use crate::config::{DatabaseConfig, DatabaseUrl};
 
 pub use diesel_async::AsyncPgConnection as Connection;
-pub use watch::{watch_database, writable_server};
+pub use watch::watch_database;
 
 pub type Pool = DeadPool<AsyncPgConnection>;
 pub type PooledConnection = Object<AsyncPgConnection>;

@@ -28,7 +28,7 @@ struct Server {
 }
 
 /// The writable server a pooled connection reaches, as `host:port`.
-pub async fn writable_server(pool: &Pool) -> Result<String, DbError> {
+async fn writable_server(pool: &Pool) -> Result<String, DbError> {
     let mut conn = connection(pool).await?;
     let found: Server = diesel::sql_query(
         "SELECT coalesce(host(inet_server_addr()), 'local') || ':' || current_setting('port') AS server \
