@@ -1,10 +1,20 @@
 use pipeline_bench::config::{Cli, Command};
 use pipeline_bench::{broker, fanout, ingest, load, measure, report, worker};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli: Cli = shared::config::parse();
     shared::telemetry::init(cli.telemetry.log_format);
+    // The fan-out client runs on one thread: its 10,000 sockets wake it 50,000 times a
+    // second, and on a thread pool those wake-ups hand work between threads — CPU taken
+    // from the two cores the notifier and the broker under test share with it.
+    let mut runtime = match cli.command {
+        Command::Fanout { .. } => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    runtime.enable_all().build()?.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Broker {
             amqp_url,
