@@ -265,13 +265,6 @@ pub async fn fanout(
     }))
 }
 
-/// The load client's sockets. tungstenite zero-fills its whole read buffer before every
-/// read (128 KiB by default): with one small event per read that memset was half of the
-/// client's CPU, taken from the two cores the server under test shares.
-fn client_socket_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
-    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4096)
-}
-
 /// The publish time in a fan-out event: its job id is `t<microseconds>`.
 pub fn sent_micros(event: &str) -> Option<u128> {
     let start = event.find("\"id\":\"t")? + 7;

@@ -159,7 +159,12 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<LoadReport> {
             "{ws_base}/ws?token={}",
             client.token(user, Duration::from_secs(3600))
         );
-        let (mut socket, _) = tokio_tungstenite::connect_async(url).await?;
+        let (mut socket, _) = tokio_tungstenite::connect_async_with_config(
+            url,
+            Some(crate::measure::client_socket_config()),
+            false,
+        )
+        .await?;
         let received = received.clone();
         let progress = progress.clone();
         let completed_tx = completed_tx.clone();

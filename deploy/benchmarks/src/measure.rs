@@ -240,7 +240,14 @@ pub fn values(run: &Value, field: &str) -> Vec<f64> {
         .unwrap_or_default()
 }
 
-#[cfg(test)]
+/// The load clients' sockets (the browsers of `load`, the sockets of `fanout`). tungstenite
+/// zero-fills its whole read buffer before every read (128 KiB by default): with one small
+/// event per read, that memset was half of the fan-out client's CPU, taken from the two
+/// cores the server under test shares with it.
+pub fn client_socket_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4096)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
