@@ -44,3 +44,48 @@ async fn replicas_starting_together_create_and_migrate_once() {
     pool.close();
     shared::db::drop_database(&config.url).await.unwrap();
 }
+
+#[derive(diesel::QueryableByName, Debug, PartialEq)]
+struct Total {
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    total: i32,
+}
+
+#[derive(diesel::QueryableByName)]
+struct Prepared {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    count: i64,
+}
+
+/// A hand-written statement is prepared once per connection and then reused, with its
+/// binds in place (a placeholder used twice names the same value).
+#[tokio::test]
+async fn hand_written_statements_are_prepared_once_per_connection() {
+    use diesel::sql_types::{Array, Integer, Text};
+    use diesel_async::{AsyncConnection, RunQueryDsl};
+    use shared::db::statement::statement;
+
+    const SQL: &str =
+        "SELECT $1 + x AS total FROM unnest($2::int4[]) AS t(x) WHERE $1 > 0 ORDER BY x";
+    let url = shared::testing::database_url("postgres");
+    let mut conn = shared::db::Connection::establish(url.as_str())
+        .await
+        .unwrap();
+    for (offset, expected) in [(10, vec![11, 12]), (20, vec![21, 22]), (0, vec![])] {
+        let rows: Vec<Total> = statement(SQL)
+            .bind::<Integer, _>(offset)
+            .bind::<Array<Integer>, _>(vec![2, 1])
+            .load(&mut conn)
+            .await
+            .unwrap();
+        let totals: Vec<i32> = rows.into_iter().map(|row| row.total).collect();
+        assert_eq!(totals, expected);
+    }
+    let prepared: Prepared =
+        statement("SELECT count(*) AS count FROM pg_prepared_statements WHERE statement = $1")
+            .bind::<Text, _>(SQL)
+            .get_result(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(prepared.count, 1, "prepared once and kept for reuse");
+}

@@ -1,19 +1,41 @@
-//! `broker`: persistent, confirmed publishes/s of one webhook-sized payload into a quorum
-//! queue of its own, confirms pipelined over `--concurrency` publishers: the ceiling ingest
-//! is measured against.
+//! `broker`: persistent, confirmed publishes/s of one webhook-sized payload, published
+//! exactly as ingest publishes a webhook (the same queue arguments, properties and headers,
+//! mandatory) into queues of its own, confirms pipelined over `--concurrency` publishers:
+//! the ceiling ingest is measured against.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use lapin::options::{ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use lapin::options::ConfirmSelectOptions;
+use lapin::{Channel, Connection, ConnectionProperties};
 use serde_json::{Value, json};
-use shared::amqp::{Outgoing, PERSISTENT, publish_confirmed};
+use shared::amqp::{Topology, Webhook, publish_webhook};
 
 use crate::measure::*;
+
+/// What each publish of the reference sends: ingest's queues under a prefix of their own,
+/// and one signed-webhook body.
+struct Reference {
+    topology: Topology,
+    body: Vec<u8>,
+    timestamp: String,
+}
+
+impl Reference {
+    async fn publish(&self, channel: &Channel) -> bool {
+        let webhook = Webhook {
+            id: "msg_bench_reference",
+            timestamp: &self.timestamp,
+            body: &self.body,
+            tag: None,
+        };
+        publish_webhook(channel, &self.topology, webhook, Duration::from_secs(10))
+            .await
+            .is_ok()
+    }
+}
 
 /// `broker`: the ceiling.
 pub async fn broker(amqp_url: &str, seconds: u64, concurrency: usize) -> anyhow::Result<Value> {
@@ -24,23 +46,23 @@ pub async fn broker(amqp_url: &str, seconds: u64, concurrency: usize) -> anyhow:
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
-    let queue = format!("bench.broker.{}", replicate_sim::prediction::new_id());
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString(LongString::from("quorum")),
-    );
-    channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            args,
-        )
-        .await?;
-    let body = Arc::new(webhook_body("bench"));
+    let reference = Arc::new(Reference {
+        topology: Topology::new(&format!(
+            "bench.broker.{}.",
+            replicate_sim::prediction::new_id()
+        )),
+        body: webhook_body("bench"),
+        timestamp: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs()
+            .to_string(),
+    });
+    reference
+        .topology
+        .declare(&connection)
+        .await
+        .context("declaring the reference's queues")?;
     let done = Arc::new(AtomicBool::new(false));
     let confirmed = Arc::new(AtomicU64::new(0));
     tick(
@@ -52,15 +74,11 @@ pub async fn broker(amqp_url: &str, seconds: u64, concurrency: usize) -> anyhow:
     let deadline = started + Duration::from_secs(seconds);
     let mut publishers = Vec::new();
     for _ in 0..concurrency.max(1) {
-        let (channel, queue, body, confirmed) = (
-            channel.clone(),
-            queue.clone(),
-            body.clone(),
-            confirmed.clone(),
-        );
+        let (channel, reference, confirmed) =
+            (channel.clone(), reference.clone(), confirmed.clone());
         publishers.push(tokio::spawn(async move {
             while Instant::now() < deadline {
-                if publish_persistent(&channel, &queue, &body).await {
+                if reference.publish(&channel).await {
                     confirmed.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -77,44 +95,25 @@ pub async fn broker(amqp_url: &str, seconds: u64, concurrency: usize) -> anyhow:
     // Half that rate, paced as the ingest run is: publish → confirm latency, the floor of
     // ingest's own latency at half rate.
     let publishers = (0..concurrency.max(1))
-        .map(|_| (channel.clone(), queue.clone(), body.clone()))
+        .map(|_| (channel.clone(), reference.clone()))
         .collect();
     let (latencies, _) = paced(
         "broker: half rate, paced",
         publishers,
         per_second / 2.0,
         seconds,
-        |(channel, queue, body)| Box::pin(publish_persistent(channel, queue, body)),
+        |(channel, reference)| Box::pin(reference.publish(channel)),
     )
     .await?;
-    channel
-        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-        .await?;
+    reference.topology.delete(&channel).await?;
     Ok(json!({
         "part": "broker",
         "confirmed": total,
         "seconds": elapsed,
         "per_second": per_second,
         "concurrency": concurrency,
-        "payload_bytes": body.len(),
+        "payload_bytes": reference.body.len(),
         "half_rate_p50_ms": percentile(&latencies, 0.5),
         "half_rate_p99_ms": percentile(&latencies, 0.99),
     }))
-}
-
-/// One persistent publish into `queue`, confirmed by the broker.
-pub async fn publish_persistent(channel: &lapin::Channel, queue: &str, body: &[u8]) -> bool {
-    publish_confirmed(
-        channel,
-        Outgoing {
-            exchange: "",
-            routing_key: queue,
-            body,
-            properties: BasicProperties::default().with_delivery_mode(PERSISTENT),
-            mandatory: true,
-        },
-        Duration::from_secs(10),
-    )
-    .await
-    .is_ok()
 }

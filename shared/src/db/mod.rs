@@ -2,6 +2,7 @@
 //! failover watch (`watch.rs`).
 
 pub mod schema;
+pub mod statement;
 mod watch;
 
 use std::time::Duration;

@@ -19,6 +19,7 @@ use std::collections::{HashMap, HashSet};
 use diesel::sql_types::{Array, BigInt, Bool, Integer, Jsonb, Nullable, Text};
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
+use crate::db::statement::statement;
 use crate::db::{Connection, DbError};
 use crate::events::{Event, JobState};
 use crate::jobs::apply::{Applied, ApplyError, Change, error_of};
@@ -141,17 +142,25 @@ async fn lock_in_order(
     generations: &[usize],
     trainings: &[usize],
 ) -> Result<(), DbError> {
-    for (table, members) in [("generations", generations), ("ai_models", trainings)] {
+    let tables = [
+        (
+            "SELECT 1 FROM generations WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
+            generations,
+        ),
+        (
+            "SELECT 1 FROM ai_models WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
+            trainings,
+        ),
+    ];
+    for (lock, members) in tables {
         if members.is_empty() {
             continue;
         }
         let ids: Vec<&str> = members.iter().map(|&i| moves[i].job.id.as_str()).collect();
-        diesel::sql_query(format!(
-            "SELECT 1 FROM {table} WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE"
-        ))
-        .bind::<Array<Text>, _>(ids)
-        .execute(conn)
-        .await?;
+        statement(lock)
+            .bind::<Array<Text>, _>(ids)
+            .execute(conn)
+            .await?;
     }
     Ok(())
 }
@@ -198,7 +207,7 @@ async fn update_generations(
         })),
         _ => None,
     };
-    let rows: Vec<GenerationRow> = diesel::sql_query(
+    let rows: Vec<GenerationRow> = statement(
         "UPDATE generations AS g SET status = u.status, updated_at = now(), \
            completed_at = CASE WHEN u.terminal THEN now() ELSE g.completed_at END, \
            image_urls = CASE WHEN u.image_urls IS NULL THEN g.image_urls \
@@ -244,7 +253,7 @@ async fn update_trainings(
         } => (model_version.clone(), weights_url.clone()),
         _ => (None, None),
     };
-    let rows: Vec<TrainingRow> = diesel::sql_query(
+    let rows: Vec<TrainingRow> = statement(
         "UPDATE ai_models AS m SET status = u.status, updated_at = now(), \
            completed_at = CASE WHEN u.terminal THEN now() ELSE m.completed_at END, \
            model_version = COALESCE(u.model_version, m.model_version), \
@@ -293,13 +302,14 @@ async fn refund_all(
         .collect();
     let mut given: HashMap<String, i32> = HashMap::new();
     if !owed.is_empty() {
-        let rows: Vec<Refunded> = diesel::sql_query(
+        let rows: Vec<Refunded> = statement(
             "INSERT INTO credit_transactions (user_id, amount, kind, job_id) \
-             SELECT r.user_id, r.amount, $4, r.job_id \
-             FROM unnest($1::text[], $2::int4[], $3::text[]) AS r(user_id, amount, job_id) \
+             SELECT r.user_id, r.amount, $1, r.job_id \
+             FROM unnest($2::text[], $3::int4[], $4::text[]) AS r(user_id, amount, job_id) \
              ON CONFLICT (job_id, kind) DO NOTHING \
              RETURNING job_id, amount",
         )
+        .bind::<Text, _>(REFUND)
         .bind::<Array<Text>, _>(
             owed.iter()
                 .map(|(job, _)| job.user_id.as_str())
@@ -311,7 +321,6 @@ async fn refund_all(
                 .map(|(job, _)| job.job_id.as_str())
                 .collect::<Vec<_>>(),
         )
-        .bind::<Text, _>(REFUND)
         .load(conn)
         .await?;
         given = rows.into_iter().map(|r| (r.job_id, r.amount)).collect();
@@ -361,7 +370,7 @@ async fn number_events(
         }
     }
     per_user.sort_unstable_by_key(|(user, _, _)| *user);
-    let after: Vec<UserAfter> = diesel::sql_query(
+    let after: Vec<UserAfter> = statement(
         "WITH locked AS (SELECT id FROM users WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE) \
          UPDATE users AS u SET event_seq = u.event_seq + d.events, credits = u.credits + d.refunds \
          FROM unnest($1::text[], $2::int8[], $3::int4[]) AS d(id, events, refunds), locked \
@@ -415,7 +424,7 @@ async fn store_events(
     if numbered.is_empty() {
         return Ok(());
     }
-    diesel::sql_query(
+    statement(
         "INSERT INTO job_events (user_id, seq, payload) \
          SELECT * FROM unnest($1::text[], $2::int8[], $3::jsonb[])",
     )

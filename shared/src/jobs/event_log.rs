@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use crate::db::schema::{job_events, users};
+use crate::db::statement::statement;
 use crate::db::{Connection, DbError};
 use crate::events::Event;
 use chrono::Utc;
@@ -78,7 +79,7 @@ pub async fn mark_many_published(
         .iter()
         .map(|(user, seq)| (user.as_str(), *seq))
         .unzip();
-    diesel::sql_query(
+    statement(
         "UPDATE job_events AS e SET published_at = now() \
          FROM unnest($1::text[], $2::bigint[]) AS m(user_id, seq) \
          WHERE e.user_id = m.user_id AND e.seq = m.seq",
