@@ -89,3 +89,27 @@ async fn hand_written_statements_are_prepared_once_per_connection() {
             .unwrap();
     assert_eq!(prepared.count, 1, "prepared once and kept for reuse");
 }
+
+#[derive(diesel::QueryableByName)]
+struct Setting {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    plan_cache_mode: String,
+}
+
+/// The pool's connections keep the generic plan of each prepared statement.
+#[tokio::test]
+async fn pooled_connections_plan_each_statement_once() {
+    use diesel_async::RunQueryDsl;
+
+    let config = DatabaseConfig {
+        url: shared::testing::database_url("postgres"),
+        pool_size: 1,
+    };
+    let pool = shared::db::pool(&config).unwrap();
+    let mut conn = shared::db::connection(&pool).await.unwrap();
+    let setting: Setting = diesel::sql_query("SHOW plan_cache_mode")
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(setting.plan_cache_mode, "force_generic_plan");
+}

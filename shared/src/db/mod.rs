@@ -8,8 +8,9 @@ mod watch;
 use std::time::Duration;
 
 use diesel::sql_types::{BigInt, Text};
-use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::SimpleAsyncConnection;
 use diesel_async::pooled_connection::deadpool::{Object, Pool as DeadPool};
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
 use diesel_async::{AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
@@ -176,11 +177,34 @@ pub async fn ping(pool: &Pool) -> bool {
 /// A pool that opens connections on demand and replaces broken ones, so the service
 /// recovers by itself after PostgreSQL restarts.
 pub fn pool(config: &DatabaseConfig) -> Result<Pool, DbError> {
-    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(config.url.as_str());
+    let mut setup = ManagerConfig::default();
+    setup.custom_setup = Box::new(|url| Box::pin(establish_planning_once(url.to_owned())));
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
+        config.url.as_str(),
+        setup,
+    );
     Pool::builder(manager)
         .max_size(config.pool_size)
         .build()
         .map_err(|err| DbError::Pool(err.to_string()))
+}
+
+/// A connection that plans each prepared statement once and keeps the plan.
+///
+/// By default PostgreSQL plans a prepared statement again on every run whenever a plan for
+/// the values at hand looks cheaper than the generic one. For the worker's batch
+/// statements that is always so: planning with a parameter, it guesses 10 elements for
+/// each `unnest($n)`, while a batch holds one to a few, so it re-planned every statement
+/// of every batch (4–5 % of the whole machine at 500 webhooks/s, `docs/benchmarks.md`).
+/// Every statement here looks rows up by key or walks an index in order, and the generic
+/// plan does the same.
+async fn establish_planning_once(url: String) -> diesel::ConnectionResult<AsyncPgConnection> {
+    let mut connection = AsyncPgConnection::establish(&url).await?;
+    connection
+        .batch_execute("SET plan_cache_mode = force_generic_plan")
+        .await
+        .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+    Ok(connection)
 }
 
 /// A connection from the pool, or an error after [`CHECKOUT_TIMEOUT`].
