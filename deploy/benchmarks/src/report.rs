@@ -201,7 +201,7 @@ pub fn report(dir: &Path, notes: &Path) -> anyhow::Result<PathBuf> {
     }
     if let Some(broker) = &broker {
         markdown.push_str(&format!(
-            "\n## Broker limit\n\n{} persistent publishes of {} bytes into a quorum queue, {} publishers sharing one channel with pipelined confirms: {:.0}/s.\n",
+            "\n## Broker limit\n\n{} persistent publishes of {} bytes, each as ingest publishes a webhook (a work queue declared as ingest's, the same properties and headers, mandatory), {} publishers sharing one channel with pipelined confirms: {:.0}/s.\n",
             broker["confirmed"], broker["payload_bytes"], broker["concurrency"],
             broker["per_second"].as_f64().unwrap_or_default()
         ));

@@ -1,5 +1,6 @@
 //! PostgreSQL: schema, embedded migrations, database creation, the connection pool and its
-//! failover watch (`watch.rs`).
+//! failover watch (`watch.rs`), hand-written SQL prepared once per connection
+//! (`statement.rs`).
 
 pub mod schema;
 pub mod statement;
