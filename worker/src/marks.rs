@@ -1,6 +1,6 @@
 //! Marks of published events in the log, written in batches by a task of their own: one
-//! statement (and one commit) for many webhooks instead of one each, off the webhook's
-//! path. A mark lost in a crash only makes the sweep publish that event again, which
+//! statement (and one commit) for many webhooks instead of one each, at most one every
+//! [`MARK_PACE`], off the webhook's path. A mark lost in a crash only makes the sweep publish that event again, which
 //! browsers and consumers ignore by `seq`.
 
 use shared::db::{self, Pool};
@@ -9,6 +9,10 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Most marks written by one statement.
 const MARK_BATCH: usize = 512;
+/// Shortest time between two writes. After a quiet spell the first mark is written at
+/// once; under load the marks of each moment share one statement and one commit. Far
+/// below the sweep's grace ([`crate::sweep::GRACE`]), so no event is published twice for it.
+const MARK_PACE: std::time::Duration = std::time::Duration::from_millis(50);
 
 enum Mark {
     Published(String, i64),
@@ -63,5 +67,6 @@ async fn write_marks(pool: Pool, mut rx: mpsc::UnboundedReceiver<Mark>) {
         for done in flushed.drain(..) {
             let _ = done.send(());
         }
+        tokio::time::sleep(MARK_PACE).await;
     }
 }
