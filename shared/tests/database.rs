@@ -91,25 +91,53 @@ async fn hand_written_statements_are_prepared_once_per_connection() {
 }
 
 #[derive(diesel::QueryableByName)]
-struct Setting {
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    plan_cache_mode: String,
+struct PlanLine {
+    #[diesel(sql_type = diesel::sql_types::Text, column_name = "QUERY PLAN")]
+    line: String,
 }
 
-/// The pool's connections keep the generic plan of each prepared statement.
-#[tokio::test]
-async fn pooled_connections_plan_each_statement_once() {
-    use diesel_async::RunQueryDsl;
+/// The pool's connections keep the generic plan of each prepared statement, and a plan
+/// made while a table is empty still looks rows up by their index: it serves the
+/// connection's whole life, while the table grows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_connections_plan_lookups_by_index_once() {
+    use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 
     let config = DatabaseConfig {
-        url: shared::testing::database_url("postgres"),
+        url: fresh_url(),
         pool_size: 1,
     };
-    let pool = shared::db::pool(&config).unwrap();
+    let pool = shared::db::prepare(&config).await.unwrap();
     let mut conn = shared::db::connection(&pool).await.unwrap();
+    conn.batch_execute(
+        "PREPARE lookup(text[]) AS SELECT id FROM generations WHERE job_id = ANY($1)",
+    )
+    .await
+    .unwrap();
+    let plan: Vec<PlanLine> = diesel::sql_query("EXPLAIN EXECUTE lookup('{r8abc}')")
+        .load(&mut conn)
+        .await
+        .unwrap();
+    let plan: Vec<String> = plan.into_iter().map(|row| row.line).collect();
+    assert!(
+        plan.iter().all(|line| !line.contains("Seq Scan"))
+            && plan
+                .iter()
+                .any(|line| line.contains("generations_job_id_key")),
+        "{plan:#?}"
+    );
     let setting: Setting = diesel::sql_query("SHOW plan_cache_mode")
         .get_result(&mut conn)
         .await
         .unwrap();
     assert_eq!(setting.plan_cache_mode, "force_generic_plan");
+    drop(conn);
+    pool.close();
+    shared::db::drop_database(&config.url).await.unwrap();
+}
+
+#[derive(diesel::QueryableByName)]
+struct Setting {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    plan_cache_mode: String,
 }
