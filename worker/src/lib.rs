@@ -11,7 +11,7 @@
 //! | classify | [`classify`] | which job a Replicate id belongs to, and its kind (generation, upscale, training) |
 //! | download, store | [`download`], [`store`], [`thumbnail`] | a succeeded generation's outputs fetched (within the allowed hosts and the memory budget) and stored, each with a small JPEG rendition |
 //! | apply, transition, refund | `shared::jobs` | one transaction: the status machine, the refund once, the user's next `seq`, the event in the log (the outbox) |
-//! | publish | [`broker`], [`marks`] | the event to `jobs.events`, then marked published in batches |
+//! | publish | [`broker`], `shared::jobs::published_marks` | the event to `jobs.events`, then marked published in batches |
 //! | record | [`record`] | one row per handling in `webhook_attempts` (the operator console's list), written in batches, pruned |
 //! | sweep | [`sweep`] | events committed but never marked are published again |
 //! | progress | [`progress`] | `job_progress` pushed when a running job's progress moved |
@@ -36,8 +36,6 @@ pub mod download;
 pub mod store;
 
 pub mod thumbnail;
-
-pub mod marks;
 
 pub mod record;
 

@@ -14,13 +14,13 @@ use shared::replicate::{Prediction, Status};
 use crate::broker::Broker;
 use crate::classify;
 use crate::download::{DownloadError, Downloader};
-use crate::marks::PublishedMarks;
 use crate::progress::ProgressTracker;
 use crate::store::MediaStore;
 use shared::jobs::Job;
 use shared::jobs::apply::{self, Applied, ApplyError, ApplyOutcome, Change};
 use shared::jobs::bind::{self, Binding};
 use shared::jobs::event_log::StoredEvent;
+use shared::jobs::published_marks::PublishedMarks;
 use shared::jobs::transition::{Decision, Ignored, JobStatus, decide};
 
 /// Why a webhook could not be processed now.

@@ -11,6 +11,7 @@ use actix_web::dev::Server;
 use actix_web::{App, HttpServer, web};
 use anyhow::Context;
 use shared::db;
+use shared::jobs::published_marks::PublishedMarks;
 use tokio::sync::watch;
 
 use crate::broker::Broker;
@@ -22,7 +23,7 @@ use crate::progress::ProgressTracker;
 use crate::reconcile::Reconciler;
 use crate::record::WebhookRecord;
 use crate::store::MediaStore;
-use crate::{health, marks, sweep};
+use crate::{health, sweep};
 
 /// Jobs whose last progress is remembered (see [`ProgressTracker`]).
 const PROGRESS_MEMORY: usize = 10_000;
@@ -48,7 +49,7 @@ impl Worker {
             .context("building the HTTP client")?;
         let broker = Arc::new(Broker::start(&config.amqp, config.prefetch));
         let processor = Arc::new(Processor {
-            marks: marks::PublishedMarks::start(pool.clone()),
+            marks: PublishedMarks::start(pool.clone()),
             pool,
             broker: broker.clone(),
             downloader,

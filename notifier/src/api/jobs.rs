@@ -16,7 +16,7 @@ use diesel_async::RunQueryDsl;
 use serde_json::{Value, json};
 use shared::config::AmqpConfig;
 use shared::db::schema::generations;
-use shared::db::{self, Connection, Pool};
+use shared::db::{self, Pool};
 use shared::events::{JobKind, JobState, ModelName};
 use shared::jobs::bind::{self, Binding};
 use shared::jobs::event_log::StoredEvent;
@@ -82,8 +82,8 @@ impl JobsApi {
             inner: Arc::new(Inner {
                 config: config.clone(),
                 replicate,
+                publisher: EventPublisher::start(amqp, pool.clone()),
                 pool,
-                publisher: EventPublisher::start(amqp),
                 in_flight: InFlight::new(
                     config.max_creations_per_user,
                     config.max_creations_in_flight,
@@ -358,8 +358,8 @@ impl JobsApi {
 
     /// Publishes an event another part of the notifier stored (an operator's change), as
     /// this API publishes its own.
-    pub async fn publish(&self, conn: &mut Connection, stored: &StoredEvent) {
-        self.inner.publisher.publish(conn, stored).await;
+    pub async fn publish(&self, stored: &StoredEvent) {
+        self.inner.publisher.publish(stored).await;
     }
 
     pub async fn close(&self) {
@@ -452,7 +452,7 @@ impl Inner {
             Ok(replicate_id) => {
                 let created = match bind::bind(&mut conn, &job.id, replicate_id).await? {
                     Binding::Bound { event, .. } => {
-                        self.publisher.publish(&mut conn, &event).await;
+                        self.publisher.publish(&event).await;
                         created_from(&event)
                     }
                     // The job's first webhook got here first (the worker bound it), or it
@@ -493,7 +493,7 @@ impl Inner {
                 metrics::counter!("notifier_jobs_refused_total", "kind" => kind.as_str())
                     .increment(1);
                 tracing::warn!(%user_id, id = %job.id, %kind, error = %shared::telemetry::error_chain(err), elapsed_ms = started.elapsed().as_millis() as u64, "Replicate did not create the job; refunded");
-                self.publisher.publish(&mut conn, &applied.event).await;
+                self.publisher.publish(&applied.event).await;
                 let message = match err {
                     ReplicateError::Unreachable(_) => format!(
                         "{err}; the job is marked failed and its {} credits are refunded (if Replicate did start it, its results are not kept)",

@@ -189,7 +189,7 @@ impl Operations {
                 .execute(&mut conn)
                 .await?;
         }
-        self.jobs.publish(&mut conn, &applied.event).await;
+        self.jobs.publish(&applied.event).await;
         tracing::info!(operator = true, action = "fail_and_refund", job = %job.id, user_id = %job.user_id, refunded = applied.refunded, seq = applied.event.seq, %reason, "operator failed and refunded a job");
         let job = find(&mut conn, id).await?;
         Ok(ActionDone {

@@ -10,6 +10,7 @@ pub mod apply;
 pub mod batch;
 pub mod bind;
 pub mod event_log;
+pub mod published_marks;
 pub mod refund;
 pub mod transition;
 

@@ -1,17 +1,19 @@
 //! Marks of published events in the log, written in batches by a task of their own: one
-//! statement (and one commit) for many webhooks instead of one each, at most one every
-//! [`MARK_PACE`], off the webhook's path. A mark lost in a crash only makes the sweep publish that event again, which
-//! browsers and consumers ignore by `seq`.
+//! statement (and one commit) for many events instead of one each, at most one every
+//! [`MARK_PACE`], off the path of the webhook or the creation that published them. The
+//! worker and the notifier's jobs API each run one. A mark lost in a crash only makes the
+//! worker's outbox sweep publish that event again, which browsers and consumers ignore by
+//! `seq`.
 
-use shared::db::{self, Pool};
-use shared::jobs::event_log;
+use crate::db::{self, Pool};
+use crate::jobs::event_log;
 use tokio::sync::{mpsc, oneshot};
 
 /// Most marks written by one statement.
 const MARK_BATCH: usize = 512;
 /// Shortest time between two writes. After a quiet spell the first mark is written at
 /// once; under load the marks of each moment share one statement and one commit. Far
-/// below the sweep's grace ([`crate::sweep::GRACE`]), so no event is published twice for it.
+/// below the worker's sweep grace (5 s), so no event is published twice for it.
 const MARK_PACE: std::time::Duration = std::time::Duration::from_millis(50);
 
 enum Mark {
