@@ -58,15 +58,6 @@ pub async fn append(conn: &mut Connection, event: &Event) -> Result<StoredEvent,
     })
 }
 
-/// Marks an event as confirmed by the broker.
-pub async fn mark_published(conn: &mut Connection, user_id: &str, seq: i64) -> Result<(), DbError> {
-    diesel::update(job_events::table.find((user_id, seq)))
-        .set(job_events::published_at.eq(Utc::now()))
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
 /// Marks many events, each `(user_id, seq)`, as confirmed by the broker: one statement.
 pub async fn mark_many_published(
     conn: &mut Connection,
