@@ -1,11 +1,13 @@
 //! Confirmed publishing of verified webhooks to the `replicate.webhooks` queue.
 //!
-//! Every request publishes on the shared channel and waits for its own confirm, so many
-//! confirms are in flight at once (pipelined): there is no lock around publishing and no
-//! request waits for another's confirm.
+//! Every request publishes on the shared [`DirectPublisher`] and waits for its own confirm,
+//! so many confirms are in flight at once (pipelined): no request waits for another's
+//! confirm. The publish is written from the request's own thread, and the requests of one
+//! moment share a socket write (see `shared::amqp::direct_publish` for why not lapin's
+//! channel here).
 //!
-//! When the shared channel fails under a request (the broker nacked a publish while a
-//! quorum queue elected a new leader, and the channel was closed to shed RabbitMQ 3.10's
+//! When the connection fails under a request (the broker nacked a publish while a quorum
+//! queue elected a new leader, and the connection is dropped to shed RabbitMQ 3.10's
 //! stuck-nack state; the node went away), the webhook is published once more as soon as
 //! the link is rebuilt — on the next node of a cluster if this one is gone — and only if
 //! that fails too does Replicate get a 503. A webhook published twice is harmless:
@@ -14,8 +16,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lapin::Channel;
-use shared::amqp::{Reconnecting, Topology, confirmed_channel, publish_webhook};
+use shared::amqp::{DirectPublisher, Reconnecting, direct_publisher, webhook_message};
 use shared::config::AmqpConfig;
 
 pub use shared::amqp::{PublishError, Webhook};
@@ -24,8 +25,9 @@ pub use shared::amqp::{PublishError, Webhook};
 pub const REPUBLISH_WAIT: Duration = Duration::from_secs(1);
 
 pub struct Publisher {
-    link: Reconnecting<Channel>,
-    topology: Topology,
+    link: Reconnecting<DirectPublisher>,
+    /// `replicate.webhooks` under the deployment's prefix.
+    queue: String,
     confirm_timeout: Duration,
 }
 
@@ -33,8 +35,8 @@ impl Publisher {
     /// Starts connecting in the background; publishing fails fast until connected.
     pub fn start(config: &AmqpConfig, confirm_timeout: Duration) -> Self {
         Self {
-            link: confirmed_channel(config, "ingest"),
-            topology: config.topology(),
+            link: direct_publisher(config, "ingest"),
+            queue: config.topology().webhooks_queue(),
             confirm_timeout,
         }
     }
@@ -76,23 +78,24 @@ impl Publisher {
 
     async fn publish_on(
         &self,
-        channel: &Channel,
+        channel: &DirectPublisher,
         webhook: Webhook<'_>,
     ) -> Result<(), PublishError> {
-        publish_webhook(channel, &self.topology, webhook, self.confirm_timeout).await
+        let message = webhook_message(&self.queue, webhook);
+        channel.publish(message, self.confirm_timeout).await
     }
 
     /// A working channel other than `failed`, once the link has been rebuilt; `None` when
     /// that is not so by `deadline`.
     async fn rebuilt_channel(
         &self,
-        failed: Option<&Arc<Channel>>,
+        failed: Option<&Arc<DirectPublisher>>,
         deadline: Instant,
-    ) -> Option<Arc<Channel>> {
+    ) -> Option<Arc<DirectPublisher>> {
         loop {
             if let Some(channel) = self.link.current()
                 && failed.is_none_or(|failed| !Arc::ptr_eq(failed, &channel))
-                && channel.status().connected()
+                && channel.is_healthy()
             {
                 return Some(channel);
             }
@@ -103,8 +106,13 @@ impl Publisher {
         }
     }
 
-    /// Closes the broker connection once in-flight publishes have finished.
+    /// Closes the broker connections once in-flight publishes have finished.
     pub async fn close(&self) {
+        // Stop reconnecting first, so that closing the publisher is not taken for a lost link.
+        let publisher = self.link.current();
         self.link.close().await;
+        if let Some(publisher) = publisher {
+            publisher.close(self.confirm_timeout).await;
+        }
     }
 }

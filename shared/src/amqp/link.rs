@@ -10,6 +10,7 @@ use lapin::{Channel, Connection, ConnectionProperties};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::amqp::direct_publish::DirectPublisher;
 use crate::config::{AmqpConfig, AmqpNodes};
 
 /// Something built on top of a connection (channels, consumers) that can tell whether it
@@ -22,6 +23,38 @@ impl Link for Channel {
     fn is_healthy(&self) -> bool {
         self.status().connected()
     }
+}
+
+impl Link for DirectPublisher {
+    fn is_healthy(&self) -> bool {
+        DirectPublisher::is_healthy(self)
+    }
+}
+
+/// A [`DirectPublisher`] to the node the link is connected to, with the topology declared
+/// on the link's lapin connection first: ingest's hot path.
+pub fn direct_publisher(
+    config: &AmqpConfig,
+    connection_name: &str,
+) -> Reconnecting<DirectPublisher> {
+    let topology = config.topology();
+    let name = format!(
+        "{} (publishing)",
+        connection_name_of_this_process(connection_name)
+    );
+    Reconnecting::spawn_on_node(
+        config,
+        connection_name,
+        move |connection: Arc<Connection>, node: &str| {
+            let topology = topology.clone();
+            let node = node.to_owned();
+            let name = name.clone();
+            async move {
+                topology.declare(&connection).await?;
+                Ok(DirectPublisher::connect(&node, &name).await?)
+            }
+        },
+    )
 }
 
 /// A channel in confirm mode on a [`Reconnecting`] connection, with the topology declared:
@@ -78,6 +111,18 @@ impl<T: Link> Reconnecting<T> {
     pub fn spawn<F, Fut>(config: &AmqpConfig, connection_name: &str, setup: F) -> Self
     where
         F: Fn(Arc<Connection>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = lapin::Result<T>> + Send + 'static,
+    {
+        Self::spawn_on_node(config, connection_name, move |connection, _node| {
+            setup(connection)
+        })
+    }
+
+    /// [`Reconnecting::spawn`] whose `setup` is also told the URL of the node it is on
+    /// (to open a second connection to the same node).
+    pub fn spawn_on_node<F, Fut>(config: &AmqpConfig, connection_name: &str, setup: F) -> Self
+    where
+        F: Fn(Arc<Connection>, &str) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = lapin::Result<T>> + Send + 'static,
     {
         let (slot_tx, current) = watch::channel(None);
@@ -189,7 +234,7 @@ async fn supervise<T, F, Fut>(
     mut stop: watch::Receiver<bool>,
 ) where
     T: Link,
-    F: Fn(Arc<Connection>) -> Fut,
+    F: Fn(Arc<Connection>, &str) -> Fut,
     Fut: Future<Output = lapin::Result<T>>,
 {
     let mut backoff = MIN_BACKOFF;
@@ -203,7 +248,7 @@ async fn supervise<T, F, Fut>(
             let properties = ConnectionProperties::default()
                 .with_connection_name(connection_name.clone().into());
             let connection = Arc::new(Connection::connect(&node.url, properties).await?);
-            let link = Arc::new(setup(connection.clone()).await?);
+            let link = Arc::new(setup(connection.clone(), &node.url).await?);
             Ok::<_, lapin::Error>(Live { connection, link })
         };
         let outcome = tokio::select! {

@@ -182,16 +182,18 @@ pub async fn publish_webhook(
     webhook: Webhook<'_>,
     timeout: Duration,
 ) -> Result<(), PublishError> {
-    publish_confirmed(
-        channel,
-        Outgoing {
-            exchange: "",
-            routing_key: &topology.webhooks_queue(),
-            body: webhook.body,
-            properties: webhook_properties(webhook.id, webhook.timestamp, webhook.tag),
-            mandatory: true,
-        },
-        timeout,
-    )
-    .await
+    let queue = topology.webhooks_queue();
+    publish_confirmed(channel, webhook_message(&queue, webhook), timeout).await
+}
+
+/// A webhook as a message for `queue` (`replicate.webhooks` under the deployment's
+/// prefix), as the contract says: persistent, mandatory, [`webhook_properties`].
+pub fn webhook_message<'a>(queue: &'a str, webhook: Webhook<'a>) -> Outgoing<'a> {
+    Outgoing {
+        exchange: "",
+        routing_key: queue,
+        body: webhook.body,
+        properties: webhook_properties(webhook.id, webhook.timestamp, webhook.tag),
+        mandatory: true,
+    }
 }
