@@ -74,6 +74,10 @@ pub enum Command {
         concurrency: usize,
         #[arg(long, default_value = "target/bench")]
         out: std::path::PathBuf,
+        /// `broker` (before ingest's run) or `broker-after`: the report takes the mean of
+        /// the two as ingest's reference, so that the host's drift between them cancels.
+        #[arg(long, default_value = "broker", value_parser = ["broker", "broker-after"])]
+        part: String,
     },
     /// Signed webhooks/s a running ingest confirms, and its latency at half that rate.
     Ingest {

@@ -21,10 +21,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             seconds,
             concurrency,
             out,
-        } => measure::save(
-            &out,
-            &broker::broker(&amqp_url, seconds, concurrency).await?,
-        )?,
+            part,
+        } => {
+            let mut measured = broker::broker(&amqp_url, seconds, concurrency).await?;
+            measured["part"] = part.into();
+            measure::save(&out, &measured)?
+        }
         Command::Ingest {
             url,
             seconds,
