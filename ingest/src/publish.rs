@@ -16,7 +16,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shared::amqp::{DirectPublisher, Reconnecting, direct_publisher, webhook_message};
+use lapin::Channel;
+use shared::amqp::{
+    DirectPublisher, Reconnecting, confirmed_channel, direct_publisher, publish_confirmed,
+    webhook_message,
+};
 use shared::config::AmqpConfig;
 
 pub use shared::amqp::{PublishError, Webhook};
@@ -25,29 +29,85 @@ pub use shared::amqp::{PublishError, Webhook};
 pub const REPUBLISH_WAIT: Duration = Duration::from_secs(1);
 
 pub struct Publisher {
-    link: Reconnecting<DirectPublisher>,
+    link: Link,
     /// `replicate.webhooks` under the deployment's prefix.
     queue: String,
     confirm_timeout: Duration,
 }
 
+/// How webhooks reach the broker: the direct connection, or lapin's channel when the broker
+/// speaks only TLS (`amqps://`), which the direct connection does not.
+enum Link {
+    Direct(Reconnecting<DirectPublisher>),
+    Tls(Reconnecting<Channel>),
+}
+
+/// The working connection of a [`Link`] at one moment.
+#[derive(Clone)]
+enum Current {
+    Direct(Arc<DirectPublisher>),
+    Tls(Arc<Channel>),
+}
+
+impl Current {
+    fn same_as(&self, other: &Current) -> bool {
+        match (self, other) {
+            (Current::Direct(a), Current::Direct(b)) => Arc::ptr_eq(a, b),
+            (Current::Tls(a), Current::Tls(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+
+    fn is_healthy(&self) -> bool {
+        match self {
+            Current::Direct(publisher) => publisher.is_healthy(),
+            Current::Tls(channel) => channel.status().connected(),
+        }
+    }
+}
+
+impl Link {
+    fn current(&self) -> Option<Current> {
+        match self {
+            Link::Direct(link) => link.current().map(Current::Direct),
+            Link::Tls(link) => link.current().map(Current::Tls),
+        }
+    }
+}
+
 impl Publisher {
     /// Starts connecting in the background; publishing fails fast until connected.
     pub fn start(config: &AmqpConfig, confirm_timeout: Duration) -> Self {
+        let tls = config
+            .url
+            .nodes()
+            .iter()
+            .any(|node| node.as_str().starts_with("amqps:"));
+        let link = if tls {
+            tracing::info!(
+                "the broker is reached over TLS: webhooks are published through lapin's channel"
+            );
+            Link::Tls(confirmed_channel(config, "ingest"))
+        } else {
+            Link::Direct(direct_publisher(config, "ingest"))
+        };
         Self {
-            link: direct_publisher(config, "ingest"),
+            link,
             queue: config.topology().webhooks_queue(),
             confirm_timeout,
         }
     }
 
     pub fn is_connected(&self) -> bool {
-        self.link.is_connected()
+        self.link.current().is_some()
     }
 
     /// Waits until the broker connection is up (start-up, tests).
     pub async fn wait_connected(&self, timeout: Duration) -> bool {
-        self.link.wait_connected(timeout).await.is_some()
+        match &self.link {
+            Link::Direct(link) => link.wait_connected(timeout).await.is_some(),
+            Link::Tls(link) => link.wait_connected(timeout).await.is_some(),
+        }
     }
 
     /// Publishes persistently and mandatorily and returns once the broker confirmed it;
@@ -78,26 +138,31 @@ impl Publisher {
 
     async fn publish_on(
         &self,
-        channel: &DirectPublisher,
+        current: &Current,
         webhook: Webhook<'_>,
     ) -> Result<(), PublishError> {
         let message = webhook_message(&self.queue, webhook);
-        channel.publish(message, self.confirm_timeout).await
+        match current {
+            Current::Direct(publisher) => publisher.publish(message, self.confirm_timeout).await,
+            Current::Tls(channel) => {
+                publish_confirmed(channel, message, self.confirm_timeout).await
+            }
+        }
     }
 
-    /// A working channel other than `failed`, once the link has been rebuilt; `None` when
-    /// that is not so by `deadline`.
+    /// A working connection other than `failed`, once the link has been rebuilt; `None`
+    /// when that is not so by `deadline`.
     async fn rebuilt_channel(
         &self,
-        failed: Option<&Arc<DirectPublisher>>,
+        failed: Option<&Current>,
         deadline: Instant,
-    ) -> Option<Arc<DirectPublisher>> {
+    ) -> Option<Current> {
         loop {
-            if let Some(channel) = self.link.current()
-                && failed.is_none_or(|failed| !Arc::ptr_eq(failed, &channel))
-                && channel.is_healthy()
+            if let Some(current) = self.link.current()
+                && failed.is_none_or(|failed| !failed.same_as(&current))
+                && current.is_healthy()
             {
-                return Some(channel);
+                return Some(current);
             }
             if Instant::now() >= deadline {
                 return None;
@@ -109,9 +174,12 @@ impl Publisher {
     /// Closes the broker connections once in-flight publishes have finished.
     pub async fn close(&self) {
         // Stop reconnecting first, so that closing the publisher is not taken for a lost link.
-        let publisher = self.link.current();
-        self.link.close().await;
-        if let Some(publisher) = publisher {
+        let current = self.link.current();
+        match &self.link {
+            Link::Direct(link) => link.close().await,
+            Link::Tls(link) => link.close().await,
+        }
+        if let Some(Current::Direct(publisher)) = current {
             publisher.close(self.confirm_timeout).await;
         }
     }
