@@ -27,7 +27,6 @@ use amq_protocol::frame::{AMQPContentHeader, AMQPFrame, WriteContext, gen_frame,
 use amq_protocol::protocol::{AMQPClass, basic, channel, confirm, connection};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
 use amq_protocol::uri::{AMQPScheme, AMQPUri};
-use lapin::BasicProperties;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -162,7 +161,7 @@ impl DirectPublisher {
         timeout: Duration,
     ) -> Result<(), PublishError> {
         let message_id = message.properties.message_id().clone();
-        let frames = encode_publish(&message, self.shared.max_body_chunk)?;
+        let frames = encode_publish(message, self.shared.max_body_chunk)?;
         let (reply, confirmed) = oneshot::channel();
         let start_write = {
             let mut state = self.shared.state();
@@ -602,7 +601,7 @@ fn encode(frame: &AMQPFrame) -> Result<Vec<u8>, amq_protocol::frame::GenError> {
 }
 
 /// `basic.publish`, its content header and the body in frames of at most `max_chunk`.
-fn encode_publish(message: &Outgoing<'_>, max_chunk: usize) -> Result<Vec<u8>, PublishError> {
+fn encode_publish(message: Outgoing<'_>, max_chunk: usize) -> Result<Vec<u8>, PublishError> {
     let failed = |error: amq_protocol::frame::GenError| {
         PublishError::Amqp(std::io::Error::other(error.to_string()).into())
     };
@@ -620,7 +619,7 @@ fn encode_publish(message: &Outgoing<'_>, max_chunk: usize) -> Result<Vec<u8>, P
     let header = AMQPContentHeader {
         class_id: 60,
         body_size: message.body.len() as u64,
-        properties: BasicProperties::clone(&message.properties),
+        properties: message.properties,
     };
     bytes.extend(encode(&AMQPFrame::Header(CHANNEL, header)).map_err(failed)?);
     for chunk in message.body.chunks(max_chunk.max(1)) {
@@ -635,6 +634,8 @@ fn encode_publish(message: &Outgoing<'_>, max_chunk: usize) -> Result<Vec<u8>, P
 
 #[cfg(test)]
 mod tests {
+    use lapin::BasicProperties;
+
     use super::*;
 
     fn outgoing(body: &[u8]) -> Outgoing<'_> {
@@ -650,7 +651,7 @@ mod tests {
     #[test]
     fn a_publish_parses_back_as_method_header_and_body_frames() {
         let body = vec![7u8; 10_000];
-        let mut inbox = encode_publish(&outgoing(&body), 4096 - FRAME_OVERHEAD).unwrap();
+        let mut inbox = encode_publish(outgoing(&body), 4096 - FRAME_OVERHEAD).unwrap();
         let mut frames = Vec::new();
         while let Some(frame) = next_frame(&mut inbox).unwrap() {
             frames.push(frame);
@@ -689,7 +690,7 @@ mod tests {
 
     #[test]
     fn a_partial_frame_waits_for_the_rest() {
-        let mut whole = encode_publish(&outgoing(b"{}"), 4088).unwrap();
+        let mut whole = encode_publish(outgoing(b"{}"), 4088).unwrap();
         let mut inbox = whole.drain(..5).collect::<Vec<u8>>();
         assert!(next_frame(&mut inbox).unwrap().is_none());
         assert_eq!(inbox.len(), 5, "nothing consumed");
