@@ -144,6 +144,17 @@ async fn an_unroutable_message_is_refused_and_the_connection_goes_on() {
         matches!(refused, Err(PublishError::Unroutable(_))),
         "{refused:?}"
     );
+    let anonymous = Outgoing {
+        properties: BasicProperties::default(),
+        ..message(&queue.name, "unused", b"{}")
+    };
+    assert!(
+        matches!(
+            publisher.publish(anonymous, TIMEOUT).await,
+            Err(PublishError::Unroutable(_))
+        ),
+        "a mandatory message without an id could not be told apart if returned"
+    );
     publisher
         .publish(message(&queue.name, "kept", b"{}"), TIMEOUT)
         .await
@@ -152,6 +163,26 @@ async fn an_unroutable_message_is_refused_and_the_connection_goes_on() {
         queue.drain().await.into_keys().collect::<Vec<_>>(),
         ["kept"]
     );
+    queue.delete().await;
+}
+
+#[tokio::test]
+async fn with_heartbeats_off_an_idle_connection_stays_up() {
+    let queue = Queue::declare(FieldTable::default()).await;
+    let url = format!("{}?heartbeat=0", amqp_url());
+    let publisher = DirectPublisher::connect(&url, "direct-publish-test")
+        .await
+        .expect("connects");
+    // Longer than twice the shortest heartbeat the reader could have taken for "none".
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        publisher.is_healthy(),
+        "silence is no sign of a dead broker"
+    );
+    publisher
+        .publish(message(&queue.name, "late", b"{}"), TIMEOUT)
+        .await
+        .expect("still publishes");
     queue.delete().await;
 }
 

@@ -152,7 +152,9 @@ impl DirectPublisher {
         self.shared.state().broken.is_none()
     }
 
-    /// Publishes on channel 1 and waits up to `timeout` for the broker's confirm. A nack
+    /// Publishes on channel 1 and waits up to `timeout` for the broker's confirm. An
+    /// unroutable mandatory message is told by its `message_id` (the broker's return names
+    /// no delivery tag), so a mandatory message needs one: every webhook has it. A nack
     /// marks the connection broken (RabbitMQ 3.10 keeps nacking on a channel that published
     /// while a quorum queue's new leader was unknown), so its owner builds a new one.
     pub async fn publish(
@@ -161,6 +163,11 @@ impl DirectPublisher {
         timeout: Duration,
     ) -> Result<(), PublishError> {
         let message_id = message.properties.message_id().clone();
+        if message.mandatory && message_id.is_none() {
+            return Err(PublishError::Unroutable(
+                "a mandatory message needs a message_id to be told apart if returned".into(),
+            ));
+        }
         let frames = encode_publish(message, self.shared.max_body_chunk)?;
         let (reply, confirmed) = oneshot::channel();
         let start_write = {
@@ -279,15 +286,15 @@ impl Shared {
 /// found no write under way, so it runs after the tasks ready at that moment have
 /// appended theirs: one write carries them all.
 async fn write_outgoing(shared: Arc<Shared>) {
-    /// Lets the next frame start a write even if this task is dropped mid-write (its
-    /// runtime shutting down).
-    struct Done<'a>(&'a Shared);
-    impl Drop for Done<'_> {
+    /// Lets the next frame start a write if this task is dropped mid-write (its runtime
+    /// shutting down); every other way out clears `flushing` under the state lock itself.
+    struct DroppedMidWrite<'a>(&'a Shared);
+    impl Drop for DroppedMidWrite<'_> {
         fn drop(&mut self) {
             self.0.state().flushing = false;
         }
     }
-    let _done = Done(&shared);
+    let mid_write = DroppedMidWrite(&shared);
     let mut writer = shared.writer.lock().await;
     let mut batch = Vec::new();
     loop {
@@ -295,13 +302,19 @@ async fn write_outgoing(shared: Arc<Shared>) {
             let mut state = shared.state();
             if state.outgoing.is_empty() {
                 state.flushing = false;
+                drop(state);
+                std::mem::forget(mid_write);
                 return;
             }
             std::mem::swap(&mut batch, &mut state.outgoing);
         }
         if let Err(error) = writer.write_all(&batch).await {
             shared.break_with(&format!("write failed: {error}"));
-            shared.state().outgoing.clear();
+            let mut state = shared.state();
+            state.outgoing.clear();
+            state.flushing = false;
+            drop(state);
+            std::mem::forget(mid_write);
             return;
         }
         metrics::histogram!("amqp_direct_write_bytes").record(batch.len() as f64);
@@ -319,8 +332,9 @@ async fn read_until_closed(
     heartbeat: u16,
     mut stop: watch::Receiver<bool>,
 ) {
-    let heartbeat = Duration::from_secs(u64::from(heartbeat.max(1)));
-    let mut beat = tokio::time::interval(heartbeat / 2);
+    // 0: heartbeats off (`?heartbeat=0`), so silence is no sign of a dead broker.
+    let heartbeat = (heartbeat > 0).then(|| Duration::from_secs(u64::from(heartbeat)));
+    let mut beat = tokio::time::interval(heartbeat.map_or(Duration::from_secs(3600), |h| h / 2));
     let mut last_heard = tokio::time::Instant::now();
     let mut closing_since: Option<tokio::time::Instant> = None;
     let reason = loop {
@@ -352,8 +366,8 @@ async fn read_until_closed(
                 Ok(_) => last_heard = tokio::time::Instant::now(),
                 Err(error) => break format!("read failed: {error}"),
             },
-            _ = beat.tick() => {
-                if last_heard.elapsed() > heartbeat * 2 {
+            _ = beat.tick(), if heartbeat.is_some() => {
+                if last_heard.elapsed() > heartbeat.unwrap_or_default() * 2 {
                     break "no heartbeat from the broker".to_owned();
                 }
                 shared.send(&AMQPFrame::Heartbeat, "heartbeat could not be encoded");
@@ -475,8 +489,11 @@ async fn handshake(
         (Some(ours), theirs) => ours.min(theirs),
         (None, theirs) => theirs,
     };
-    let frame_max = negotiate(uri.query.frame_max, tune.frame_max).max(4096);
-    let frame_max = if frame_max == 0 { 131_072 } else { frame_max };
+    // 0 is "no limit" from the broker; RabbitMQ's default is 128 KiB.
+    let frame_max = match negotiate(uri.query.frame_max, tune.frame_max) {
+        0 => 131_072,
+        agreed => agreed.max(4096),
+    };
     let heartbeat = negotiate(
         uri.query.heartbeat.map(u32::from),
         u32::from(tune.heartbeat),
