@@ -614,7 +614,15 @@ fn next_frame(inbox: &mut Vec<u8>) -> Result<Option<AMQPFrame>, String> {
 }
 
 fn encode(frame: &AMQPFrame) -> Result<Vec<u8>, amq_protocol::frame::GenError> {
-    Ok(gen_frame(frame)(WriteContext::from(Vec::new()))?.write)
+    encode_onto(Vec::new(), frame)
+}
+
+/// `bytes` with `frame` appended.
+fn encode_onto(
+    bytes: Vec<u8>,
+    frame: &AMQPFrame,
+) -> Result<Vec<u8>, amq_protocol::frame::GenError> {
+    Ok(gen_frame(frame)(WriteContext::from(bytes))?.write)
 }
 
 /// `basic.publish`, its content header and the body in frames of at most `max_chunk`.
@@ -628,17 +636,23 @@ fn encode_publish(message: Outgoing<'_>, max_chunk: usize) -> Result<Vec<u8>, Pu
         mandatory: message.mandatory,
         immediate: false,
     };
-    let mut bytes = encode(&AMQPFrame::Method(
-        CHANNEL,
-        AMQPClass::Basic(basic::AMQPMethod::Publish(publish)),
-    ))
+    // One buffer for the whole publish: the frames' headers and ends come to a few
+    // hundred bytes beside the body.
+    let bytes = Vec::with_capacity(message.body.len() + 512);
+    let bytes = encode_onto(
+        bytes,
+        &AMQPFrame::Method(
+            CHANNEL,
+            AMQPClass::Basic(basic::AMQPMethod::Publish(publish)),
+        ),
+    )
     .map_err(failed)?;
     let header = AMQPContentHeader {
         class_id: 60,
         body_size: message.body.len() as u64,
         properties: message.properties,
     };
-    bytes.extend(encode(&AMQPFrame::Header(CHANNEL, header)).map_err(failed)?);
+    let mut bytes = encode_onto(bytes, &AMQPFrame::Header(CHANNEL, header)).map_err(failed)?;
     for chunk in message.body.chunks(max_chunk.max(1)) {
         bytes.push(FRAME_BODY);
         bytes.extend_from_slice(&CHANNEL.to_be_bytes());
