@@ -170,7 +170,7 @@ impl DirectPublisher {
         }
         let frames = encode_publish(message, self.shared.max_body_chunk)?;
         let (reply, confirmed) = oneshot::channel();
-        let start_write = {
+        {
             let mut state = self.shared.state();
             if state.broken.is_some() {
                 return Err(PublishError::BrokerUnavailable);
@@ -179,10 +179,7 @@ impl DirectPublisher {
             state.next_tag += 1;
             state.outgoing.extend_from_slice(&frames);
             state.pending.insert(tag, Pending { message_id, reply });
-            !std::mem::replace(&mut state.flushing, true)
-        };
-        if start_write {
-            tokio::spawn(write_outgoing(self.shared.clone()));
+            self.shared.write_soon(state);
         }
         match tokio::time::timeout(timeout, confirmed).await {
             Err(_) => Err(PublishError::Timeout(timeout)),
@@ -238,12 +235,16 @@ impl Shared {
             self.break_with(reason_if_broken);
             return;
         };
-        let start_write = {
-            let mut state = self.state();
-            state.outgoing.extend_from_slice(&bytes);
-            !std::mem::replace(&mut state.flushing, true)
-        };
-        if start_write {
+        let mut state = self.state();
+        state.outgoing.extend_from_slice(&bytes);
+        self.write_soon(state);
+    }
+
+    /// Lets a write carry what was just appended to `outgoing`: starts one (after the
+    /// lock is released) unless one is under way, which takes it along.
+    fn write_soon(self: &Arc<Self>, mut state: std::sync::MutexGuard<'_, State>) {
+        if !std::mem::replace(&mut state.flushing, true) {
+            drop(state);
             tokio::spawn(write_outgoing(self.clone()));
         }
     }
