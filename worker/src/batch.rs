@@ -62,9 +62,9 @@ enum Plan {
 
 /// Splits a batch (by position) into the webhooks of jobs with nothing to fetch, and those
 /// of jobs with a `succeeded` webhook in the batch, whose outputs are downloaded and stored
-/// first: the consumer processes the second part after the first is settled and its slot
-/// given back, so that a slow download holds up neither the rest of its batch nor the next
-/// batch. A job's webhooks stay together and in order.
+/// first: the consumer processes the two parts side by side and gives the slot back once
+/// the first is settled, so that a slow download holds up neither the rest of its batch nor
+/// the next batch. A job's webhooks stay together and in order, each job in one part.
 pub fn split_by_downloads(batch: &[Incoming<'_>]) -> (Vec<usize>, Vec<usize>) {
     let refs: Vec<Option<JobRef<'_>>> = batch
         .iter()

@@ -209,8 +209,9 @@ impl Consumer {
     }
 
     /// Processes a batch, then settles each delivery (ack, retry or dead letter) by its
-    /// own result: first the webhooks of jobs with nothing to fetch, then, with the slot
-    /// given back, those whose outputs are downloaded ([`split_by_downloads`]).
+    /// own result: the webhooks of jobs with nothing to fetch, which give the slot back
+    /// when settled, and beside them those whose outputs are downloaded
+    /// ([`split_by_downloads`]).
     async fn handle(
         &self,
         batch: Vec<Delivery>,
@@ -235,13 +236,20 @@ impl Consumer {
             incoming: &incoming,
             started,
         };
-        self.handle_part(&parts, &quick).await;
         if slow.is_empty() {
+            self.handle_part(&parts, &quick).await;
             return;
         }
+        // Counted before the slot can be given back, so that a shutdown waiting for every
+        // slot and every fetching part cannot miss this one.
         let counted = fetching.acquire_owned().await.expect("never closed");
-        drop(slot);
-        self.handle_part(&parts, &slow).await;
+        // The parts hold different jobs, so they run side by side: the fetches start at
+        // once instead of after the quick part's transaction.
+        let quick_part = async {
+            self.handle_part(&parts, &quick).await;
+            drop(slot);
+        };
+        futures_util::join!(quick_part, self.handle_part(&parts, &slow));
         drop(counted);
     }
 
