@@ -5,9 +5,9 @@
 //! 1. the job rows, moved with one `UPDATE … FROM unnest(…)` per table and *round* (round
 //!    *k* holds every job's *k*-th move of the batch, so one statement never touches a row
 //!    twice), each only if the row still holds the status the move was decided on;
-//! 2. the refunds, one `INSERT … ON CONFLICT DO NOTHING` (at most one per job, ever);
-//! 3. the users, one `UPDATE` taking each user's next `seq`s and adding the refunds;
-//! 4. the events, one `INSERT`, numbered in the batch's order.
+//! 2. then, in one statement ([`settle`]): the refunds, `INSERT … ON CONFLICT DO NOTHING`
+//!    (at most one per job, ever); the users, an `UPDATE` taking each user's next `seq`s
+//!    and adding the refunds; the events, an `INSERT`, numbered in the batch's order.
 //!
 //! A job whose row did not hold the expected status when the first round reached it (a
 //! webhook of the same job on another worker, or the jobs API, got there first) is left
@@ -68,9 +68,7 @@ async fn apply_in_transaction(
         .enumerate()
         .filter_map(|(index, state)| state.map(|state| (index, state)))
         .collect();
-    let refunded = refund_all(conn, moves, &applied).await?;
-    let numbered = number_events(conn, moves, &applied, &refunded).await?;
-    store_events(conn, &numbered).await?;
+    let numbered = settle(conn, moves, &applied).await?;
 
     let mut outcomes = vec![MoveOutcome::Raced; moves.len()];
     for ((index, _), (refund, event)) in applied.iter().zip(numbered) {
@@ -283,167 +281,135 @@ async fn update_trainings(
 }
 
 #[derive(diesel::QueryableByName)]
-struct Refunded {
-    #[diesel(sql_type = Text)]
-    job_id: String,
-    #[diesel(sql_type = Integer)]
-    amount: i32,
-}
-
-/// Step 2: the credits each applied move gives back (in `applied`'s order): its job's
-/// `credits_used` the first time the job ends failed or cancelled, 0 otherwise.
-async fn refund_all(
-    conn: &mut Connection,
-    moves: &[Move],
-    applied: &[(usize, JobState)],
-) -> Result<Vec<i32>, DbError> {
-    let owed: Vec<(&Job, i32)> = applied
-        .iter()
-        .filter(|(i, state)| moves[*i].change.status().refunds() && state.credits_used() > 0)
-        .map(|(i, state)| (&moves[*i].job, state.credits_used()))
-        .collect();
-    let mut given: HashMap<String, i32> = HashMap::new();
-    if !owed.is_empty() {
-        let rows: Vec<Refunded> = statement(
-            "INSERT INTO credit_transactions (user_id, amount, kind, job_id) \
-             SELECT r.user_id, r.amount, $1, r.job_id \
-             FROM unnest($2::text[], $3::int4[], $4::text[]) AS r(user_id, amount, job_id) \
-             ON CONFLICT (job_id, kind) DO NOTHING \
-             RETURNING job_id, amount",
-        )
-        .bind::<Text, _>(REFUND)
-        .bind::<Array<Text>, _>(
-            owed.iter()
-                .map(|(job, _)| job.user_id.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind::<Array<Integer>, _>(owed.iter().map(|(_, amount)| *amount).collect::<Vec<_>>())
-        .bind::<Array<Text>, _>(
-            owed.iter()
-                .map(|(job, _)| job.job_id.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .load(conn)
-        .await?;
-        given = rows.into_iter().map(|r| (r.job_id, r.amount)).collect();
-    }
-    Ok(applied
-        .iter()
-        .map(|(i, _)| {
-            let step = &moves[*i];
-            if step.change.status().refunds() {
-                given.remove(&step.job.job_id).unwrap_or(0)
-            } else {
-                0
-            }
-        })
-        .collect())
-}
-
-#[derive(diesel::QueryableByName)]
-struct UserAfter {
-    #[diesel(sql_type = Text)]
-    id: String,
+struct Settled {
     #[diesel(sql_type = BigInt)]
-    event_seq: i64,
+    ord: i64,
+    #[diesel(sql_type = BigInt)]
+    seq: i64,
     #[diesel(sql_type = Integer)]
     credits: i32,
+    #[diesel(sql_type = Integer)]
+    refunded: i32,
 }
 
-/// Step 3: each applied move's refund and event, numbered with its user's next `seq`s in
-/// the batch's order; each event carries the balance right after its own refund.
-async fn number_events(
+/// Steps 2 to 4 in one statement: the refunds, the users' `seq`s and balances, and the
+/// events, for each applied move (in `applied`'s order). Returns each move's refund and
+/// event.
+///
+/// A move of a job ending failed or cancelled owes the job's `credits_used`; it is given
+/// back only the first time (`ON CONFLICT DO NOTHING`). Each user's events take the
+/// user's next `seq`s in the batch's order, and each carries the balance right after its
+/// own refund. The event is serialised here with `seq`, `credits` and `refunded` at 0;
+/// PostgreSQL sets those three top-level fields once it knows them, so the stored payload
+/// is the event built from the returned numbers (one round trip where the refunds, the
+/// users and the events took three).
+async fn settle(
     conn: &mut Connection,
     moves: &[Move],
     applied: &[(usize, JobState)],
-    refunded: &[i32],
-) -> Result<Vec<(i32, StoredEvent)>, DbError> {
-    // Per user: events and credits given back in this batch; sorted, so that two batches
-    // lock the users' rows in the same order.
-    let mut per_user: Vec<(&str, i64, i32)> = Vec::new();
-    for ((i, _), refund) in applied.iter().zip(refunded) {
-        let user = moves[*i].job.user_id.as_str();
-        match per_user.iter_mut().find(|(id, _, _)| *id == user) {
-            Some((_, events, credits)) => {
-                *events += 1;
-                *credits += refund;
-            }
-            None => per_user.push((user, 1, *refund)),
+) -> Result<Vec<(i32, StoredEvent)>, ApplyError> {
+    if applied.is_empty() {
+        return Ok(Vec::new());
+    }
+    let steps = || applied.iter().map(|(i, state)| (&moves[*i], state));
+    let owed = |step: &Move, state: &JobState| {
+        if step.change.status().refunds() {
+            state.credits_used().max(0)
+        } else {
+            0
         }
-    }
-    per_user.sort_unstable_by_key(|(user, _, _)| *user);
-    let after: Vec<UserAfter> = statement(
-        "WITH locked AS (SELECT id FROM users WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE) \
-         UPDATE users AS u SET event_seq = u.event_seq + d.events, credits = u.credits + d.refunds \
-         FROM unnest($1::text[], $2::int8[], $3::int4[]) AS d(id, events, refunds), locked \
-         WHERE u.id = d.id AND locked.id = d.id \
-         RETURNING u.id, u.event_seq, u.credits",
-    )
-    .bind::<Array<Text>, _>(per_user.iter().map(|(id, _, _)| *id).collect::<Vec<_>>())
-    .bind::<Array<BigInt>, _>(per_user.iter().map(|(_, n, _)| *n).collect::<Vec<_>>())
-    .bind::<Array<Integer>, _>(per_user.iter().map(|(_, _, r)| *r).collect::<Vec<_>>())
-    .load(conn)
-    .await?;
-    // Per user: the next seq to hand out and the balance before this batch's refunds.
-    let mut next: HashMap<String, (i64, i32)> = HashMap::new();
-    for user in after {
-        let (_, events, refunds) = per_user
-            .iter()
-            .find(|(id, _, _)| *id == user.id)
-            .expect("only the batch's users are returned");
-        next.insert(
-            user.id,
-            (user.event_seq - events + 1, user.credits - refunds),
-        );
-    }
-    let mut numbered = Vec::with_capacity(applied.len());
-    for ((i, state), refund) in applied.iter().zip(refunded) {
-        let user_id = &moves[*i].job.user_id;
-        // A missing user row is the same error the one-at-a-time path reports.
-        let (seq, balance) = next
-            .get_mut(user_id)
-            .ok_or(DbError::Query(diesel::result::Error::NotFound))?;
-        *balance += refund;
-        let event = Event::status_changed(*seq, user_id, *balance, *refund, state.clone());
-        numbered.push((
-            *refund,
-            StoredEvent {
-                user_id: user_id.clone(),
-                seq: *seq,
-                event,
-            },
-        ));
-        *seq += 1;
-    }
-    Ok(numbered)
-}
-
-/// Step 4: the events, unpublished, in one statement.
-async fn store_events(
-    conn: &mut Connection,
-    numbered: &[(i32, StoredEvent)],
-) -> Result<(), DbError> {
-    if numbered.is_empty() {
-        return Ok(());
-    }
-    statement(
-        "INSERT INTO job_events (user_id, seq, payload) \
-         SELECT * FROM unnest($1::text[], $2::int8[], $3::jsonb[])",
+    };
+    let templates: Vec<serde_json::Value> = steps()
+        .map(|(step, state)| {
+            serde_json::to_value(Event::status_changed(
+                0,
+                &step.job.user_id,
+                0,
+                0,
+                state.clone(),
+            ))
+            .expect("events serialise")
+        })
+        .collect();
+    let rows: Vec<Settled> = statement(
+        "WITH e AS ( \
+           SELECT * FROM unnest($1::text[], $2::text[], $3::int4[], $4::jsonb[]) \
+             WITH ORDINALITY AS e(user_id, job_id, owed, payload, ord)), \
+         refunded AS ( \
+           INSERT INTO credit_transactions (user_id, amount, kind, job_id) \
+           SELECT user_id, owed, $5, job_id FROM e WHERE owed > 0 \
+           ON CONFLICT (job_id, kind) DO NOTHING \
+           RETURNING job_id, amount), \
+         given AS ( \
+           SELECT e.ord, e.user_id, e.payload, COALESCE(r.amount, 0) AS refund FROM e \
+           LEFT JOIN refunded r ON r.job_id = e.job_id AND e.ord = \
+             (SELECT min(o.ord) FROM e AS o WHERE o.job_id = e.job_id AND o.owed > 0)), \
+         per_user AS ( \
+           SELECT user_id, count(*) AS events, sum(refund)::int4 AS refunds \
+           FROM given GROUP BY user_id), \
+         locked AS ( \
+           SELECT id FROM users WHERE id IN (SELECT user_id FROM per_user) \
+           ORDER BY id FOR NO KEY UPDATE), \
+         before AS ( \
+           UPDATE users AS u \
+           SET event_seq = u.event_seq + p.events, credits = u.credits + p.refunds \
+           FROM per_user AS p, locked WHERE u.id = p.user_id AND locked.id = p.user_id \
+           RETURNING u.id, u.event_seq - p.events AS seq, u.credits - p.refunds AS credits), \
+         numbered AS ( \
+           SELECT g.ord, g.user_id, g.payload, g.refund::int4 AS refunded, \
+             b.seq + row_number() OVER w AS seq, \
+             (b.credits + sum(g.refund) OVER w)::int4 AS credits \
+           FROM given AS g JOIN before AS b ON b.id = g.user_id \
+           WINDOW w AS (PARTITION BY g.user_id ORDER BY g.ord)), \
+         stored AS ( \
+           INSERT INTO job_events (user_id, seq, payload) \
+           SELECT user_id, seq, \
+             payload || jsonb_build_object('seq', seq, 'credits', credits, 'refunded', refunded) \
+           FROM numbered) \
+         SELECT ord, seq, credits, refunded FROM numbered ORDER BY ord",
     )
     .bind::<Array<Text>, _>(
-        numbered
-            .iter()
-            .map(|(_, e)| e.user_id.as_str())
+        steps()
+            .map(|(step, _)| step.job.user_id.as_str())
             .collect::<Vec<_>>(),
     )
-    .bind::<Array<BigInt>, _>(numbered.iter().map(|(_, e)| e.seq).collect::<Vec<_>>())
-    .bind::<Array<Jsonb>, _>(
-        numbered
-            .iter()
-            .map(|(_, e)| serde_json::to_value(&e.event).expect("events serialise"))
+    .bind::<Array<Text>, _>(
+        steps()
+            .map(|(step, _)| step.job.job_id.as_str())
             .collect::<Vec<_>>(),
     )
-    .execute(conn)
+    .bind::<Array<Integer>, _>(
+        steps()
+            .map(|(step, state)| owed(step, state))
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Jsonb>, _>(templates)
+    .bind::<Text, _>(REFUND)
+    .load(conn)
     .await?;
-    Ok(())
+    // A move whose user has no row comes back without a number: the same error the
+    // one-at-a-time path reports.
+    if rows.len() != applied.len() {
+        return Err(DbError::Query(diesel::result::Error::NotFound).into());
+    }
+    Ok(rows
+        .into_iter()
+        .zip(steps())
+        .zip(1..)
+        .map(|((row, (step, state)), ord)| {
+            // One row per move, in `ord` order: row k is the k-th applied move.
+            debug_assert_eq!(row.ord, ord);
+            let user_id = &step.job.user_id;
+            let event =
+                Event::status_changed(row.seq, user_id, row.credits, row.refunded, state.clone());
+            (
+                row.refunded,
+                StoredEvent {
+                    user_id: user_id.clone(),
+                    seq: row.seq,
+                    event,
+                },
+            )
+        })
+        .collect())
 }

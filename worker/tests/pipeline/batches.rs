@@ -127,11 +127,11 @@ async fn snapshot(env: &TestEnv, case: usize) -> Value {
     let events: Vec<Value> = events
         .into_iter()
         .map(|(user, seq, payload)| {
-            let job = payload.get("generation").or_else(|| payload.get("model"));
+            let job = &payload["job"];
             json!({
                 "user": user, "seq": seq, "type": payload["type"],
                 "credits": payload["credits"], "refunded": payload["refunded"],
-                "job": job.map(|job| json!({"id": job["id"], "status": job["status"], "images": job["image_urls"], "version": job["model_version"], "error": job["error"]})),
+                "job": {"id": job["id"], "kind": job["kind"], "status": job["status"], "images": job["image_urls"], "thumbs": job["thumb_urls"], "version": job["model_version"], "weights": job["weights_url"], "error": job["error"], "cost": job["credits_used"]},
             })
         })
         .collect();

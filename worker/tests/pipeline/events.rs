@@ -81,6 +81,13 @@ async fn events_are_gapless_per_user_and_carry_the_contract_fields() {
     assert_eq!(seqs_of("alice"), [1, 2, 3, 4, 5, 6]);
     assert_eq!(seqs_of("bob"), [1, 2]);
     assert_eq!(env.stored_seqs("alice").await, [1, 2, 3, 4, 5, 6]);
+    // What was published is what a reconnecting browser replays from the log.
+    for event in events.iter().filter(|e| e.seq().is_some()) {
+        let stored = env
+            .stored_payload(event.user_id(), event.seq().unwrap())
+            .await;
+        assert_eq!(serde_json::to_value(event).unwrap(), stored);
+    }
 
     let final_event = |job_id: &str| {
         events

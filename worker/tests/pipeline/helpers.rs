@@ -337,6 +337,17 @@ impl TestEnv {
             .unwrap()
     }
 
+    /// The payload stored for `user`'s event `seq`.
+    pub async fn stored_payload(&self, user: &str, seq: i64) -> serde_json::Value {
+        job_events::table
+            .filter(job_events::user_id.eq(user))
+            .filter(job_events::seq.eq(seq))
+            .select(job_events::payload)
+            .first(&mut self.conn().await)
+            .await
+            .unwrap()
+    }
+
     pub async fn unpublished_events(&self) -> i64 {
         job_events::table
             .filter(job_events::published_at.is_null())
