@@ -4,7 +4,8 @@
 //!
 //! 1. the job rows, moved with one `UPDATE … FROM unnest(…)` per table and *round* (round
 //!    *k* holds every job's *k*-th move of the batch, so one statement never touches a row
-//!    twice), each only if the row still holds the status the move was decided on;
+//!    twice), each only if the row still holds the status the move was decided on, and
+//!    each locking its rows in id order first;
 //! 2. then, in one statement ([`settle`]): the refunds, `INSERT … ON CONFLICT DO NOTHING`
 //!    (at most one per job, ever); the users, an `UPDATE` taking each user's next `seq`s
 //!    and adding the refunds; the events, an `INSERT`, numbered in the batch's order.
@@ -107,11 +108,6 @@ async fn move_rows(
         let (trainings, generations): (Vec<usize>, Vec<usize>) = members
             .into_iter()
             .partition(|&i| moves[i].job.is_training());
-        // One row needs no order: the UPDATE below locks it as the lock would, and saves
-        // a round trip on the small batches of a lightly loaded worker.
-        if round == 0 && generations.len() + trainings.len() > 1 {
-            lock_in_order(conn, moves, &generations, &trainings).await?;
-        }
         let mut moved = update_generations(conn, moves, &generations).await?;
         moved.extend(update_trainings(conn, moves, &trainings).await?);
         for i in generations.into_iter().chain(trainings) {
@@ -128,41 +124,6 @@ async fn move_rows(
         }
     }
     Ok(states)
-}
-
-/// Locks the batch's job rows in id order before anything else. Two batches sharing jobs
-/// (one job's `processing` in one, its `failed` in the other) then queue behind each other
-/// instead of deadlocking: an `UPDATE … FROM unnest(…)` locks in whatever order its plan
-/// visits the rows, which differs with the batch's size. `NO KEY UPDATE` is the lock an
-/// `UPDATE` of non-key columns takes: it does not conflict with the `KEY SHARE` locks that
-/// inserts referencing the row (refunds, events) hold.
-async fn lock_in_order(
-    conn: &mut Connection,
-    moves: &[Move],
-    generations: &[usize],
-    trainings: &[usize],
-) -> Result<(), DbError> {
-    let tables = [
-        (
-            "SELECT 1 FROM generations WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
-            generations,
-        ),
-        (
-            "SELECT 1 FROM ai_models WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
-            trainings,
-        ),
-    ];
-    for (lock, members) in tables {
-        if members.is_empty() {
-            continue;
-        }
-        let ids: Vec<&str> = members.iter().map(|&i| moves[i].job.id.as_str()).collect();
-        statement(lock)
-            .bind::<Array<Text>, _>(ids)
-            .execute(conn)
-            .await?;
-    }
-    Ok(())
 }
 
 /// The columns every job table's move binds: row, expected status, new status, whether
@@ -186,6 +147,13 @@ impl<'a> Moved<'a> {
     }
 }
 
+/// Moves a round's generations. The rows are locked in id order first (`locked`), so two
+/// batches sharing jobs (one job's `processing` in one, its `failed` in the other) queue
+/// behind each other instead of deadlocking: an `UPDATE … FROM unnest(…)` alone locks in
+/// whatever order its plan visits the rows, which differs with the batch's size. `NO KEY
+/// UPDATE` is the lock an `UPDATE` of non-key columns takes: it does not conflict with the
+/// `KEY SHARE` locks that inserts referencing the row (refunds, events) hold. Locking in
+/// the same statement saves the round trip a separate lock would cost.
 async fn update_generations(
     conn: &mut Connection,
     moves: &[Move],
@@ -208,7 +176,8 @@ async fn update_generations(
         _ => None,
     };
     let rows: Vec<GenerationRow> = statement(
-        "UPDATE generations AS g SET status = u.status, updated_at = now(), \
+        "WITH locked AS (SELECT id FROM generations WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE) \
+         UPDATE generations AS g SET status = u.status, updated_at = now(), \
            completed_at = CASE WHEN u.terminal THEN now() ELSE g.completed_at END, \
            image_urls = CASE WHEN u.image_urls IS NULL THEN g.image_urls \
              ELSE ARRAY(SELECT jsonb_array_elements_text(u.image_urls)) END, \
@@ -216,8 +185,8 @@ async fn update_generations(
              ELSE ARRAY(SELECT jsonb_array_elements_text(u.thumb_urls)) END, \
            error_message = COALESCE(u.error, g.error_message) \
          FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[], $5::jsonb[], $6::jsonb[], $7::text[]) \
-           AS u(id, expected, status, terminal, image_urls, thumb_urls, error) \
-         WHERE g.id = u.id AND g.status = u.expected \
+           AS u(id, expected, status, terminal, image_urls, thumb_urls, error), locked \
+         WHERE g.id = u.id AND locked.id = u.id AND g.status = u.expected \
          RETURNING g.id, g.job_id, g.prompt, g.status, g.credits_used, g.image_urls, \
            g.error_message, g.created_at, g.thumb_urls, g.model_id, g.model_name, g.source_id",
     )
@@ -236,6 +205,7 @@ async fn update_generations(
         .collect())
 }
 
+/// Moves a round's trainings, locked in id order as [`update_generations`] does.
 async fn update_trainings(
     conn: &mut Connection,
     moves: &[Move],
@@ -254,14 +224,15 @@ async fn update_trainings(
         _ => (None, None),
     };
     let rows: Vec<TrainingRow> = statement(
-        "UPDATE ai_models AS m SET status = u.status, updated_at = now(), \
+        "WITH locked AS (SELECT id FROM ai_models WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE) \
+         UPDATE ai_models AS m SET status = u.status, updated_at = now(), \
            completed_at = CASE WHEN u.terminal THEN now() ELSE m.completed_at END, \
            model_version = COALESCE(u.model_version, m.model_version), \
            weights_url = COALESCE(u.weights_url, m.weights_url), \
            error_message = COALESCE(u.error, m.error_message) \
          FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[], $5::text[], $6::text[], $7::text[]) \
-           AS u(id, expected, status, terminal, model_version, weights_url, error) \
-         WHERE m.id = u.id AND m.status = u.expected \
+           AS u(id, expected, status, terminal, model_version, weights_url, error), locked \
+         WHERE m.id = u.id AND locked.id = u.id AND m.status = u.expected \
          RETURNING m.id, m.job_id, m.name, m.status, m.credits_used, m.model_version, \
            m.weights_url, m.error_message, m.created_at",
     )
