@@ -263,7 +263,7 @@ struct Settled {
     refunded: i32,
 }
 
-/// Steps 2 to 4 in one statement: the refunds, the users' `seq`s and balances, and the
+/// Step 2, one statement: the refunds, the users' `seq`s and balances, and the
 /// events, for each applied move (in `applied`'s order). Returns each move's refund and
 /// event.
 ///
