@@ -19,6 +19,7 @@ use replicate_sim::jobs_client::{JobsClient, Submitted, random_prompt};
 use replicate_sim::lifecycle::Simulator;
 
 use crate::config::LoadArgs;
+use crate::measure::{CpuShares, Who};
 
 /// Share of the jobs that are trainings; the rest are generations.
 const TRAINING_SHARE: f64 = 0.1;
@@ -37,7 +38,21 @@ pub struct LoadReport {
     /// Creations the jobs API answered with an error (and refunded): not lost, not run.
     pub refused: usize,
     pub out_of_order: usize,
+    /// Cores each part of the machine used during the run (see [`MACHINE_PARTS`]), and the
+    /// machine's busy cores.
+    pub cpu_cores: serde_json::Value,
 }
+
+/// What a load run's CPU is counted for, by program: every service of the pipeline, the
+/// two servers it relies on, and this generator (which also runs the simulator and the
+/// browsers' sockets).
+const MACHINE_PARTS: [(&str, &str); 5] = [
+    ("postgres", "postgres"),
+    ("broker", "beam.smp"),
+    ("workers", "worker"),
+    ("notifier", "notifier"),
+    ("ingest", "ingest"),
+];
 
 impl LoadReport {
     pub fn percentile(&self, p: f64) -> Duration {
@@ -68,6 +83,7 @@ impl LoadReport {
             "missing": self.missing,
             "refused": self.refused,
             "out_of_order": self.out_of_order,
+            "cpu_cores": self.cpu_cores,
             "latencies_ms": self.latencies.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
         })
     }
@@ -91,11 +107,12 @@ impl std::fmt::Display for LoadReport {
             self.latencies.iter().max().copied().unwrap_or_default(),
             self.latencies.len()
         )?;
-        write!(
+        writeln!(
             f,
             "missing final events: {}, out-of-order events: {}, creations refused (and refunded) by the jobs API: {}",
             self.missing, self.out_of_order, self.refused
-        )
+        )?;
+        write!(f, "{}", machine_text(&self.cpu_cores))
     }
 }
 
@@ -212,6 +229,13 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<LoadReport> {
     drop(completed_tx);
 
     let started = Instant::now();
+    let cpu = CpuShares::start_with(
+        MACHINE_PARTS
+            .iter()
+            .map(|&(part, program)| (part, Who::Program(program)))
+            .chain([("generator", Who::Pids(vec!["self".into()]))])
+            .collect(),
+    );
     let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate.max(0.001)));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     // Creations run concurrently (as many browsers would), so the rate holds whatever one
@@ -277,6 +301,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<LoadReport> {
     }
     progress.finish();
     let elapsed = started.elapsed();
+    let cpu_cores = cpu.finish();
 
     server_handle.stop(true).await;
     let received = received.lock().expect("not poisoned");
@@ -302,5 +327,23 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<LoadReport> {
         missing,
         refused,
         out_of_order: received.out_of_order,
+        cpu_cores,
     })
+}
+
+/// "CPU: machine 1.63 cores busy (postgres 0.43, broker 0.42, …, generator 0.16)"
+/// from a load run's `cpu_cores`.
+pub fn machine_text(cores: &serde_json::Value) -> String {
+    let share = |name: &str| cores[name].as_f64().unwrap_or_default();
+    let parts: Vec<String> = MACHINE_PARTS
+        .iter()
+        .map(|(part, _)| *part)
+        .chain(["generator"])
+        .map(|part| format!("{part} {:.2}", share(part)))
+        .collect();
+    format!(
+        "CPU: machine {:.2} cores busy ({})",
+        share("machine"),
+        parts.join(", ")
+    )
 }

@@ -90,46 +90,140 @@ pub fn cpu_seconds(pid: &str) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-/// Where the CPU went while a measurement ran: each group's share of one core.
+/// Where the CPU went while a measurement ran: each group's share of one core, and the
+/// whole machine's (`"machine"`: cores busy, of all of them).
 pub struct CpuShares {
-    groups: Vec<(&'static str, Vec<String>, f64)>,
+    groups: Vec<Group>,
+    machine: MachineTicks,
     started: Instant,
+}
+
+/// Whose CPU a group counts: processes known by pid, or every process of one program.
+pub enum Who {
+    Pids(Vec<String>),
+    /// Every process whose command name is this, at the start and at the end (PostgreSQL's
+    /// backends come and go).
+    Program(&'static str),
+}
+
+struct Group {
+    name: &'static str,
+    who: Who,
+    /// CPU seconds each process had used at the start.
+    before: std::collections::HashMap<String, f64>,
+}
+
+impl Who {
+    fn pids(&self) -> Vec<String> {
+        match self {
+            Who::Pids(pids) => pids.clone(),
+            Who::Program(name) => pids_named(name),
+        }
+    }
 }
 
 impl CpuShares {
     pub fn start(groups: Vec<(&'static str, Vec<String>)>) -> Self {
+        Self::start_with(
+            groups
+                .into_iter()
+                .map(|(name, pids)| (name, Who::Pids(pids)))
+                .collect(),
+        )
+    }
+
+    pub fn start_with(groups: Vec<(&'static str, Who)>) -> Self {
         Self {
             groups: groups
                 .into_iter()
-                .map(|(name, pids)| {
-                    let used = pids.iter().map(|pid| cpu_seconds(pid)).sum();
-                    (name, pids, used)
+                .map(|(name, who)| Group {
+                    name,
+                    before: who
+                        .pids()
+                        .into_iter()
+                        .map(|pid| {
+                            let used = cpu_seconds(&pid);
+                            (pid, used)
+                        })
+                        .collect(),
+                    who,
                 })
                 .collect(),
+            machine: MachineTicks::now(),
             started: Instant::now(),
         }
     }
 
-    /// `{"server": 0.68, "client": 0.75, …}`: cores used by each group since the start.
+    /// `{"server": 0.68, "client": 0.75, …, "machine": 1.71}`: cores used by each group
+    /// since the start (a process that started meanwhile counts from its own start; one
+    /// that ended meanwhile is left out).
     pub fn finish(&self) -> Value {
         let elapsed = self.started.elapsed().as_secs_f64().max(0.001);
-        let shares: serde_json::Map<String, Value> = self
+        let cores = |seconds: f64| json!((seconds / elapsed * 100.0).round() / 100.0);
+        let mut shares: serde_json::Map<String, Value> = self
             .groups
             .iter()
-            .map(|(name, pids, before)| {
-                let used: f64 = pids.iter().map(|pid| cpu_seconds(pid)).sum();
-                (
-                    (*name).to_owned(),
-                    json!(((used - before) / elapsed * 100.0).round() / 100.0),
-                )
+            .map(|group| {
+                let used: f64 = group
+                    .who
+                    .pids()
+                    .iter()
+                    .map(|pid| {
+                        (cpu_seconds(pid) - group.before.get(pid).copied().unwrap_or(0.0)).max(0.0)
+                    })
+                    .sum();
+                (group.name.to_owned(), cores(used))
             })
             .collect();
+        let busy = self.machine.busy_cores_since();
+        shares.insert("machine".into(), json!((busy * 100.0).round() / 100.0));
         Value::Object(shares)
     }
 }
 
-/// The pids of RabbitMQ's Erlang VM on this machine (none when it runs elsewhere).
-pub fn broker_pids() -> Vec<String> {
+/// The machine's CPU counters (`/proc/stat`, first line): all ticks, and the idle ones
+/// (idle and waiting for the disk).
+struct MachineTicks {
+    total: u64,
+    idle: u64,
+    cpus: usize,
+}
+
+impl MachineTicks {
+    fn now() -> Self {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let ticks: Vec<u64> = stat
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        let cpus = stat
+            .lines()
+            .filter(|line| {
+                line.starts_with("cpu") && line.as_bytes().get(3).is_some_and(u8::is_ascii_digit)
+            })
+            .count();
+        Self {
+            total: ticks.iter().sum(),
+            idle: ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0),
+            cpus: cpus.max(1),
+        }
+    }
+
+    /// Cores busy on average since `self` was read.
+    fn busy_cores_since(&self) -> f64 {
+        let now = Self::now();
+        let total = now.total.saturating_sub(self.total).max(1) as f64;
+        let idle = now.idle.saturating_sub(self.idle) as f64;
+        (1.0 - idle / total) * self.cpus as f64
+    }
+}
+
+/// The pids of every process whose command name is `name` on this machine.
+pub fn pids_named(name: &str) -> Vec<String> {
     std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
@@ -137,9 +231,14 @@ pub fn broker_pids() -> Vec<String> {
         .filter_map(|entry| {
             let pid = entry.file_name().to_string_lossy().into_owned();
             let comm = std::fs::read_to_string(entry.path().join("comm")).ok()?;
-            (comm.trim() == "beam.smp").then_some(pid)
+            (comm.trim() == name).then_some(pid)
         })
         .collect()
+}
+
+/// The pids of RabbitMQ's Erlang VM on this machine (none when it runs elsewhere).
+pub fn broker_pids() -> Vec<String> {
+    pids_named("beam.smp")
 }
 
 /// `senders` send on staggered schedules, together `rate` per second, for `seconds`.

@@ -106,9 +106,10 @@ pub fn report(dir: &Path, notes: &Path) -> anyhow::Result<PathBuf> {
                 run["jobs"]
             ),
             value: format!(
-                "{:.1} / {p99:.1} ms, {lost} lost, {} creations refused and refunded",
+                "{:.1} / {p99:.1} ms, {lost} lost, {} creations refused and refunded; {}",
                 run["p50_ms"].as_f64().unwrap_or_default(),
-                run["refused"].as_u64().unwrap_or_default()
+                run["refused"].as_u64().unwrap_or_default(),
+                crate::load::machine_text(&run["cpu_cores"])
             ),
             reference: "—".into(),
             ratio: None,
@@ -308,8 +309,16 @@ mod tests {
         )
         .unwrap();
         save(&dir, &json!({"part": "pgbench", "tps": 1000.0})).unwrap();
+        save(&dir, &json!({"part": "e2e-500", "jobs": 100, "webhooks_per_second": 498.0,
+                           "p50_ms": 9.0, "p99_ms": 18.0, "missing": 0, "out_of_order": 0, "refused": 0,
+                           "cpu_cores": {"machine": 1.63, "postgres": 0.43, "broker": 0.42, "workers": 0.3,
+                                         "notifier": 0.17, "ingest": 0.08, "generator": 0.16}})).unwrap();
         let markdown =
             std::fs::read_to_string(report(&dir, Path::new("no-notes-here.md")).unwrap()).unwrap();
+        assert!(
+            markdown.contains("9.0 / 18.0 ms, 0 lost, 0 creations refused and refunded; CPU: machine 1.63 cores busy (postgres 0.43, broker 0.42, workers 0.30, notifier 0.17, ingest 0.08, generator 0.16) | — | — | p99 ≤ 20 ms, zero lost | yes |"),
+            "{markdown}"
+        );
         assert!(
             markdown.contains("| 0.60 | ≥ 0.8 × pgbench | **no** |"),
             "{markdown}"
