@@ -183,9 +183,12 @@ pub async fn fanout(
         }
         recording.store(true, Ordering::Relaxed);
         let cpu = CpuShares::start(vec![
-            ("server", pids.iter().map(u32::to_string).collect()),
-            ("broker", broker_pids()),
-            ("client", vec!["self".into()]),
+            (
+                "server",
+                Who::Pids(pids.iter().map(u32::to_string).collect()),
+            ),
+            ("broker", BROKER),
+            ("client", Who::Pids(vec!["self".into()])),
         ]);
         let done = Arc::new(AtomicBool::new(false));
         let published = Arc::new(AtomicU64::new(0));

@@ -19,7 +19,7 @@ use replicate_sim::jobs_client::{JobsClient, Submitted, random_prompt};
 use replicate_sim::lifecycle::Simulator;
 
 use crate::config::LoadArgs;
-use crate::measure::{CpuShares, Who};
+use crate::measure::{BROKER, CpuShares, Who};
 
 /// Share of the jobs that are trainings; the rest are generations.
 const TRAINING_SHARE: f64 = 0.1;
@@ -46,12 +46,12 @@ pub struct LoadReport {
 /// What a load run's CPU is counted for, by program: every service of the pipeline, the
 /// two servers it relies on, and this generator (which also runs the simulator and the
 /// browsers' sockets).
-const MACHINE_PARTS: [(&str, &str); 5] = [
-    ("postgres", "postgres"),
-    ("broker", "beam.smp"),
-    ("workers", "worker"),
-    ("notifier", "notifier"),
-    ("ingest", "ingest"),
+const MACHINE_PARTS: [(&str, Who); 5] = [
+    ("postgres", Who::Program("postgres")),
+    ("broker", BROKER),
+    ("workers", Who::Program("worker")),
+    ("notifier", Who::Program("notifier")),
+    ("ingest", Who::Program("ingest")),
 ];
 
 impl LoadReport {
@@ -229,10 +229,9 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<LoadReport> {
     drop(completed_tx);
 
     let started = Instant::now();
-    let cpu = CpuShares::start_with(
+    let cpu = CpuShares::start(
         MACHINE_PARTS
-            .iter()
-            .map(|&(part, program)| (part, Who::Program(program)))
+            .into_iter()
             .chain([("generator", Who::Pids(vec!["self".into()]))])
             .collect(),
     );

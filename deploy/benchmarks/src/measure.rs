@@ -123,16 +123,7 @@ impl Who {
 }
 
 impl CpuShares {
-    pub fn start(groups: Vec<(&'static str, Vec<String>)>) -> Self {
-        Self::start_with(
-            groups
-                .into_iter()
-                .map(|(name, pids)| (name, Who::Pids(pids)))
-                .collect(),
-        )
-    }
-
-    pub fn start_with(groups: Vec<(&'static str, Who)>) -> Self {
+    pub fn start(groups: Vec<(&'static str, Who)>) -> Self {
         Self {
             groups: groups
                 .into_iter()
@@ -223,7 +214,7 @@ impl MachineTicks {
 }
 
 /// The pids of every process whose command name is `name` on this machine.
-pub fn pids_named(name: &str) -> Vec<String> {
+fn pids_named(name: &str) -> Vec<String> {
     std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
@@ -236,10 +227,8 @@ pub fn pids_named(name: &str) -> Vec<String> {
         .collect()
 }
 
-/// The pids of RabbitMQ's Erlang VM on this machine (none when it runs elsewhere).
-pub fn broker_pids() -> Vec<String> {
-    pids_named("beam.smp")
-}
+/// RabbitMQ's Erlang VM on this machine (no process when it runs elsewhere).
+pub const BROKER: Who = Who::Program("beam.smp");
 
 /// `senders` send on staggered schedules, together `rate` per second, for `seconds`.
 /// Returns each answered send's latency in ms from when it was due (sorted), and the rate

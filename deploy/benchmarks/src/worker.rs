@@ -78,7 +78,7 @@ pub async fn worker(
     let started = Instant::now();
     let mut workers = vec![spawn(ports[0])?, spawn(ports[1])?];
     let pids: Vec<String> = workers.iter().map(|w| w.id().to_string()).collect();
-    let cpu = CpuShares::start(vec![("workers", pids), ("broker", broker_pids())]);
+    let cpu = CpuShares::start(vec![("workers", Who::Pids(pids)), ("broker", BROKER)]);
     let finished = AtomicU64::new(0);
     let expected = jobs as u64;
     let drain = bar(0, "worker: draining");
