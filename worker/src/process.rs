@@ -218,7 +218,7 @@ impl Processor {
             return Err(unknown());
         };
         match bind::bind(&mut conn, &tag, &prediction.id).await? {
-            Binding::Bound { job, event } => {
+            Binding::Bound { job, event, .. } => {
                 drop(conn);
                 metrics::counter!("worker_jobs_bound_total").increment(1);
                 tracing::info!(%webhook_id, id = %job.id, job_id = %job.job_id, status = %prediction.status, "job bound to its Replicate id by its webhook's tag (the creation's answer was not stored yet)");

@@ -450,19 +450,28 @@ impl Inner {
         let mut conn = db::connection(&self.pool).await?;
         match answer {
             Ok(replicate_id) => {
-                let created = match bind::bind(&mut conn, &job.id, replicate_id).await? {
-                    Binding::Bound { event, .. } => {
-                        self.publisher.publish(&event).await;
-                        created_from(&event)
-                    }
-                    // The job's first webhook got here first (the worker bound it), or it
-                    // has moved on since: answer with the job as it stands.
-                    Binding::AlreadyBound(_) | Binding::NotWaiting(_) | Binding::NoRow => Created {
-                        job: job_state(&mut conn, job).await?,
-                        credits: credits_of(&mut conn, user_id).await?,
-                    },
-                };
-                if cancel::was_requested(&mut conn, kind == JobKind::Training, &job.id).await? {
+                let (created, cancel_requested) =
+                    match bind::bind(&mut conn, &job.id, replicate_id).await? {
+                        Binding::Bound {
+                            event,
+                            cancel_requested,
+                            ..
+                        } => {
+                            self.publisher.publish(&event).await;
+                            (created_from(&event), cancel_requested)
+                        }
+                        // The job's first webhook got here first (the worker bound it), or it
+                        // has moved on since: answer with the job as it stands.
+                        Binding::AlreadyBound(_) | Binding::NotWaiting(_) | Binding::NoRow => (
+                            Created {
+                                job: job_state(&mut conn, job).await?,
+                                credits: credits_of(&mut conn, user_id).await?,
+                            },
+                            cancel::was_requested(&mut conn, kind == JobKind::Training, &job.id)
+                                .await?,
+                        ),
+                    };
+                if cancel_requested {
                     self.cancel_asked_earlier(&job.id, kind, replicate_id).await;
                 }
                 metrics::counter!("notifier_jobs_created_total", "kind" => kind.as_str())

@@ -1,10 +1,12 @@
-//! The creation's writes: the debit and the job's row in one transaction, and the reads
-//! its answer needs.
+//! The creation's writes: the debit, the job's row and its debit transaction in one statement,
+//! and the reads its answer needs.
 
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel::sql_types::{Integer, Nullable, Text};
+use diesel_async::RunQueryDsl;
 use shared::db::Connection;
-use shared::db::schema::{ai_models, credit_transactions, generations, users};
+use shared::db::schema::{ai_models, generations, users};
+use shared::db::statement::statement;
 use shared::events::{Event, JobKind, JobState, ModelName};
 use shared::jobs::event_log::StoredEvent;
 use shared::jobs::{DEBIT, GenerationRow, Job, TrainingRow};
@@ -49,81 +51,88 @@ fn new_row_id(kind: JobKind) -> String {
     format!("{prefix}_{random}")
 }
 
-/// The debit and the job's row, in one transaction (its first event follows once
-/// Replicate has named it).
+/// Whether the debit took place (1) or the balance did not cover the cost (0).
+#[derive(QueryableByName)]
+struct Debited {
+    #[diesel(sql_type = Integer)]
+    debited: i32,
+}
+
+/// The debit, the generation's (or upscale's) row and its debit transaction: one
+/// statement, so one round trip and one commit. The row and the transaction are written
+/// only if the balance covered the cost (they select from the debit's result); the
+/// statement says whether it did.
+const DEBIT_GENERATION: &str = "WITH debited AS ( \
+       UPDATE users SET credits = credits - $1 WHERE id = $2 AND credits >= $1 \
+       RETURNING id), \
+     job AS ( \
+       INSERT INTO generations \
+         (id, user_id, prompt, credits_used, model_id, model_name, source_id) \
+       SELECT $3, id, $4, $1, $5, $6, $7 FROM debited), \
+     debit AS ( \
+       INSERT INTO credit_transactions (user_id, amount, kind, job_id) \
+       SELECT id, -$1, $8, $3 FROM debited) \
+     SELECT count(*)::int4 AS debited FROM debited";
+
+/// [`DEBIT_GENERATION`] for a training's row.
+const DEBIT_TRAINING: &str = "WITH debited AS ( \
+       UPDATE users SET credits = credits - $1 WHERE id = $2 AND credits >= $1 \
+       RETURNING id), \
+     job AS ( \
+       INSERT INTO ai_models (id, user_id, name, credits_used) \
+       SELECT $3, id, $4, $1 FROM debited), \
+     debit AS ( \
+       INSERT INTO credit_transactions (user_id, amount, kind, job_id) \
+       SELECT id, -$1, $5, $3 FROM debited) \
+     SELECT count(*)::int4 AS debited FROM debited";
+
+/// The debit and the job's row, atomically (its first event follows once Replicate has
+/// named it). Until Replicate names the job, its debit carries the row's id.
 pub async fn record_pending(
     conn: &mut Connection,
     user_id: &str,
     new: &NewJob,
 ) -> Result<Job, JobsError> {
-    conn.transaction(async |conn| {
-        // Debit only a balance that covers the cost.
-        let debited: Option<i32> = diesel::update(
-            users::table
-                .find(user_id)
-                .filter(users::credits.ge(new.cost)),
-        )
-        .set(users::credits.eq(users::credits - new.cost))
-        .returning(users::credits)
-        .get_result(conn)
-        .await
-        .optional()?;
-        if debited.is_none() {
-            let balance = credits_of(conn, user_id).await?;
-            return Err(JobsError::InsufficientCredits(format!(
-                "a {} costs {} credits and your balance is {balance}",
-                new.kind, new.cost
-            )));
-        };
-        let id = new_row_id(new.kind);
-        match new.kind {
-            JobKind::Training => {
-                diesel::insert_into(ai_models::table)
-                    .values((
-                        ai_models::id.eq(&id),
-                        ai_models::user_id.eq(user_id),
-                        ai_models::name.eq(&new.text),
-                        ai_models::credits_used.eq(new.cost),
-                    ))
-                    .execute(conn)
-                    .await?
-            }
-            JobKind::Generation | JobKind::Upscale => {
-                diesel::insert_into(generations::table)
-                    .values((
-                        generations::id.eq(&id),
-                        generations::user_id.eq(user_id),
-                        generations::prompt.eq(&new.text),
-                        generations::credits_used.eq(new.cost),
-                        generations::model_id.eq(new.model.as_ref().map(|m| &m.id)),
-                        generations::model_name.eq(new.model.as_ref().map(|m| &m.name)),
-                        generations::source_id.eq(&new.source_id),
-                    ))
-                    .execute(conn)
-                    .await?
-            }
-        };
-        diesel::insert_into(credit_transactions::table)
-            .values((
-                credit_transactions::user_id.eq(user_id),
-                credit_transactions::amount.eq(-new.cost),
-                credit_transactions::kind.eq(DEBIT),
-                // The row's id until Replicate gives the job its own.
-                credit_transactions::job_id.eq(&id),
-            ))
-            .execute(conn)
-            .await?;
-        let job = Job {
-            kind: new.kind,
-            // Until Replicate names the job, its credit transactions carry the row's id.
-            job_id: id.clone(),
-            id,
-            user_id: user_id.to_owned(),
-            status: "PENDING".into(),
-        };
-        Ok(job)
+    let id = new_row_id(new.kind);
+    let Debited { debited } = match new.kind {
+        JobKind::Training => {
+            statement(DEBIT_TRAINING)
+                .bind::<Integer, _>(new.cost)
+                .bind::<Text, _>(user_id)
+                .bind::<Text, _>(&id)
+                .bind::<Text, _>(&new.text)
+                .bind::<Text, _>(DEBIT)
+                .get_result(conn)
+                .await
+        }
+        JobKind::Generation | JobKind::Upscale => {
+            statement(DEBIT_GENERATION)
+                .bind::<Integer, _>(new.cost)
+                .bind::<Text, _>(user_id)
+                .bind::<Text, _>(&id)
+                .bind::<Text, _>(&new.text)
+                .bind::<Nullable<Text>, _>(new.model.as_ref().map(|m| m.id.as_str()))
+                .bind::<Nullable<Text>, _>(new.model.as_ref().map(|m| m.name.as_str()))
+                .bind::<Nullable<Text>, _>(new.source_id.as_deref())
+                .bind::<Text, _>(DEBIT)
+                .get_result(conn)
+                .await
+        }
+    }?;
+    if debited == 0 {
+        let balance = credits_of(conn, user_id).await?;
+        return Err(JobsError::InsufficientCredits(format!(
+            "a {} costs {} credits and your balance is {balance}",
+            new.kind, new.cost
+        )));
+    }
+    Ok(Job {
+        kind: new.kind,
+        job_id: id.clone(),
+        id,
+        user_id: user_id.to_owned(),
+        status: "PENDING".into(),
     })
-    .await
 }
 
 pub async fn job_state(conn: &mut Connection, job: &Job) -> Result<JobState, JobsError> {

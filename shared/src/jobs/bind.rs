@@ -26,8 +26,14 @@ use crate::replicate::Status;
 /// What binding found.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Binding {
-    /// Bound now: the job (with Replicate's id) and its first event (`PENDING`), to publish.
-    Bound { job: Job, event: Box<StoredEvent> },
+    /// Bound now: the job (with Replicate's id) and its first event (`PENDING`), to publish;
+    /// and whether the person asked to cancel it before it was named (then it is to be
+    /// cancelled by that name).
+    Bound {
+        job: Job,
+        event: Box<StoredEvent>,
+        cancel_requested: bool,
+    },
     /// Already bound to this id (the other side got there first).
     AlreadyBound(Job),
     /// The row is bound to another id, has ended, or was not debited by this ledger: it is
@@ -111,10 +117,12 @@ pub async fn bind(
             Some(_) => return Ok(Binding::NotWaiting(job)),
             None => {}
         }
-        if job.status != JobStatus::Pending.as_str() || !debited_unbound(conn, row_id).await? {
+        if job.status != JobStatus::Pending.as_str() {
             return Ok(Binding::NotWaiting(job));
         }
-        diesel::update(
+        // The debit moves to Replicate's id; a row this ledger did not debit has none to
+        // move, and nothing has been written yet.
+        let debits_moved = diesel::update(
             credit_transactions::table
                 .filter(credit_transactions::job_id.eq(row_id))
                 .filter(credit_transactions::kind.eq(DEBIT)),
@@ -122,27 +130,38 @@ pub async fn bind(
         .set(credit_transactions::job_id.eq(replicate_id))
         .execute(conn)
         .await?;
+        if debits_moved == 0 {
+            return Ok(Binding::NotWaiting(job));
+        }
         let now = Utc::now();
-        let state: JobState = if job.is_training() {
-            diesel::update(ai_models::table.find(row_id))
-                .set((
-                    ai_models::job_id.eq(replicate_id),
-                    ai_models::updated_at.eq(now),
-                ))
-                .returning(TrainingRow::as_returning())
-                .get_result(conn)
-                .await?
-                .into()
+        let (state, cancel_requested): (JobState, bool) = if job.is_training() {
+            let (row, cancel_requested): (TrainingRow, bool) =
+                diesel::update(ai_models::table.find(row_id))
+                    .set((
+                        ai_models::job_id.eq(replicate_id),
+                        ai_models::updated_at.eq(now),
+                    ))
+                    .returning((
+                        TrainingRow::as_returning(),
+                        ai_models::cancel_requested_at.is_not_null(),
+                    ))
+                    .get_result(conn)
+                    .await?;
+            (row.into(), cancel_requested)
         } else {
-            diesel::update(generations::table.find(row_id))
-                .set((
-                    generations::job_id.eq(replicate_id),
-                    generations::updated_at.eq(now),
-                ))
-                .returning(GenerationRow::as_returning())
-                .get_result(conn)
-                .await?
-                .into()
+            let (row, cancel_requested): (GenerationRow, bool) =
+                diesel::update(generations::table.find(row_id))
+                    .set((
+                        generations::job_id.eq(replicate_id),
+                        generations::updated_at.eq(now),
+                    ))
+                    .returning((
+                        GenerationRow::as_returning(),
+                        generations::cancel_requested_at.is_not_null(),
+                    ))
+                    .get_result(conn)
+                    .await?;
+            (row.into(), cancel_requested)
         };
         let (seq, credits) = event_log::next_seq(conn, &job.user_id, 0).await?;
         let event = Event::status_changed(seq, &job.user_id, credits, 0, state);
@@ -151,6 +170,7 @@ pub async fn bind(
         Ok(Binding::Bound {
             job,
             event: Box::new(event),
+            cancel_requested,
         })
     })
     .await
