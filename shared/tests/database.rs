@@ -141,3 +141,121 @@ struct Setting {
     #[diesel(sql_type = diesel::sql_types::Text)]
     plan_cache_mode: String,
 }
+
+#[derive(diesel::QueryableByName, Debug, PartialEq)]
+struct Backend {
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    pid: i32,
+}
+
+async fn backend_pid(conn: &mut shared::db::Connection) -> i32 {
+    use diesel_async::RunQueryDsl;
+    diesel::sql_query("SELECT pg_backend_pid() AS pid")
+        .get_result::<Backend>(conn)
+        .await
+        .unwrap()
+        .pid
+}
+
+async fn credits_of(pool: &shared::db::Pool, user: &str) -> Option<i32> {
+    use diesel::prelude::*;
+    use diesel_async::RunQueryDsl;
+    use shared::db::schema::users;
+    let mut conn = shared::db::connection(pool).await.unwrap();
+    users::table
+        .find(user)
+        .select(users::credits)
+        .first(&mut conn)
+        .await
+        .optional()
+        .unwrap()
+}
+
+/// A pipelined transaction (`BEGIN` with its first statement, `COMMIT` with its last)
+/// commits both statements; one whose last statement fails keeps nothing; and one dropped
+/// before its end is never handed out again by the pool (it would carry its open
+/// transaction into the next caller's statements).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_transactions_commit_roll_back_and_never_leak_an_open_one() {
+    use diesel::sql_types::{Integer, Text};
+    use diesel_async::RunQueryDsl;
+    use futures_util::FutureExt;
+    use shared::db::pipelined::Pipelined;
+    use shared::db::statement::statement;
+
+    let config = DatabaseConfig {
+        url: fresh_url(),
+        pool_size: 1,
+    };
+    let pool = shared::db::prepare(&config).await.unwrap();
+    let insert = |id: &'static str, credits: i32| {
+        statement("INSERT INTO users (id, credits) VALUES ($1, $2)")
+            .bind::<Text, _>(id)
+            .bind::<Integer, _>(credits)
+    };
+
+    // Both statements kept.
+    {
+        let mut conn = shared::db::connection(&pool).await.unwrap();
+        let mut tx = Pipelined::open(&mut conn);
+        let first = insert("a", 1);
+        tx.run(|conn| async move { first.execute(&mut { conn }).await }.boxed())
+            .await
+            .unwrap();
+        let last = insert("b", 2);
+        tx.commit_with(|conn| async move { last.execute(&mut { conn }).await }.boxed())
+            .await
+            .unwrap();
+    }
+    assert_eq!(credits_of(&pool, "a").await, Some(1));
+    assert_eq!(credits_of(&pool, "b").await, Some(2));
+
+    // The last statement fails (a duplicate key): the first is not kept either, and the
+    // connection goes back into use.
+    let reused = {
+        let mut conn = shared::db::connection(&pool).await.unwrap();
+        let pid = backend_pid(&mut conn).await;
+        let mut tx = Pipelined::open(&mut conn);
+        let first = insert("c", 3);
+        tx.run(|conn| async move { first.execute(&mut { conn }).await }.boxed())
+            .await
+            .unwrap();
+        let duplicate = insert("a", 4);
+        let failed = tx
+            .commit_with(|conn| async move { duplicate.execute(&mut { conn }).await }.boxed())
+            .await;
+        assert!(failed.is_err(), "a duplicate key is refused");
+        drop(tx);
+        pid
+    };
+    assert_eq!(credits_of(&pool, "c").await, None, "rolled back with the last");
+    let mut conn = shared::db::connection(&pool).await.unwrap();
+    assert_eq!(
+        backend_pid(&mut conn).await,
+        reused,
+        "a transaction that ended leaves its connection in use"
+    );
+
+    // Dropped after its first statement, before its end: the pool's only connection is
+    // replaced, and what the statement wrote was never committed.
+    let open_pid = backend_pid(&mut conn).await;
+    {
+        let mut tx = Pipelined::open(&mut conn);
+        let first = insert("d", 5);
+        tx.run(|conn| async move { first.execute(&mut { conn }).await }.boxed())
+            .await
+            .unwrap();
+    }
+    drop(conn);
+    let mut conn = shared::db::connection(&pool).await.unwrap();
+    assert_ne!(
+        backend_pid(&mut conn).await,
+        open_pid,
+        "a connection left in a transaction is not handed out again"
+    );
+    drop(conn);
+    assert_eq!(credits_of(&pool, "d").await, None);
+
+    pool.close();
+    shared::db::drop_database(&config.url).await.unwrap();
+}

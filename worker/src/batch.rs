@@ -159,6 +159,9 @@ impl Processor {
         // holds on a newer one: statuses only move forward).
         let mut deferred: Vec<usize> = Vec::new();
         let mut deferring: HashSet<&str> = HashSet::new();
+        // The batch's progress, published together (in order, on one channel) rather than
+        // each waiting for the confirm of the one before.
+        let mut live = Vec::new();
         for (entry, step) in planned.iter().zip(&move_of) {
             let job = entry.job.id.as_str();
             if results[entry.index].is_some() {
@@ -179,8 +182,7 @@ impl Processor {
                 deferred.push(entry.index);
                 continue;
             };
-            self.publish_progress(&entry.job, &entry.prediction, &effect)
-                .await;
+            live.extend(self.progress_event(&entry.job, &entry.prediction, &effect));
             results[entry.index] = Some(Ok(Processed {
                 job_id: entry.job.job_id.clone(),
                 row_id: entry.job.id.clone(),
@@ -190,6 +192,7 @@ impl Processor {
                 effect,
             }));
         }
+        join_all(live.iter().map(|event| self.publish_live(event))).await;
         if !deferred.is_empty() {
             metrics::counter!("worker_batch_alone_total").increment(deferred.len() as u64);
         }

@@ -393,20 +393,31 @@ impl Processor {
         prediction: &Prediction,
         effect: &Effect,
     ) {
+        if let Some(event) = self.progress_event(job, prediction, effect) {
+            self.publish_live(&event).await;
+        }
+    }
+
+    /// The `job_progress` event a webhook brings: for a running job whose progress moved
+    /// since the last one this process published.
+    pub(crate) fn progress_event(
+        &self,
+        job: &Job,
+        prediction: &Prediction,
+        effect: &Effect,
+    ) -> Option<Event> {
         if prediction.status != Status::Processing {
-            return;
+            return None;
         }
         let running = match effect {
             Effect::Moved { to, .. } => *to == JobStatus::Processing,
             Effect::Ignored(reason) => *reason == Ignored::NotForward,
         };
-        let Some(value) = prediction.logs.as_deref().and_then(shared::tqdm::progress) else {
-            return;
-        };
+        let value = prediction.logs.as_deref().and_then(shared::tqdm::progress)?;
         if !running || !self.progress.moved(&job.job_id, value) {
-            return;
+            return None;
         }
-        let event = Event::JobProgress {
+        Some(Event::JobProgress {
             user_id: job.user_id.clone(),
             job: JobProgress {
                 kind: job.kind,
@@ -414,10 +425,14 @@ impl Processor {
                 job_id: job.job_id.clone(),
                 progress: value,
             },
-        };
-        if let Err(err) = self.broker.publish_event(&event).await {
-            // Progress is live only; the next webhook brings a newer value.
-            tracing::debug!(job_id = %job.job_id, error = %err, "progress not published");
+        })
+    }
+
+    /// Publishes a live-only event (progress): not stored, so a failure is only logged;
+    /// the next webhook brings a newer value.
+    pub(crate) async fn publish_live(&self, event: &Event) {
+        if let Err(err) = self.broker.publish_event(event).await {
+            tracing::debug!(user_id = %event.user_id(), error = %err, "progress not published");
         }
     }
 }

@@ -1,7 +1,9 @@
 //! PostgreSQL: schema, embedded migrations, database creation, the connection pool and its
 //! failover watch (`watch.rs`), hand-written SQL prepared once per connection
-//! (`statement.rs`).
+//! (`statement.rs`), transactions without round trips of their own for `BEGIN` and
+//! `COMMIT` (`pipelined.rs`).
 
+pub mod pipelined;
 pub mod schema;
 pub mod statement;
 mod watch;

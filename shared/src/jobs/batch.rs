@@ -10,6 +10,9 @@
 //!    (at most one per job, ever); the users, an `UPDATE` taking each user's next `seq`s
 //!    and adding the refunds; the events, an `INSERT`, numbered in the batch's order.
 //!
+//! The transaction is [`Pipelined`]: `BEGIN` travels with the first `UPDATE` and `COMMIT`
+//! with the settling statement, so a batch whose jobs each move once is two round trips.
+//!
 //! A job whose row did not hold the expected status when the first round reached it (a
 //! webhook of the same job on another worker, or the jobs API, got there first) is left
 //! untouched by this transaction and reported [`MoveOutcome::Raced`]: the caller decides
@@ -18,8 +21,10 @@
 use std::collections::{HashMap, HashSet};
 
 use diesel::sql_types::{Array, BigInt, Bool, Integer, Jsonb, Nullable, Text};
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::RunQueryDsl;
+use futures_util::FutureExt;
 
+use crate::db::pipelined::Pipelined;
 use crate::db::statement::statement;
 use crate::db::{Connection, DbError};
 use crate::events::{Event, JobState};
@@ -55,21 +60,22 @@ pub async fn apply_many(
     if moves.is_empty() {
         return Ok(Vec::new());
     }
-    conn.transaction(async |conn| apply_in_transaction(conn, moves).await)
-        .await
-}
-
-async fn apply_in_transaction(
-    conn: &mut Connection,
-    moves: &[Move],
-) -> Result<Vec<MoveOutcome>, ApplyError> {
-    let states = move_rows(conn, moves).await?;
+    // `BEGIN` goes out with the first move, `COMMIT` with the settling: a batch of one
+    // round is two round trips.
+    let mut tx = Pipelined::open(conn);
+    let states = move_rows(&mut tx, moves).await?;
     let applied: Vec<(usize, JobState)> = states
         .into_iter()
         .enumerate()
         .filter_map(|(index, state)| state.map(|state| (index, state)))
         .collect();
-    let numbered = settle(conn, moves, &applied).await?;
+    let numbered = if applied.is_empty() {
+        // Every job raced: nothing to settle, nothing written.
+        tx.rollback().await?;
+        Vec::new()
+    } else {
+        settle(&mut tx, moves, &applied).await?
+    };
 
     let mut outcomes = vec![MoveOutcome::Raced; moves.len()];
     for ((index, _), (refund, event)) in applied.iter().zip(numbered) {
@@ -86,7 +92,7 @@ async fn apply_in_transaction(
 
 /// Step 1: the rows' new states, `None` for the moves of a raced job.
 async fn move_rows(
-    conn: &mut Connection,
+    tx: &mut Pipelined<'_>,
     moves: &[Move],
 ) -> Result<Vec<Option<JobState>>, ApplyError> {
     let mut round_of = Vec::with_capacity(moves.len());
@@ -108,8 +114,8 @@ async fn move_rows(
         let (trainings, generations): (Vec<usize>, Vec<usize>) = members
             .into_iter()
             .partition(|&i| moves[i].job.is_training());
-        let mut moved = update_generations(conn, moves, &generations).await?;
-        moved.extend(update_trainings(conn, moves, &trainings).await?);
+        let mut moved = update_generations(tx, moves, &generations).await?;
+        moved.extend(update_trainings(tx, moves, &trainings).await?);
         for i in generations.into_iter().chain(trainings) {
             match moved.remove(moves[i].job.id.as_str()) {
                 Some(state) => states[i] = Some(state),
@@ -155,7 +161,7 @@ impl<'a> Moved<'a> {
 /// `KEY SHARE` locks that inserts referencing the row (refunds, events) hold. Locking in
 /// the same statement saves the round trip a separate lock would cost.
 async fn update_generations(
-    conn: &mut Connection,
+    tx: &mut Pipelined<'_>,
     moves: &[Move],
     members: &[usize],
 ) -> Result<HashMap<String, JobState>, DbError> {
@@ -175,7 +181,7 @@ async fn update_generations(
         })),
         _ => None,
     };
-    let rows: Vec<GenerationRow> = statement(
+    let query = statement(
         "WITH locked AS (SELECT id FROM generations WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE) \
          UPDATE generations AS g SET status = u.status, updated_at = now(), \
            completed_at = CASE WHEN u.terminal THEN now() ELSE g.completed_at END, \
@@ -196,9 +202,10 @@ async fn update_generations(
     .bind::<Array<Bool>, _>(moved.terminal)
     .bind::<Array<Nullable<Jsonb>>, _>(steps.clone().map(|s| images(s, false)).collect::<Vec<_>>())
     .bind::<Array<Nullable<Jsonb>>, _>(steps.clone().map(|s| images(s, true)).collect::<Vec<_>>())
-    .bind::<Array<Nullable<Text>>, _>(steps.map(|s| error_of(&s.change)).collect::<Vec<_>>())
-    .load(conn)
-    .await?;
+    .bind::<Array<Nullable<Text>>, _>(steps.map(|s| error_of(&s.change)).collect::<Vec<_>>());
+    let rows: Vec<GenerationRow> = tx
+        .run(|conn| async move { query.load(&mut { conn }).await }.boxed())
+        .await?;
     Ok(rows
         .into_iter()
         .map(|row| (row.id.clone(), JobState::from(row)))
@@ -207,7 +214,7 @@ async fn update_generations(
 
 /// Moves a round's trainings, locked in id order as [`update_generations`] does.
 async fn update_trainings(
-    conn: &mut Connection,
+    tx: &mut Pipelined<'_>,
     moves: &[Move],
     members: &[usize],
 ) -> Result<HashMap<String, JobState>, DbError> {
@@ -223,7 +230,7 @@ async fn update_trainings(
         } => (model_version.clone(), weights_url.clone()),
         _ => (None, None),
     };
-    let rows: Vec<TrainingRow> = statement(
+    let query = statement(
         "WITH locked AS (SELECT id FROM ai_models WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE) \
          UPDATE ai_models AS m SET status = u.status, updated_at = now(), \
            completed_at = CASE WHEN u.terminal THEN now() ELSE m.completed_at END, \
@@ -242,9 +249,10 @@ async fn update_trainings(
     .bind::<Array<Bool>, _>(moved.terminal)
     .bind::<Array<Nullable<Text>>, _>(steps.clone().map(|s| outputs(s).0).collect::<Vec<_>>())
     .bind::<Array<Nullable<Text>>, _>(steps.clone().map(|s| outputs(s).1).collect::<Vec<_>>())
-    .bind::<Array<Nullable<Text>>, _>(steps.map(|s| error_of(&s.change)).collect::<Vec<_>>())
-    .load(conn)
-    .await?;
+    .bind::<Array<Nullable<Text>>, _>(steps.map(|s| error_of(&s.change)).collect::<Vec<_>>());
+    let rows: Vec<TrainingRow> = tx
+        .run(|conn| async move { query.load(&mut { conn }).await }.boxed())
+        .await?;
     Ok(rows
         .into_iter()
         .map(|row| (row.id.clone(), JobState::from(row)))
@@ -275,13 +283,10 @@ struct Settled {
 /// is the event built from the returned numbers (one round trip where the refunds, the
 /// users and the events took three).
 async fn settle(
-    conn: &mut Connection,
+    tx: &mut Pipelined<'_>,
     moves: &[Move],
     applied: &[(usize, JobState)],
 ) -> Result<Vec<(i32, StoredEvent)>, ApplyError> {
-    if applied.is_empty() {
-        return Ok(Vec::new());
-    }
     let steps = || applied.iter().map(|(i, state)| (&moves[*i], state));
     let owed = |step: &Move, state: &JobState| {
         if step.change.status().refunds() {
@@ -302,7 +307,7 @@ async fn settle(
             .expect("events serialise")
         })
         .collect();
-    let rows: Vec<Settled> = statement(
+    let query = statement(
         "WITH e AS ( \
            SELECT * FROM unnest($1::text[], $2::text[], $3::int4[], $4::jsonb[]) \
              WITH ORDINALITY AS e(user_id, job_id, owed, payload, ord)), \
@@ -330,7 +335,7 @@ async fn settle(
            SELECT g.ord, g.user_id, g.payload, g.refund::int4 AS refunded, \
              b.seq + row_number() OVER w AS seq, \
              (b.credits + sum(g.refund) OVER w)::int4 AS credits \
-           FROM given AS g JOIN before AS b ON b.id = g.user_id \
+           FROM given AS g LEFT JOIN before AS b ON b.id = g.user_id \
            WINDOW w AS (PARTITION BY g.user_id ORDER BY g.ord)), \
          stored AS ( \
            INSERT INTO job_events (user_id, seq, payload) \
@@ -355,11 +360,13 @@ async fn settle(
             .collect::<Vec<_>>(),
     )
     .bind::<Array<Jsonb>, _>(templates)
-    .bind::<Text, _>(REFUND)
-    .load(conn)
-    .await?;
-    // A move whose user has no row comes back without a number: the same error the
-    // one-at-a-time path reports.
+    .bind::<Text, _>(REFUND);
+    let rows: Vec<Settled> = tx
+        .commit_with(|conn| async move { query.load(&mut { conn }).await }.boxed())
+        .await?;
+    // A move whose user has no row gets no number, and its event's `NULL` `seq` fails the
+    // insert, so the statement fails and the transaction is rolled back; a short answer
+    // would be the same error the one-at-a-time path reports.
     if rows.len() != applied.len() {
         return Err(DbError::Query(diesel::result::Error::NotFound).into());
     }
