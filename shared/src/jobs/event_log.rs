@@ -11,6 +11,7 @@ use crate::db::statement::statement;
 use crate::db::{Connection, DbError};
 use crate::events::Event;
 use chrono::Utc;
+use diesel::QueryResult;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
@@ -24,23 +25,26 @@ pub struct StoredEvent {
 
 /// Takes the user's next `seq` and adds `credit_delta` to the balance, locking the user's
 /// row until commit. Returns `(seq, credits after)`.
+///
+/// Both take the connection shared, so that a [`Pipelined`](crate::db::pipelined::Pipelined)
+/// transaction can send them with its `BEGIN` or `COMMIT`.
 pub async fn next_seq(
-    conn: &mut Connection,
+    conn: &Connection,
     user_id: &str,
     credit_delta: i32,
-) -> Result<(i64, i32), DbError> {
-    Ok(diesel::update(users::table.find(user_id))
+) -> QueryResult<(i64, i32)> {
+    diesel::update(users::table.find(user_id))
         .set((
             users::event_seq.eq(users::event_seq + 1),
             users::credits.eq(users::credits + credit_delta),
         ))
         .returning((users::event_seq, users::credits))
-        .get_result(conn)
-        .await?)
+        .get_result(&mut { conn })
+        .await
 }
 
 /// Stores `event` (which carries its `seq`) unpublished.
-pub async fn append(conn: &mut Connection, event: &Event) -> Result<StoredEvent, DbError> {
+pub async fn append(conn: &Connection, event: &Event) -> QueryResult<StoredEvent> {
     let seq = event.seq().expect("only numbered events are stored");
     let payload = serde_json::to_value(event).expect("events serialise");
     diesel::insert_into(job_events::table)
@@ -49,7 +53,7 @@ pub async fn append(conn: &mut Connection, event: &Event) -> Result<StoredEvent,
             job_events::seq.eq(seq),
             job_events::payload.eq(payload),
         ))
-        .execute(conn)
+        .execute(&mut { conn })
         .await?;
     Ok(StoredEvent {
         user_id: event.user_id().to_owned(),
