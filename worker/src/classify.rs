@@ -4,9 +4,9 @@
 
 use std::collections::HashMap;
 
-use diesel::prelude::*;
+use diesel::sql_types::{Array, Bool, Text};
 use diesel_async::RunQueryDsl;
-use shared::db::schema::{ai_models, generations};
+use shared::db::statement::statement;
 use shared::db::{Connection, DbError};
 use shared::events::JobKind;
 use shared::jobs::apply::ApplyError;
@@ -18,67 +18,57 @@ pub async fn find_job(conn: &mut Connection, job_id: &str) -> Result<Option<Job>
     Ok(find_jobs(conn, &[job_id]).await?.remove(job_id))
 }
 
-/// The jobs with these Replicate ids, by Replicate id: two statements whatever their number
-/// (a batch's lookup).
+/// A row of [`find_jobs`]' lookup: a generation, or a training (`prompt` empty).
+#[derive(diesel::QueryableByName)]
+struct Found {
+    #[diesel(sql_type = Text)]
+    id: String,
+    #[diesel(sql_type = Text)]
+    user_id: String,
+    #[diesel(sql_type = Text)]
+    job_id: String,
+    #[diesel(sql_type = Text)]
+    prompt: String,
+    #[diesel(sql_type = Text)]
+    status: String,
+    #[diesel(sql_type = Bool)]
+    training: bool,
+}
+
+/// The jobs with these Replicate ids, by Replicate id: one statement whatever their number
+/// or kind (a batch's lookup), both tables looked up by their `job_id` index.
 pub async fn find_jobs(
     conn: &mut Connection,
     job_ids: &[&str],
 ) -> Result<HashMap<String, Job>, DbError> {
-    let mut found = HashMap::with_capacity(job_ids.len());
-    let generations: Vec<(String, String, Option<String>, String, String)> = generations::table
-        .filter(generations::job_id.eq_any(job_ids))
-        .select((
-            generations::id,
-            generations::user_id,
-            generations::job_id,
-            generations::prompt,
-            generations::status,
-        ))
-        .load(conn)
-        .await?;
-    for (id, user_id, job_id, prompt, status) in generations {
-        let job_id = job_id.expect("matched by job_id");
-        found.insert(
-            job_id.clone(),
-            Job {
-                kind: kind_of_generation(&prompt),
-                id,
-                user_id,
-                job_id,
-                status,
-            },
-        );
-    }
-    let missing: Vec<&str> = job_ids
-        .iter()
-        .copied()
-        .filter(|id| !found.contains_key(*id))
-        .collect();
-    if missing.is_empty() {
-        return Ok(found);
-    }
-    let trainings: Vec<(String, String, Option<String>, String)> = ai_models::table
-        .filter(ai_models::job_id.eq_any(&missing))
-        .select((
-            ai_models::id,
-            ai_models::user_id,
-            ai_models::job_id,
-            ai_models::status,
-        ))
-        .load(conn)
-        .await?;
-    for (id, user_id, job_id, status) in trainings {
-        let job_id = job_id.expect("matched by job_id");
-        found.insert(
-            job_id.clone(),
-            Job {
-                kind: JobKind::Training,
-                id,
-                user_id,
-                job_id,
-                status,
-            },
-        );
+    let rows: Vec<Found> = statement(
+        "SELECT id, user_id, job_id, prompt, status, false AS training \
+           FROM generations WHERE job_id = ANY($1) \
+         UNION ALL \
+         SELECT id, user_id, job_id, '' AS prompt, status, true AS training \
+           FROM ai_models WHERE job_id = ANY($1)",
+    )
+    .bind::<Array<Text>, _>(job_ids)
+    .load(conn)
+    .await?;
+    let mut found = HashMap::with_capacity(rows.len());
+    // A Replicate id names one job; were it in both tables, the generation would win, as
+    // it always has: generations first.
+    let (generations, trainings): (Vec<Found>, Vec<Found>) =
+        rows.into_iter().partition(|row| !row.training);
+    for row in generations.into_iter().chain(trainings) {
+        let kind = if row.training {
+            JobKind::Training
+        } else {
+            kind_of_generation(&row.prompt)
+        };
+        found.entry(row.job_id.clone()).or_insert(Job {
+            kind,
+            id: row.id,
+            user_id: row.user_id,
+            job_id: row.job_id,
+            status: row.status,
+        });
     }
     Ok(found)
 }
