@@ -228,7 +228,11 @@ async fn pipelined_transactions_commit_roll_back_and_never_leak_an_open_one() {
         drop(tx);
         pid
     };
-    assert_eq!(credits_of(&pool, "c").await, None, "rolled back with the last");
+    assert_eq!(
+        credits_of(&pool, "c").await,
+        None,
+        "rolled back with the last"
+    );
     let mut conn = shared::db::connection(&pool).await.unwrap();
     assert_eq!(
         backend_pid(&mut conn).await,

@@ -413,7 +413,10 @@ impl Processor {
             Effect::Moved { to, .. } => *to == JobStatus::Processing,
             Effect::Ignored(reason) => *reason == Ignored::NotForward,
         };
-        let value = prediction.logs.as_deref().and_then(shared::tqdm::progress)?;
+        let value = prediction
+            .logs
+            .as_deref()
+            .and_then(shared::tqdm::progress)?;
         if !running || !self.progress.moved(&job.job_id, value) {
             return None;
         }

@@ -4,11 +4,15 @@
 //!
 //! At 500 webhooks/s `BEGIN` and `COMMIT` were 23 % of the statements PostgreSQL answered
 //! (17,458 of each in one 60 s run, `docs/benchmarks.md`); each is a round trip that wakes
-//! a backend and then the service, on a machine where those wake-ups are most of the cost.
+//! a backend and then the service, and waits for a core on a busy machine.
 //!
 //! diesel-async pipelines statements sent through a shared reference to the connection:
 //! they go out in the order they are first polled and their answers come back in that
-//! order, each in its own extended-protocol exchange (its own `Sync`). So:
+//! order, each in its own extended-protocol exchange (its own `Sync`). A statement not yet
+//! prepared on the connection holds diesel-async's statement cache while it is prepared,
+//! and the one polled after it waits for the cache, so it still goes out second. Here the
+//! pair is polled with `futures_util::future::join`, which polls its first future first.
+//! So:
 //!
 //! - `BEGIN` is polled before the first statement: the statement runs inside the
 //!   transaction. A failing first statement is followed by a `ROLLBACK`.
@@ -103,8 +107,7 @@ impl<'c> Pipelined<'c> {
         let result = match self.state {
             State::Unsent => step(conn).await,
             State::Open => {
-                let (result, committed) =
-                    join(step(conn), control(conn, "COMMIT")).await;
+                let (result, committed) = join(step(conn), control(conn, "COMMIT")).await;
                 // A COMMIT that failed may leave the outcome unknown (a lost connection):
                 // the transaction stays open here, and the pool replaces the connection.
                 committed?;
@@ -153,7 +156,5 @@ async fn control(conn: &Connection, sql: &'static str) -> QueryResult<usize> {
 
 /// The connection's transaction manager status, as diesel-async's own transactions set it.
 fn status(conn: &mut Connection) -> &mut TransactionManagerStatus {
-    <AnsiTransactionManager as TransactionManager<Connection>>::transaction_manager_status_mut(
-        conn,
-    )
+    <AnsiTransactionManager as TransactionManager<Connection>>::transaction_manager_status_mut(conn)
 }

@@ -16,8 +16,8 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use futures_util::FutureExt;
 
-use crate::db::schema::{ai_models, credit_transactions, generations};
 use crate::db::pipelined::Pipelined;
+use crate::db::schema::{ai_models, credit_transactions, generations};
 use crate::db::{Connection, DbError};
 use crate::events::{Event, JobKind, JobState};
 use crate::jobs::apply::{self, ApplyError, ApplyOutcome, Change};
