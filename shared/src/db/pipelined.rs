@@ -89,8 +89,11 @@ impl<'c> Pipelined<'c> {
         match result {
             Ok(value) => Ok(value),
             Err(err) => {
-                control(conn, "ROLLBACK").await?;
-                self.state = State::Ended;
+                // The statement's error is the one to report; a ROLLBACK that fails too
+                // leaves the transaction open here, and the pool replaces the connection.
+                if control(conn, "ROLLBACK").await.is_ok() {
+                    self.state = State::Ended;
+                }
                 Err(err.into())
             }
         }
@@ -119,19 +122,10 @@ impl<'c> Pipelined<'c> {
         Ok(result?)
     }
 
-    /// Commits what the transaction's statements did.
-    pub async fn commit(&mut self) -> Result<(), DbError> {
-        self.end("COMMIT").await
-    }
-
     /// Ends the transaction without keeping anything of it.
     pub async fn rollback(&mut self) -> Result<(), DbError> {
-        self.end("ROLLBACK").await
-    }
-
-    async fn end(&mut self, sql: &'static str) -> Result<(), DbError> {
         if self.state == State::Open {
-            control(self.conn, sql).await?;
+            control(self.conn, "ROLLBACK").await?;
         }
         self.state = State::Ended;
         Ok(())
